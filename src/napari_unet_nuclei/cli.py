@@ -1,0 +1,334 @@
+"""Command line: ``napari-unet-nuclei train | segment | evaluate | demo``.
+
+The same engine as the napari widgets, with progress bars in the terminal. Bad input
+ends with one sentence on standard error and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main"]
+
+
+class CommandError(Exception):
+    """A user error: printed as one sentence, exit status 2."""
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="napari-unet-nuclei",
+        description="Train, apply and evaluate a U-Net for nuclei segmentation.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model on images with nucleus labels")
+    train.add_argument(
+        "--data", required=True, help="folder with images/ and masks/, a .npz or a .pck"
+    )
+    train.add_argument(
+        "--split",
+        help="FILE:KEY, e.g. splits.json:lab_70_9 (train on 'train', validate on 'test')",
+    )
+    train.add_argument("--out", required=True, help="model file to write (.pt)")
+    train.add_argument(
+        "--features", type=int, default=16, help="channels of the first level F (default 16)"
+    )
+    train.add_argument(
+        "--depth", type=int, default=3, help="number of down-samplings, 1-5 (default 3)"
+    )
+    budget = train.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, help="number of epochs (default 40)")
+    budget.add_argument("--time-budget", type=float, help="train for this many seconds instead")
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
+    train.add_argument("--patch-size", type=int, default=256)
+    train.add_argument("--no-augment", action="store_true", help="switch all augmentation off")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--init", help="fine-tune this model file instead of starting from scratch")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    train.add_argument(
+        "--val-fraction", type=float, default=0.1, help="validation share without --split"
+    )
+
+    segment = sub.add_parser("segment", help="write a nucleus mask TIFF for each input image")
+    segment.add_argument("--model", required=True)
+    segment.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (TIFF, PNG)")
+    segment.add_argument("--out", required=True, help="output folder")
+    segment.add_argument(
+        "--threshold", type=float, help="probability threshold (default: the model's)"
+    )
+    segment.add_argument("--probabilities", action="store_true", help="also write *_prob.tif")
+    segment.add_argument("--device", default="auto")
+
+    evaluate = sub.add_parser(
+        "evaluate", help="precision, recall, F1, IoU and AP against ground truth"
+    )
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--split", help="FILE:KEY: evaluate on the key's 'test' names")
+    evaluate.add_argument("--json", help="write the results to this JSON file")
+    evaluate.add_argument(
+        "--threshold", type=float, help="probability threshold (default: the model's)"
+    )
+    evaluate.add_argument("--device", default="auto")
+
+    demo = sub.add_parser(
+        "demo", help="train on the built-in synthetic sample, segment, report, open napari"
+    )
+    demo.add_argument("--out", default="napari-unet-nuclei-demo", help="output folder")
+    demo.add_argument(
+        "--time-budget", type=float, default=60.0, help="training seconds (default 60)"
+    )
+    demo.add_argument("--no-viewer", action="store_true", help="do not open napari at the end")
+    demo.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def _progress_bar(total: float | None, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True, leave=True
+    )
+
+
+def _load_items(data: str, split: str | None, part: str) -> list[Any]:
+    from .datasets import load_dataset, parse_split, select_by_names
+
+    items = load_dataset(data)
+    if split is None:
+        return items
+    train_names, test_names = parse_split(split)
+    return select_by_names(items, train_names if part == "train" else test_names)
+
+
+def run_training(
+    items: list[Any],
+    val_items: list[Any] | None,
+    config: Any,
+    init_model: Any = None,
+    quiet: bool = False,
+) -> Any:
+    """Train on dataset items with a terminal progress bar; return the model."""
+    from .events import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep
+    from .training import train
+
+    options: dict[str, Any] = {"names": [item.name for item in items], "init_model": init_model}
+    if val_items is not None:
+        options.update(
+            val_images=[item.image for item in val_items],
+            val_labels=[item.labels for item in val_items],
+            val_names=[item.name for item in val_items],
+        )
+    bar = None
+    model = None
+    for event in train(
+        [item.image for item in items], [item.labels for item in items], config, **options
+    ):
+        if isinstance(event, TrainingStarted) and not quiet:
+            total = event.total_steps if event.total_steps else event.time_budget
+            unit = "step" if event.total_steps else "s"
+            bar = _progress_bar(total, f"training on {event.device} ({event.precision})")
+            bar.unit = unit
+        elif isinstance(event, TrainingStep) and bar is not None:
+            if bar.unit == "step":
+                bar.update(1)
+            else:
+                bar.n = min(bar.total, round(event.elapsed, 1))
+                bar.refresh()
+            bar.set_postfix(loss=f"{event.loss:.3f}", epoch=event.epoch, refresh=False)
+        elif isinstance(event, EpochEnd) and bar is not None:
+            bar.write(
+                f"epoch {event.epoch:3d}  loss {event.train_loss:.4f}  val precision "
+                f"{event.val_precision:.3f}  recall {event.val_recall:.3f}  F1 {event.val_f1:.4f}"
+            )
+        elif isinstance(event, TrainingFinished):
+            model = event.model
+            if bar is not None:
+                bar.close()
+            if event.message:
+                print(event.message, file=sys.stderr)
+    return model
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .augmentation import AugmentationConfig
+    from .model_io import load_model, save_model
+    from .training import TrainingConfig
+
+    items = _load_items(args.data, args.split, "train")
+    val_items = _load_items(args.data, args.split, "test") if args.split else None
+    config = TrainingConfig(
+        features=args.features,
+        depth=args.depth,
+        epochs=args.epochs,
+        time_budget=args.time_budget,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        patch_size=args.patch_size,
+        augmentation=AugmentationConfig.disabled() if args.no_augment else AugmentationConfig(),
+        seed=args.seed,
+        device=args.device,
+        validation_fraction=args.val_fraction,
+        name=Path(args.out).stem,
+    )
+    init_model = load_model(args.init) if args.init else None
+    model = run_training(items, val_items, config, init_model)
+    path = save_model(model, args.out)
+    summary = model.summary
+    print(
+        f"saved {path}  epochs {summary['epochs']}  steps {summary['steps']}  "
+        f"{summary['seconds']:.0f} s  best epoch {summary['best_epoch']}: validation "
+        f"precision {summary['best_val_precision']:.4f}  recall {summary['best_val_recall']:.4f}  "
+        f"F1 {summary['best_val_f1']:.4f}  IoU {summary['best_val_iou']:.4f}"
+    )
+    return 0
+
+
+def read_input_image(path: Path) -> np.ndarray:
+    """Read an image file to segment: 2-D, a stack of frames, or RGB(A) turned to grey."""
+    from .datasets import read_image_file, to_grey
+
+    if not path.is_file():
+        raise CommandError(f"Input image not found: {path}")
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            image = tifffile.imread(path)
+        except Exception as error:
+            raise CommandError(f"{path} is not a readable TIFF file: {error}") from error
+        if image.ndim == 3 and image.shape[-1] in (3, 4):
+            image = to_grey(image, name=str(path))
+        return image
+    return read_image_file(path)
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    import tifffile
+
+    from .inference import predict, threshold_mask
+    from .model_io import load_model
+
+    model = load_model(args.model)
+    threshold = model.threshold if args.threshold is None else args.threshold
+    paths = [Path(p) for p in args.inputs]
+    images = [(path, read_input_image(path)) for path in paths]  # fail early on bad input
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path, image in images:
+        n_frames = int(np.prod(image.shape[:-2])) if image.ndim > 2 else 1
+        bar = _progress_bar(n_frames, path.name)
+        probabilities = predict(
+            model,
+            image,
+            device=args.device,
+            progress=lambda e, bar=bar: bar.update(1) if type(e).__name__ == "FrameDone" else None,
+        )
+        bar.close()
+        mask = threshold_mask(probabilities, threshold)
+        target = out / f"{path.stem}.tif"
+        _write_tiff_atomic(target, mask)
+        if args.probabilities:
+            _write_tiff_atomic(out / f"{path.stem}_prob.tif", probabilities)
+        print(f"{target}  foreground {mask.mean():.1%}")
+    del tifffile
+    return 0
+
+
+def _write_tiff_atomic(target: Path, data: np.ndarray) -> None:
+    import tifffile
+
+    temporary = target.with_name(f".{target.name}.partial")
+    tifffile.imwrite(temporary, data, compression="zlib")
+    os.replace(temporary, target)
+
+
+def evaluate_items(
+    model: Any, items: list[Any], threshold: float, device: str = "auto"
+) -> dict[str, Any]:
+    """Per-image and mean precision, recall, F1, IoU and AP of a model on labelled items."""
+    from .inference import predict
+    from .metrics import average_precision, segmentation_scores
+
+    rows = []
+    for item in items:
+        probabilities = predict(model, item.image, device=device)
+        scores = segmentation_scores(probabilities >= threshold, item.mask)
+        rows.append(
+            {
+                "name": item.name,
+                **{key: float(scores[key]) for key in ("precision", "recall", "f1", "iou")},
+                "ap": float(average_precision(probabilities, item.mask)),
+            }
+        )
+    keys = ("precision", "recall", "f1", "iou", "ap")
+    mean = {key: float(np.nanmean([row[key] for row in rows])) for key in keys}
+    return {"threshold": float(threshold), "mean": mean, "images": rows}
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .model_io import load_model
+
+    model = load_model(args.model)
+    items = _load_items(args.data, args.split, "test")
+    threshold = model.threshold if args.threshold is None else args.threshold
+    result = evaluate_items(model, items, threshold, args.device)
+    width = max(len(row["name"]) for row in result["images"])
+    print(f"{'image':<{width}}  precision  recall      F1     IoU      AP")
+    for row in [*result["images"], {"name": "mean", **result["mean"]}]:
+        print(
+            f"{row['name']:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
+            f"{row['f1']:6.4f}  {row['iou']:6.4f}  {row['ap']:6.4f}"
+        )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(
+        Path(args.out),
+        time_budget=args.time_budget,
+        seed=args.seed,
+        open_viewer=not args.no_viewer,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``napari-unet-nuclei`` command."""
+    from .datasets import DataError
+    from .model_io import ModelFileError
+
+    args = _parse_args(argv)
+    commands = {
+        "train": _cmd_train,
+        "segment": _cmd_segment,
+        "evaluate": _cmd_evaluate,
+        "demo": _cmd_demo,
+    }
+    try:
+        return commands[args.command](args)
+    except (CommandError, DataError, ModelFileError, FileNotFoundError, ValueError) as error:
+        print(f"napari-unet-nuclei {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,579 @@
+"""Labelled nuclei images from folders, ``.npz`` files and the lab's pickle.
+
+Every reader returns a list of :class:`LabelledImage` (a 2-D image, its 2-D label image
+and a name), so training and evaluation code does not care where the data came from.
+
+Supported inputs (see :func:`load_dataset`):
+
+- a folder with ``images/`` and ``masks/`` holding files with the same stems
+  (``.tif``, ``.tiff``, ``.png``, ``.jpg``, ``.jpeg``);
+- the lab's ``.npz`` (``X``, ``Y``, optional ``names``), read without pickle;
+- the lab's pickle of torch tensors (``.pck``, ``.pkl``, ``.pickle``), read with the
+  restricted loader of :mod:`napari_unet_nuclei.safe_pickle`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "PICKLE_SUFFIXES",
+    "DataError",
+    "LabelledImage",
+    "load_dataset",
+    "parse_split",
+    "read_folder",
+    "read_image_file",
+    "read_lab_pickle",
+    "read_npz",
+    "select_by_names",
+    "stack_to_items",
+    "to_grey",
+]
+
+#: File suffixes read as images or masks (lower case).
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+#: File suffixes read as the lab's pickle of tensors.
+PICKLE_SUFFIXES = (".pck", ".pkl", ".pickle")
+_TIFF_SUFFIXES = (".tif", ".tiff")
+#: ITU-R BT.601 luma weights for R, G, B.
+_LUMA_601 = np.array([0.299, 0.587, 0.114])
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message says what is wrong and how to fix it."""
+
+
+def _label_array(labels: np.ndarray, name: str) -> np.ndarray:
+    """Return labels as a non-negative integer array, keeping every ``> 0`` pixel ``> 0``."""
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        return labels.astype(np.uint8)
+    if np.issubdtype(labels.dtype, np.integer):
+        if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
+            raise DataError(
+                f"The labels of {name!r} contain negative values (min {labels.min()}). Labels "
+                "must be 0 for background and positive ids (or 1) for nuclei."
+            )
+        return labels
+    if np.issubdtype(labels.dtype, np.floating):
+        finite = np.isfinite(labels)
+        if not finite.all():
+            raise DataError(
+                f"The labels of {name!r} contain NaN or infinite values. Labels must be 0 for "
+                "background and positive numbers for nuclei."
+            )
+        if labels.size and labels.min() < 0:
+            raise DataError(
+                f"The labels of {name!r} contain negative values (min {labels.min()}). Labels "
+                "must be 0 for background and positive ids (or 1) for nuclei."
+            )
+        top = float(labels.max()) if labels.size else 0.0
+        if np.array_equal(labels, np.round(labels)) and top < 2**31:
+            for dtype in (np.uint8, np.uint16, np.int32):
+                if top <= np.iinfo(dtype).max:
+                    return labels.astype(dtype)
+        # Soft or fractional masks: any positive value is a nucleus pixel.
+        return (labels > 0).astype(np.uint8)
+    raise DataError(
+        f"The labels of {name!r} have dtype {labels.dtype}; expected integer ids, a boolean "
+        "mask or a float mask."
+    )
+
+
+@dataclass
+class LabelledImage:
+    """One 2-D image with its labels.
+
+    Parameters
+    ----------
+    name : str
+        Identifier (a file stem, or ``image_000`` ... for unnamed arrays).
+    image : numpy.ndarray
+        2-D image in its original dtype.
+    labels : numpy.ndarray
+        2-D label image of the same shape: 0 is background, other values are nucleus ids
+        (instance labels) or 1 (a binary mask). Integer ids are kept as they are; boolean
+        masks become uint8; float masks become integers when all values are whole numbers,
+        otherwise ``labels > 0`` as uint8.
+    """
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.image = np.asarray(self.image)
+        if self.image.ndim != 2:
+            raise DataError(
+                f"Image {self.name!r} has shape {self.image.shape}; a 2-D (H, W) image is "
+                "expected. Convert colour images with to_grey and split stacks into frames."
+            )
+        labels = np.asarray(self.labels)
+        if labels.shape != self.image.shape:
+            raise DataError(
+                f"Image {self.name!r} has shape {self.image.shape} but its labels have shape "
+                f"{labels.shape}; the mask must have exactly the image's shape."
+            )
+        self.labels = _label_array(labels, self.name)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Binary nucleus mask, ``labels > 0``."""
+        return self.labels > 0
+
+
+def to_grey(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Return a 2-D grey image.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W)`` (returned as is), or ``(H, W, 3)`` RGB / ``(H, W, 4)`` RGBA.
+    name : str
+        Used in error messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W)``. If the colour channels are identical, channel 0 with the input dtype;
+        otherwise the ITU-R BT.601 luminance ``0.299 R + 0.587 G + 0.114 B`` (alpha is
+        ignored), rounded back to the input dtype for integer images and float32 otherwise.
+
+    Raises
+    ------
+    DataError
+        For any other shape.
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        return image
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise DataError(
+            f"{name} has shape {image.shape}; expected a 2-D grey image (H, W) or a colour "
+            "image (H, W, 3) RGB / (H, W, 4) RGBA. Save one 2-D channel per image (for a "
+            "stack or channels-first data, pick the nuclear channel first)."
+        )
+    rgb = image[..., :3]
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+        return np.ascontiguousarray(rgb[..., 0])
+    luma = rgb.astype(np.float32) @ _LUMA_601.astype(np.float32)
+    if image.dtype == bool:
+        return luma >= 0.5
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        return np.clip(np.rint(luma), info.min, info.max).astype(image.dtype)
+    return luma.astype(np.float32)
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    """Read an image file as stored, dropping leading singleton axes."""
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise DataError(
+            f"Cannot read {str(path)!r}: unsupported file type {path.suffix!r}. Supported: "
+            f"{', '.join(IMAGE_SUFFIXES)}."
+        )
+    if not path.is_file():
+        raise DataError(f"Image file {str(path)!r} not found.")
+    try:
+        if suffix in _TIFF_SUFFIXES:
+            import tifffile
+
+            array = tifffile.imread(path)
+        else:
+            import imageio.v3 as iio
+
+            array = iio.imread(path)
+    except Exception as exc:  # readers raise many types for bad files
+        raise DataError(
+            f"Cannot read {str(path)!r} ({type(exc).__name__}: {exc}). Check that the file is "
+            "a valid, complete image of its type."
+        ) from exc
+    array = np.asarray(array)
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    return array
+
+
+def read_image_file(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read one image file (TIFF with tifffile, PNG/JPEG with imageio) as a 2-D array.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ``.tif``, ``.tiff``, ``.png``, ``.jpg`` or ``.jpeg``.
+
+    Returns
+    -------
+    numpy.ndarray
+        2-D image in the file's dtype (colour images are converted with :func:`to_grey`).
+
+    Raises
+    ------
+    DataError
+        If the file is missing, unreadable, of an unsupported type or not 2-D.
+    """
+    path = Path(path)
+    return to_grey(_read_raw(path), name=f"Image file {str(path)!r}")
+
+
+def _read_mask_file(path: Path) -> np.ndarray:
+    """Read a label file; colour files are accepted only if their channels are identical."""
+    array = _read_raw(path)
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        rgb = array[..., :3]
+        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+            return np.ascontiguousarray(rgb[..., 0])
+        raise DataError(
+            f"Mask file {str(path)!r} is a colour image with different channels; masks must "
+            "be single-channel label images (0 = background, one id per nucleus)."
+        )
+    if array.ndim != 2:
+        raise DataError(
+            f"Mask file {str(path)!r} has shape {array.shape}; a 2-D label image is expected."
+        )
+    return array
+
+
+def _files_by_stem(folder: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for file in sorted(folder.iterdir()):
+        if not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if file.stem in found:
+            raise DataError(
+                f"Two files in {str(folder)!r} share the name {file.stem!r} "
+                f"({found[file.stem].name}, {file.name}); keep one file per name."
+            )
+        found[file.stem] = file
+    return found
+
+
+def _read_pairs(
+    image_dir: Path, mask_dir: Path, names: Iterable[str] | None = None
+) -> list[LabelledImage]:
+    """Read images and masks matched by file stem, sorted by name (or in ``names`` order)."""
+    images = _files_by_stem(image_dir)
+    if not images:
+        raise DataError(
+            f"No images found in {str(image_dir)!r}; expected files ending in "
+            f"{', '.join(IMAGE_SUFFIXES)}."
+        )
+    masks = _files_by_stem(mask_dir)
+    if names is None:
+        wanted = sorted(images)
+    else:
+        wanted = list(names)
+        missing = [n for n in wanted if n not in images]
+        if missing:
+            raise DataError(
+                f"{len(missing)} requested image(s) are not in {str(image_dir)!r}: "
+                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}."
+            )
+    items = []
+    for stem in wanted:
+        if stem not in masks:
+            raise DataError(
+                f"Image {images[stem].name!r} has no mask: expected a file named {stem!r} "
+                f"(any of {', '.join(IMAGE_SUFFIXES)}) in {str(mask_dir)!r}."
+            )
+        image = read_image_file(images[stem])
+        labels = _read_mask_file(masks[stem])
+        if image.shape != labels.shape:
+            raise DataError(
+                f"Image {images[stem].name!r} has shape {image.shape} but its mask "
+                f"{masks[stem].name!r} has shape {labels.shape}; they must match."
+            )
+        items.append(LabelledImage(stem, image, labels))
+    return items
+
+
+def read_folder(path: str | os.PathLike[str]) -> list[LabelledImage]:
+    """Read a folder with ``images/`` and ``masks/`` sub-folders.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Folder holding ``images/<name>.<ext>`` and ``masks/<name>.<ext>``: the stems must
+        match, the extensions may differ (TIFF, PNG or JPEG).
+
+    Returns
+    -------
+    list of LabelledImage
+        Sorted by name (file stem); masks keep their integer ids.
+
+    Raises
+    ------
+    DataError
+        If a sub-folder is missing, an image has no mask, or shapes differ.
+    """
+    root = Path(path)
+    for sub in ("images", "masks"):
+        if not (root / sub).is_dir():
+            raise DataError(
+                f"{str(root)!r} has no {sub}/ folder. A dataset folder must hold images/ and "
+                "masks/ with one mask per image, named like the image."
+            )
+    return _read_pairs(root / "images", root / "masks")
+
+
+def _as_stack(array: np.ndarray, what: str) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim == 4 and array.shape[1] == 1:
+        return array[:, 0]
+    if array.ndim == 3:
+        return array
+    if array.ndim == 2:
+        return array[np.newaxis]
+    raise DataError(
+        f"{what} has shape {array.shape}; expected (N, 1, H, W), (N, H, W) or (H, W) "
+        "(one grey channel per image)."
+    )
+
+
+def stack_to_items(
+    images: np.ndarray, labels: np.ndarray, names: Sequence[str] | None = None
+) -> list[LabelledImage]:
+    """Split stacked arrays into :class:`LabelledImage` items.
+
+    Parameters
+    ----------
+    images, labels : numpy.ndarray
+        ``(N, H, W)`` or ``(N, 1, H, W)`` (a single ``(H, W)`` image is accepted too).
+    names : sequence of str, optional
+        One name per image; ``image_000``, ``image_001`` ... by default.
+
+    Returns
+    -------
+    list of LabelledImage
+        Views into the input arrays, in order.
+    """
+    images = _as_stack(images, "The image array")
+    labels = _as_stack(labels, "The label array")
+    if images.shape != labels.shape:
+        raise DataError(
+            f"The images have shape {images.shape} but the labels {labels.shape} (after "
+            "removing the channel axis); they must match."
+        )
+    count = images.shape[0]
+    if names is None:
+        names = [f"image_{index:03d}" for index in range(count)]
+    else:
+        names = [str(n) for n in names]
+        if len(names) != count:
+            raise DataError(f"Got {len(names)} names for {count} images; give one per image.")
+    return [LabelledImage(n, images[i], labels[i]) for i, n in enumerate(names)]
+
+
+def read_npz(path: str | os.PathLike[str]) -> list[LabelledImage]:
+    """Read the lab's ``.npz``: ``X`` images, ``Y`` masks and optional ``names``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        File saved with :func:`numpy.savez`; read with ``allow_pickle=False``.
+
+    Returns
+    -------
+    list of LabelledImage
+        One per image, named from ``names`` or ``image_000`` ...
+
+    Raises
+    ------
+    DataError
+        If keys are missing, the shapes do not fit, or the file holds object arrays (which
+        would need pickle, so the file is refused).
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = list(data.keys())
+            missing = [k for k in ("X", "Y") if k not in keys]
+            if missing:
+                raise DataError(
+                    f"{str(path)!r} has no array {' or '.join(missing)} (it holds: "
+                    f"{', '.join(keys) or 'nothing'}). Save images as X and masks as Y: "
+                    "numpy.savez(path, X=images, Y=masks, names=names)."
+                )
+            images, labels = data["X"], data["Y"]
+            names = data["names"] if "names" in keys else None
+    except ValueError as exc:
+        if isinstance(exc, DataError):
+            raise
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise DataError(
+                f"Refused {str(path)!r}: it holds Python object arrays, which can only be "
+                "loaded with pickle (and pickle can run code). Save plain numeric arrays "
+                "and a string array of names instead."
+            ) from exc
+        raise DataError(f"Cannot read {str(path)!r} as .npz ({exc}).") from exc
+    except (OSError, EOFError) as exc:
+        raise DataError(
+            f"Cannot read {str(path)!r} as .npz ({exc}); expected a numpy.savez file."
+        ) from exc
+    if names is not None:
+        names = np.asarray(names).reshape(-1).tolist()
+    return stack_to_items(images, labels, names)
+
+
+def read_lab_pickle(path: str | os.PathLike[str]) -> list[LabelledImage]:
+    """Read the lab's pickle of ``(X, Y)`` torch tensors without running code from it.
+
+    The file (``nuclei_cells_segmentations.pck``) holds no names, so the items are named
+    ``image_000``, ``image_001`` ... Its arrays are identical, in the same order, to ``X``
+    and ``Y`` of the lab's ``nuclei_128.npz``, whose ``names`` are the sorted Kromp image
+    names: ``image_007`` is ``names[7]`` of the npz. Splits are given by real image name
+    (see :func:`parse_split`), so select a split from the ``.npz`` (or rename the items
+    with its ``names``), not from this file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Pickle written by ``pickle.dump((X, Y), f)``.
+
+    Returns
+    -------
+    list of LabelledImage
+
+    Raises
+    ------
+    napari_unet_nuclei.safe_pickle.UnsafeFileError
+        If the file names code other than what rebuilding tensors needs (nothing is run).
+    DataError
+        If the file is not such a pickle or the arrays do not fit.
+    """
+    from .safe_pickle import UnsafeFileError, load_tensor_pickle
+
+    try:
+        arrays = load_tensor_pickle(path)
+    except UnsafeFileError:
+        raise
+    except (ValueError, OSError) as exc:
+        raise DataError(str(exc)) from exc
+    if len(arrays) != 2:
+        raise DataError(
+            f"{str(path)!r} holds {len(arrays)} arrays; expected two, (X, Y): images and masks."
+        )
+    return stack_to_items(arrays[0], arrays[1])
+
+
+def load_dataset(path: str | os.PathLike[str]) -> list[LabelledImage]:
+    """Load labelled images from a folder, an ``.npz`` or the lab's pickle.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A folder with ``images/`` and ``masks/`` (:func:`read_folder`), a ``.npz``
+        (:func:`read_npz`) or a ``.pck``/``.pkl``/``.pickle`` (:func:`read_lab_pickle`).
+
+    Returns
+    -------
+    list of LabelledImage
+
+    Raises
+    ------
+    DataError
+        If the path does not exist or is of an unsupported kind.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"Dataset {str(path)!r} not found; check the path.")
+    if path.is_dir():
+        return read_folder(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return read_npz(path)
+    if suffix in PICKLE_SUFFIXES:
+        return read_lab_pickle(path)
+    raise DataError(
+        f"Cannot load a dataset from {str(path)!r}. Supported inputs: a folder with images/ "
+        "and masks/ sub-folders (TIFF/PNG/JPEG files with matching names), a .npz file with "
+        f"arrays X, Y (and optionally names), or the lab's pickle ({', '.join(PICKLE_SUFFIXES)})."
+    )
+
+
+def parse_split(spec: str) -> tuple[list[str], list[str]]:
+    """Read a train/test split by image name from ``"FILE:KEY"``.
+
+    Parameters
+    ----------
+    spec : str
+        Path of a JSON file and a key, separated by the last colon, e.g.
+        ``"splits.json:lab_70_9"``. The file maps each key to
+        ``{"train": [names...], "test": [names...]}``.
+
+    Returns
+    -------
+    tuple of (list of str, list of str)
+        Train names and test names.
+
+    Raises
+    ------
+    DataError
+        For a malformed spec, a missing or invalid file, or an unknown key.
+    """
+    file_part, sep, key = str(spec).rpartition(":")
+    if not sep or not file_part or not key:
+        raise DataError(f"Split {spec!r} is not of the form FILE:KEY, e.g. splits.json:lab_70_9.")
+    path = Path(file_part)
+    if not path.is_file():
+        raise DataError(f"Split file {file_part!r} not found; check the path before ':{key}'.")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"Split file {file_part!r} is not valid JSON ({exc}).") from exc
+    if not isinstance(content, dict):
+        raise DataError(
+            f"Split file {file_part!r} must hold a JSON object mapping split names to "
+            '{"train": [...], "test": [...]}.'
+        )
+    if key not in content:
+        raise DataError(
+            f"Split {key!r} is not in {file_part!r}; available: "
+            f"{', '.join(map(str, content)) or 'none'}."
+        )
+    entry = content[key]
+    parts = []
+    for part in ("train", "test"):
+        names = entry.get(part) if isinstance(entry, dict) else None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DataError(
+                f"Split {key!r} in {file_part!r} must have a {part!r} list of image names."
+            )
+        parts.append(list(names))
+    return parts[0], parts[1]
+
+
+def select_by_names(items: Sequence[LabelledImage], names: Iterable[str]) -> list[LabelledImage]:
+    """Return the items called ``names``, in the order of ``names``.
+
+    Raises
+    ------
+    DataError
+        If some names are not among the items (the first few are listed).
+    """
+    by_name: dict[str, LabelledImage] = {}
+    for item in items:
+        by_name.setdefault(item.name, item)
+    names = list(names)
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        hint = ""
+        if any(n.startswith("image_") for n in by_name):
+            hint = (
+                " The data has no real names (image_000 ...): for the lab's pickle use "
+                "nuclei_128.npz, which carries the names."
+            )
+        raise DataError(
+            f"{len(missing)} of {len(names)} requested images are not in the data: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}.{hint}"
+        )
+    return [by_name[n] for n in names]

@@ -1,0 +1,105 @@
+"""Small typed progress events yielded by the engine's generators.
+
+The command line prints them with a progress bar; the napari widgets turn them into a
+progress bar and a live plot. They hold plain values only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .model import NucleiModel
+
+__all__ = [
+    "BestModel",
+    "EpochEnd",
+    "FrameDone",
+    "TileDone",
+    "TrainingFinished",
+    "TrainingStarted",
+    "TrainingStep",
+]
+
+
+@dataclass(frozen=True)
+class TrainingStarted:
+    """Training is set up: sizes of the data and the plan."""
+
+    n_train_images: int
+    n_val_images: int
+    steps_per_epoch: int
+    total_steps: int | None
+    time_budget: float | None
+    device: str
+    precision: str
+
+
+@dataclass(frozen=True)
+class TrainingStep:
+    """One optimiser step is done."""
+
+    epoch: int
+    step: int
+    global_step: int
+    total_steps: int | None
+    loss: float
+    elapsed: float
+    eta: float | None
+    fraction_done: float
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """An epoch ended; validation metrics are NaN when there is no validation data."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_precision: float
+    val_recall: float
+    val_f1: float
+    val_iou: float
+    elapsed: float
+    eta: float | None
+
+
+@dataclass(frozen=True)
+class BestModel:
+    """The weights of this epoch are the best so far on validation and have been kept."""
+
+    epoch: int
+    val_f1: float
+
+
+@dataclass(frozen=True)
+class TrainingFinished:
+    """Training ended; ``model`` holds the best-on-validation weights."""
+
+    model: NucleiModel
+    reason: str  # "completed", "time_budget", "cancelled", "diverged"
+    epochs: int
+    steps: int
+    elapsed: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class TileDone:
+    """Tiled inference finished one batch of tiles of one frame."""
+
+    frame: int
+    n_frames: int
+    tiles_done: int
+    n_tiles: int
+
+
+@dataclass(frozen=True)
+class FrameDone:
+    """Inference finished one 2-D frame of a stack."""
+
+    frame: int
+    n_frames: int
+    result: Any = None

@@ -1,0 +1,88 @@
+"""A trained nuclei model: network, normalisation, default threshold, training summary."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from .network import UNet, UNetConfig, build_unet
+from .normalization import NormalizationConfig
+
+__all__ = ["NucleiModel", "create_model"]
+
+
+@dataclass
+class NucleiModel:
+    """Everything needed to segment an image the way the model was trained.
+
+    Parameters
+    ----------
+    network : UNet
+        The torch network (its ``config`` holds the architecture).
+    normalization : NormalizationConfig
+        How each frame is normalised before the network sees it.
+    threshold : float
+        Default probability threshold for the nucleus mask.
+    summary : dict
+        Training summary as plain JSON-like data (data names, epochs, metrics, versions).
+    name : str
+        A short display name, e.g. for the GUI's model pickers.
+    """
+
+    network: UNet
+    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+    threshold: float = 0.5
+    summary: dict[str, Any] = field(default_factory=dict)
+    name: str = "unet"
+
+    @property
+    def config(self) -> UNetConfig:
+        """Architecture of the network."""
+        return self.network.config
+
+    def copy(self) -> NucleiModel:
+        """Return an independent copy (weights included), e.g. to fine-tune."""
+        return NucleiModel(
+            network=copy.deepcopy(self.network).cpu(),
+            normalization=self.normalization,
+            threshold=self.threshold,
+            summary=copy.deepcopy(self.summary),
+            name=self.name,
+        )
+
+    def describe(self) -> str:
+        """One line describing the model for pickers and logs."""
+        cfg = self.config
+        text = f"{self.name} (F={cfg.features}, depth={cfg.depth}"
+        f1 = self.summary.get("best_val_f1")
+        if isinstance(f1, float) and f1 == f1:
+            text += f", val F1={f1:.3f}"
+        return text + ")"
+
+
+def create_model(
+    features: int = 16,
+    depth: int = 3,
+    normalization: NormalizationConfig | None = None,
+    name: str = "unet",
+) -> NucleiModel:
+    """Create an untrained model.
+
+    Parameters
+    ----------
+    features : int
+        Channels of the first level ``F``.
+    depth : int
+        Number of down-samplings (1-5).
+    normalization : NormalizationConfig, optional
+        Normalisation settings; defaults when omitted.
+    name : str
+        Display name.
+
+    Returns
+    -------
+    NucleiModel
+    """
+    network = build_unet(UNetConfig(features=features, depth=depth))
+    return NucleiModel(network, normalization or NormalizationConfig(), 0.5, {}, name)

@@ -1,0 +1,169 @@
+"""Model files: one ``.pt`` file with weights and plain-data configuration.
+
+Files are data, never code: they are read with ``torch.load(weights_only=True)``, which
+refuses any pickled object other than tensors and plain containers. Saving writes a
+temporary file next to the target and renames it, so an interrupted save leaves an older
+file intact.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .model import NucleiModel
+from .network import UNetConfig, build_unet
+from .normalization import NormalizationConfig
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ModelFileError", "load_model", "save_model"]
+
+FORMAT_NAME = "napari-unet-nuclei-model"
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A file could not be read as a napari-unet-nuclei model."""
+
+
+def _plain(value: Any) -> Any:
+    """Convert a summary to types that ``weights_only`` loading accepts."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None:
+        return None
+    for kind in (bool, int, float, str):  # subclasses (numpy scalars, TorchVersion) too
+        if isinstance(value, kind):
+            return kind(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def model_to_dict(model: NucleiModel) -> dict[str, Any]:
+    """Return the model as the dictionary stored in a file."""
+    state = {k: v.detach().cpu().clone() for k, v in model.network.state_dict().items()}
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "name": model.name,
+        "architecture": model.config.to_dict(),
+        "normalization": model.normalization.to_dict(),
+        "threshold": float(model.threshold),
+        "summary": _plain(model.summary),
+        "state_dict": state,
+    }
+
+
+def model_from_dict(data: Any, source: str = "the data") -> NucleiModel:
+    """Rebuild a model from :func:`model_to_dict` output, checking format and version."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        raise ModelFileError(
+            f"{source} is a PyTorch file but not a napari-unet-nuclei model "
+            "(no 'format' entry); train or export a model with this plugin."
+        )
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{source} uses model format version {version}, newer than this plugin reads "
+            f"(up to {FORMAT_VERSION}); update napari-unet-nuclei."
+        )
+    try:
+        network = build_unet(UNetConfig.from_dict(data["architecture"]))
+        network.load_state_dict(data["state_dict"])
+        normalization = NormalizationConfig.from_dict(data["normalization"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:
+        raise ModelFileError(f"{source} is damaged or incomplete: {error}") from error
+    network.eval()
+    return NucleiModel(
+        network=network,
+        normalization=normalization,
+        threshold=float(data.get("threshold", 0.5)),
+        summary=dict(data.get("summary", {})),
+        name=str(data.get("name", "unet")),
+    )
+
+
+def save_model(model: NucleiModel, path: str | os.PathLike) -> Path:
+    """Save a model to one ``.pt`` file, atomically.
+
+    Parameters
+    ----------
+    model : NucleiModel
+        The model to save.
+    path : str or path-like
+        Target file; its folder is created when missing.
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(model_to_dict(model), stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_model(path: str | os.PathLike, map_location: str = "cpu") -> NucleiModel:
+    """Load a model saved by :func:`save_model`, without running any code from the file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.pt`` model file.
+    map_location : str
+        Device the weights are loaded to.
+
+    Returns
+    -------
+    NucleiModel
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    ModelFileError
+        The file is not a model of this plugin, is damaged, holds objects other than
+        tensors and plain data, or comes from a newer format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Model file not found: {path}")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ModelFileError(
+            f"{path} was refused: it contains objects other than tensors and plain data, "
+            "so it could run code when loaded. Only load model files saved by this plugin."
+        ) from error
+    except (
+        zipfile.BadZipFile,
+        EOFError,
+        RuntimeError,
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+    ) as error:
+        raise ModelFileError(
+            f"{path} is not a readable model file (truncated, corrupted or another kind of "
+            f"file): {error}"
+        ) from error
+    return model_from_dict(data, source=str(path))

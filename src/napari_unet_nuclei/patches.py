@@ -1,0 +1,167 @@
+"""Random training patches from images of any size.
+
+Images smaller than the patch are padded (reflect for the image, zero loss weight on the
+padding); a per-pixel weight map restricts the loss to annotated pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["PatchSampler", "effective_patch_size"]
+
+
+def effective_patch_size(shapes: Sequence[tuple[int, int]], patch_size: int, multiple: int) -> int:
+    """Patch side actually used: at most ``patch_size``, no larger than the largest image.
+
+    Parameters
+    ----------
+    shapes : sequence of (int, int)
+        Shapes of the training images.
+    patch_size : int
+        Requested patch side.
+    multiple : int
+        The network's size multiple (``2**depth``); the result is a multiple of it.
+
+    Returns
+    -------
+    int
+    """
+    largest = max(max(shape) for shape in shapes)
+    side = min(int(patch_size), int(largest))
+    return max(multiple, int(np.ceil(side / multiple)) * multiple)
+
+
+@dataclass
+class _Item:
+    image: np.ndarray  # float32 (H, W), normalised, padded to >= patch
+    mask: np.ndarray  # float32 (H, W) in {0, 1}
+    weight: np.ndarray  # float32 (H, W) in {0, 1}
+
+
+class PatchSampler:
+    """Draw random square patches (image, mask, loss weight) from a set of images.
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        Normalised float32 2-D images.
+    masks : sequence of numpy.ndarray
+        Binary nucleus masks of the same shapes.
+    patch_size : int
+        Side of the square patches.
+    weights : sequence of numpy.ndarray or None, optional
+        Per-image maps of annotated pixels (True where the labels are complete);
+        ``None`` means every pixel is annotated.
+    rng : numpy.random.Generator, optional
+        Source of randomness.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        patch_size: int,
+        weights: Sequence[np.ndarray | None] | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        if len(images) == 0:
+            raise ValueError("No training images: give at least one image with labels.")
+        if len(images) != len(masks):
+            raise ValueError(f"Got {len(images)} images but {len(masks)} label images.")
+        weights = list(weights) if weights is not None else [None] * len(images)
+        self.patch_size = int(patch_size)
+        self.rng = rng or np.random.default_rng()
+        self._items: list[_Item] = []
+        sizes = []
+        for image, mask, weight in zip(images, masks, weights):
+            if image.shape != mask.shape:
+                raise ValueError(
+                    f"Image shape {image.shape} and label shape {mask.shape} differ; "
+                    "each label image must match its image."
+                )
+            weight_map = (
+                np.ones(image.shape, np.float32) if weight is None else weight.astype(np.float32)
+            )
+            self._items.append(
+                self._pad(image.astype(np.float32), mask.astype(np.float32), weight_map)
+            )
+            sizes.append(float(weight_map.sum()))
+        total = sum(sizes)
+        if total <= 0:
+            raise ValueError("No annotated pixels: the annotated regions are empty.")
+        self._probabilities = np.asarray(sizes) / total
+        # Where annotations are partial, crops are centred on annotated pixels.
+        self._annotated = [
+            None if weight is None else np.flatnonzero(item.weight)
+            for weight, item in zip(weights, self._items)
+        ]
+
+    @property
+    def n_pixels(self) -> int:
+        """Number of annotated pixels over all images."""
+        return int(sum(float(item.weight.sum()) for item in self._items))
+
+    def _pad(self, image: np.ndarray, mask: np.ndarray, weight: np.ndarray) -> _Item:
+        pad_h = max(0, self.patch_size - image.shape[0])
+        pad_w = max(0, self.patch_size - image.shape[1])
+        if pad_h or pad_w:
+            pads = ((0, pad_h), (0, pad_w))
+            mode = (
+                "reflect"
+                if min(image.shape) > 1 and pad_h < image.shape[0] and pad_w < image.shape[1]
+                else "edge"
+            )
+            image = np.pad(image, pads, mode=mode)
+            mask = np.pad(mask, pads)
+            weight = np.pad(weight, pads)
+        return _Item(image, mask, weight)
+
+    def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Draw a batch.
+
+        Parameters
+        ----------
+        batch_size : int
+            Number of patches.
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            ``(images, masks, weights)``, each float32 of shape ``(B, 1, P, P)``.
+        """
+        size = self.patch_size
+        out = np.empty((3, batch_size, 1, size, size), np.float32)
+        choices = self.rng.choice(len(self._items), size=batch_size, p=self._probabilities)
+        for slot, index in enumerate(choices):
+            item = self._items[index]
+            height, width = item.image.shape
+            annotated = self._annotated[index]
+            if annotated is not None and annotated.size:
+                centre = annotated[self.rng.integers(annotated.size)]
+                cy, cx = divmod(int(centre), width)
+                top = int(
+                    np.clip(
+                        cy - size // 2 + self.rng.integers(-size // 4, size // 4 + 1),
+                        0,
+                        height - size,
+                    )
+                )
+                left = int(
+                    np.clip(
+                        cx - size // 2 + self.rng.integers(-size // 4, size // 4 + 1),
+                        0,
+                        width - size,
+                    )
+                )
+            else:
+                top = int(self.rng.integers(0, height - size + 1))
+                left = int(self.rng.integers(0, width - size + 1))
+            window = (slice(top, top + size), slice(left, left + size))
+            out[0, slot, 0] = item.image[window]
+            out[1, slot, 0] = item.mask[window]
+            out[2, slot, 0] = item.weight[window]
+        return out[0], out[1], out[2]

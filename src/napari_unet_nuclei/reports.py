@@ -1,0 +1,107 @@
+"""Figures for reports: error overlays and precision-recall plots, written as PNG.
+
+Uses matplotlib's object API with the Agg canvas, so it works without a display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["error_overlay_rgb", "save_error_overlay_png", "save_precision_recall_png"]
+
+
+def error_overlay_rgb(
+    image: np.ndarray, predicted: np.ndarray, truth: np.ndarray, alpha: float = 0.55
+) -> np.ndarray:
+    """Grey image with true positives, false positives and false negatives coloured.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2-D image (any dtype).
+    predicted, truth : numpy.ndarray
+        Masks of the same shape (``> 0`` is nucleus).
+    alpha : float
+        Opacity of the colours.
+
+    Returns
+    -------
+    numpy.ndarray
+        float RGB image of shape ``(H, W, 3)`` in [0, 1].
+    """
+    from .metrics import ERROR_COLORS, error_map
+    from .normalization import normalize_frame
+
+    grey = np.clip(normalize_frame(image), 0, 1)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    errors = error_map(predicted, truth)
+    for code in (1, 2, 3):
+        colour = np.asarray(ERROR_COLORS[code][:3], np.float32)
+        where = errors == code
+        rgb[where] = (1 - alpha) * rgb[where] + alpha * colour
+    return rgb
+
+
+def save_error_overlay_png(
+    path: str | Path, image: np.ndarray, predicted: np.ndarray, truth: np.ndarray, title: str = ""
+) -> Path:
+    """Write image | prediction | error overlay side by side with a legend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    from .metrics import ERROR_CLASSES, ERROR_COLORS
+
+    figure = Figure(figsize=(12, 4.4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 3)
+    axes[0].imshow(image, cmap="gray")
+    axes[0].set_title("image")
+    axes[1].imshow(np.asarray(predicted) > 0, cmap="gray")
+    axes[1].set_title("prediction")
+    axes[2].imshow(error_overlay_rgb(image, predicted, truth))
+    axes[2].set_title("errors")
+    for axis in axes:
+        axis.set_axis_off()
+    handles = [Patch(color=ERROR_COLORS[c][:3], label=ERROR_CLASSES[c]) for c in (1, 2, 3)]
+    figure.legend(handles=handles, loc="lower center", ncol=3, frameon=False)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path
+
+
+def save_precision_recall_png(
+    path: str | Path, curves: Mapping[str, object], title: str = ""
+) -> Path:
+    """Write precision against recall for several models (``name -> PrecisionRecallCurve``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.5, 5), dpi=100)
+    FigureCanvasAgg(figure)
+    axis = figure.subplots()
+    for name, curve in curves.items():
+        (line,) = axis.plot(
+            curve.recall, curve.precision, label=f"{name} (AP {curve.average_precision:.3f})"
+        )
+        p, r = curve.point_at(0.5)
+        axis.plot([r], [p], "o", color=line.get_color())
+    axis.set_xlabel("recall")
+    axis.set_ylabel("precision")
+    axis.set_xlim(0, 1.01)
+    axis.set_ylim(0, 1.01)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower left")
+    axis.set_title(title or "precision-recall, threshold swept over logits -5..+5 (dot: 0)")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path

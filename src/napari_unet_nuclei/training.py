@@ -1,0 +1,500 @@
+"""Training as a generator of progress events.
+
+``train`` yields :mod:`napari_unet_nuclei.events` while it runs and finally a
+:class:`~napari_unet_nuclei.events.TrainingFinished` holding the model with the best
+validation F1. Stopping is possible after any step: through ``should_stop`` or by closing
+the generator. The command line and the napari widgets consume the same generator.
+
+Defaults (loss = BCE + soft Dice, AdamW, warm-up then cosine decay over the run, which
+works the same for an epoch count and for a time budget) are the ones the benchmark in
+``benchmarks/quality.py`` measures.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import platform
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from . import __version__
+from .augmentation import AugmentationConfig, augment_batch
+from .devices import resolve_device
+from .events import BestModel, EpochEnd, TrainingFinished, TrainingStarted, TrainingStep
+from .model import NucleiModel, create_model
+from .normalization import NormalizationConfig, normalize_frame
+from .patches import PatchSampler, effective_patch_size
+
+__all__ = ["TrainingConfig", "train", "train_model"]
+
+TrainingEvent = TrainingStarted | TrainingStep | EpochEnd | BestModel | TrainingFinished
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Settings of a training run.
+
+    Parameters
+    ----------
+    features, depth : int
+        Architecture of a new network (ignored when fine-tuning an existing model).
+    epochs : int, optional
+        Number of epochs. When neither ``epochs`` nor ``time_budget`` is given, 40.
+    time_budget : float, optional
+        Train for this many seconds instead (takes precedence over ``epochs``).
+    batch_size : int
+        Patches per step.
+    learning_rate : float
+        Peak learning rate of AdamW.
+    patch_size : int
+        Side of the square training patches (smaller when all images are smaller).
+    augmentation : AugmentationConfig
+        Augmentation switches.
+    validation_fraction : float
+        Share of the images held out for validation when no validation set is given.
+    seed : int
+        Seed of every random draw (weights, split, patches, augmentation).
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``...
+    steps_per_epoch : int, optional
+        Steps between validations; by default one pass over the training pixels.
+    normalization : NormalizationConfig
+        Intensity normalisation stored in the model.
+    """
+
+    features: int = 16
+    depth: int = 3
+    epochs: int | None = None
+    time_budget: float | None = None
+    batch_size: int = 8
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    patch_size: int = 256
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    validation_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    steps_per_epoch: int | None = None
+    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+    warmup_fraction: float = 0.05
+    dice_weight: float = 1.0
+    name: str = "unet"
+
+    DEFAULT_EPOCHS = 40
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as plain data (stored in the model summary)."""
+        data = asdict(self)
+        data["augmentation"] = self.augmentation.to_dict()
+        data["normalization"] = self.normalization.to_dict()
+        return data
+
+
+@dataclass
+class _Split:
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    weights: list[np.ndarray | None]
+    names: list[str]
+
+
+def _as_mask(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "f":
+        labels = np.nan_to_num(labels, nan=0.0)
+    return labels > 0
+
+
+def _check_pair(image: np.ndarray, labels: np.ndarray, name: str) -> None:
+    if image.ndim != 2:
+        raise ValueError(
+            f"Training image '{name}' has shape {image.shape}; give 2-D frames "
+            "(split stacks into frames, convert RGB to grey)."
+        )
+    if image.shape != labels.shape:
+        raise ValueError(
+            f"Training image '{name}' has shape {image.shape} but its labels have shape "
+            f"{labels.shape}; each label image must match its image."
+        )
+
+
+def _split_validation(
+    data: _Split, fraction: float, rng: np.random.Generator, multiple: int
+) -> tuple[_Split, _Split]:
+    n = len(data.images)
+    if fraction <= 0:
+        return data, _Split([], [], [], [])
+    if n >= 2:
+        n_val = min(n - 1, max(1, int(round(fraction * n))))
+        order = rng.permutation(n)
+        val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+
+        def pick(indices: Sequence[int]) -> _Split:
+            return _Split(
+                [data.images[i] for i in indices],
+                [data.masks[i] for i in indices],
+                [data.weights[i] for i in indices],
+                [data.names[i] for i in indices],
+            )
+
+        return pick(train_idx), pick(val_idx)
+    # One image: hold out a band of rows at the bottom for validation.
+    image, mask, weight, name = data.images[0], data.masks[0], data.weights[0], data.names[0]
+    height = image.shape[0]
+    band = max(multiple, int(round(max(fraction, 0.15) * height)))
+    if height - band < multiple:
+        return data, _Split([], [], [], [])
+    cut = height - band
+
+    def rows(array: np.ndarray | None, part: slice) -> np.ndarray | None:
+        return None if array is None else array[part]
+
+    train = _Split(
+        [image[:cut]], [mask[:cut]], [rows(weight, slice(None, cut))], [f"{name} (top)"]
+    )
+    val = _Split(
+        [image[cut:]], [mask[cut:]], [rows(weight, slice(cut, None))], [f"{name} (bottom)"]
+    )
+    return train, val
+
+
+def _loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, dice_weight: float
+) -> torch.Tensor:
+    weight_sum = weight.sum().clamp(min=1.0)
+    bce = (
+        F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
+    ).sum() / weight_sum
+    if dice_weight <= 0:
+        return bce
+    probabilities = torch.sigmoid(logits) * weight
+    target = target * weight
+    intersection = (probabilities * target).sum()
+    dice = 1.0 - (2.0 * intersection + 1.0) / (probabilities.sum() + target.sum() + 1.0)
+    return bce + dice_weight * dice
+
+
+def _learning_rate(base: float, fraction: float, warmup: float) -> float:
+    if fraction < warmup:
+        return base * (0.1 + 0.9 * fraction / warmup)
+    progress = min(1.0, (fraction - warmup) / max(1e-9, 1.0 - warmup))
+    return base * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def _validate(
+    network: torch.nn.Module, val: _Split, device: torch.device
+) -> tuple[float, float, float, float, float]:
+    """Per-image mean loss, precision, recall, F1 and IoU at threshold 0.5."""
+    network.eval()
+    losses, scores = [], []
+    with torch.inference_mode():
+        for image, mask, weight in zip(val.images, val.masks, val.weights):
+            x = torch.from_numpy(image)[None, None].to(device)
+            y = torch.from_numpy(mask.astype(np.float32))[None, None].to(device)
+            w = (
+                torch.ones_like(y)
+                if weight is None
+                else torch.from_numpy(weight.astype(np.float32))[None, None].to(device)
+            )
+            logits = network(x)
+            losses.append(float(_loss(logits, y, w, 1.0)))
+            predicted = (logits >= 0) & (w > 0)
+            truth = (y > 0.5) & (w > 0)
+            tp = float((predicted & truth).sum())
+            fp = float((predicted & ~truth).sum())
+            fn = float((~predicted & truth).sum())
+            precision = tp / (tp + fp) if tp + fp else 1.0
+            recall = tp / (tp + fn) if tp + fn else 1.0
+            f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+            iou = tp / (tp + fp + fn) if tp + fp + fn else 1.0
+            scores.append((precision, recall, f1, iou))
+    network.train()
+    mean = np.mean(scores, axis=0) if scores else [math.nan] * 4
+    return (float(np.mean(losses)) if losses else math.nan, *map(float, mean))
+
+
+def train(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    config: TrainingConfig | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    annotated: Sequence[np.ndarray | None] | None = None,
+    val_images: Sequence[np.ndarray] | None = None,
+    val_labels: Sequence[np.ndarray] | None = None,
+    val_names: Sequence[str] | None = None,
+    init_model: NucleiModel | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Generator[TrainingEvent, None, NucleiModel]:
+    """Train a U-Net, yielding progress events.
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        2-D training images of any size and real dtype.
+    labels : sequence of numpy.ndarray
+        Matching label images (binary or instance ids; ``> 0`` is nucleus).
+    config : TrainingConfig, optional
+        Settings; defaults when omitted.
+    names : sequence of str, optional
+        Image names, recorded in the model summary.
+    annotated : sequence of (numpy.ndarray or None), optional
+        Per image, a boolean map of the pixels whose labels are complete; the loss is
+        computed there only (``None``: the whole image).
+    val_images, val_labels, val_names : optional
+        An explicit validation set; otherwise ``config.validation_fraction`` of the
+        images is held out.
+    init_model : NucleiModel, optional
+        Start from this model's weights (fine-tuning); it is copied, never modified.
+    should_stop : callable, optional
+        Polled after every step; training stops (keeping the best weights) when it
+        returns True.
+
+    Yields
+    ------
+    TrainingStarted, TrainingStep, EpochEnd, BestModel, TrainingFinished
+
+    Returns
+    -------
+    NucleiModel
+        The trained model (also in the final ``TrainingFinished`` event).
+    """
+    config = config or TrainingConfig()
+    if len(images) != len(labels):
+        raise ValueError(f"Got {len(images)} images but {len(labels)} label images.")
+    if len(images) == 0:
+        raise ValueError("No training images: give at least one image with its labels.")
+    names = list(names) if names is not None else [f"image_{i:03d}" for i in range(len(images))]
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    device = resolve_device(config.device)
+
+    if init_model is not None:
+        model = init_model.copy()
+        normalization = model.normalization
+    else:
+        normalization = config.normalization
+        model = create_model(config.features, config.depth, normalization, name=config.name)
+    multiple = model.config.size_multiple
+
+    def prepare(
+        imgs: Sequence[np.ndarray], labs: Sequence[np.ndarray], nms: Sequence[str], ann: Any
+    ) -> _Split:
+        ann = list(ann) if ann is not None else [None] * len(imgs)
+        out = _Split([], [], [], [])
+        for image, label, name, weight in zip(imgs, labs, nms, ann):
+            image, label = np.asarray(image), np.asarray(label)
+            _check_pair(image, label, name)
+            out.images.append(normalize_frame(image, normalization))
+            out.masks.append(_as_mask(label))
+            out.weights.append(None if weight is None else np.asarray(weight, bool))
+            out.names.append(str(name))
+        return out
+
+    data = prepare(images, labels, names, annotated)
+    if val_images is not None:
+        if val_labels is None or len(val_labels) != len(val_images):
+            raise ValueError(
+                "val_images and val_labels must be given together, one label image per image."
+            )
+        val_names = (
+            list(val_names)
+            if val_names is not None
+            else [f"val_{i:03d}" for i in range(len(val_images))]
+        )
+        train_data, val_data = data, prepare(val_images, val_labels, val_names, None)
+    else:
+        train_data, val_data = _split_validation(data, config.validation_fraction, rng, multiple)
+
+    patch = effective_patch_size(
+        [im.shape for im in train_data.images], config.patch_size, multiple
+    )
+    sampler = PatchSampler(train_data.images, train_data.masks, patch, train_data.weights, rng)
+    steps_per_epoch = config.steps_per_epoch or max(
+        4, int(math.ceil(sampler.n_pixels / (config.batch_size * patch * patch)))
+    )
+    epochs = None if config.time_budget else (config.epochs or config.DEFAULT_EPOCHS)
+    total_steps = None if epochs is None else epochs * steps_per_epoch
+    augmenter = torch.Generator().manual_seed(config.seed)
+
+    network = model.network.to(device)
+    network.train()
+    optimizer = torch.optim.AdamW(
+        network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    yield TrainingStarted(
+        n_train_images=len(train_data.images),
+        n_val_images=len(val_data.images),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        time_budget=config.time_budget,
+        device=str(device),
+        precision="fp16-mixed" if use_amp else "fp32",
+    )
+
+    start = time.perf_counter()
+    best_state = copy.deepcopy(network.state_dict())
+    last_good_state = best_state
+    best_f1, best_epoch = -math.inf, 0
+    history: list[dict[str, float]] = []
+    global_step, epoch, reason, message = 0, 0, "completed", ""
+
+    def fraction_done() -> float:
+        if config.time_budget:
+            return min(1.0, (time.perf_counter() - start) / config.time_budget)
+        return global_step / total_steps
+
+    while reason == "completed":
+        if epochs is not None and epoch >= epochs:
+            break
+        epoch += 1
+        losses = []
+        for step in range(1, steps_per_epoch + 1):
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(
+                    config.learning_rate, fraction_done(), config.warmup_fraction
+                )
+            x, y, w = (torch.from_numpy(a) for a in sampler.sample(config.batch_size))
+            if config.augmentation.enabled:
+                x, y, w = augment_batch(x, y, w, config.augmentation, augmenter)
+            x, y, w = (t.to(device, non_blocking=True) for t in (x, y, w))
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                logits = network(x)
+            loss = _loss(logits.float(), y, w, config.dice_weight)
+            if not torch.isfinite(loss):
+                reason = "diverged"
+                message = (
+                    f"Training stopped at epoch {epoch}, step {step}: the loss became {loss.item()}. "
+                    "The last good weights were kept; lower the learning rate or check the "
+                    "images for NaN/Inf pixels."
+                )
+                network.load_state_dict(last_good_state)
+                break
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            global_step += 1
+            loss_value = loss.item()
+            losses.append(loss_value)
+            elapsed = time.perf_counter() - start
+            done = fraction_done()
+            eta = elapsed * (1 - done) / done if done > 0 else None
+            yield TrainingStep(
+                epoch, step, global_step, total_steps, loss_value, elapsed, eta, done
+            )
+            if should_stop is not None and should_stop():
+                reason = "cancelled"
+                break
+            if config.time_budget and elapsed >= config.time_budget:
+                reason = "time_budget"
+                break
+        if reason == "diverged":
+            break
+        if not losses:
+            break
+        val_loss, precision, recall, f1, iou = _validate(network, val_data, device)
+        last_good_state = copy.deepcopy(network.state_dict())
+        elapsed = time.perf_counter() - start
+        done = fraction_done()
+        eta = elapsed * (1 - done) / done if done > 0 else None
+        record = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "val_loss": val_loss,
+            "val_precision": precision,
+            "val_recall": recall,
+            "val_f1": f1,
+            "val_iou": iou,
+            "elapsed": elapsed,
+        }
+        history.append(record)
+        yield EpochEnd(
+            epoch, record["train_loss"], val_loss, precision, recall, f1, iou, elapsed, eta
+        )
+        score = f1 if not math.isnan(f1) else -record["train_loss"]
+        if score >= best_f1:
+            best_f1, best_epoch = score, epoch
+            best_state = last_good_state
+            if not math.isnan(f1):
+                yield BestModel(epoch, f1)
+        if reason == "completed" and config.time_budget and elapsed >= config.time_budget:
+            reason = "time_budget"
+
+    network.load_state_dict(best_state)
+    network.eval()
+    model.network = network.cpu()
+    elapsed = time.perf_counter() - start
+    best_record = next((r for r in history if r["epoch"] == best_epoch), {})
+    previous = init_model.summary.get("rounds", []) if init_model is not None else []
+    model.summary = {
+        "trained_with": f"napari-unet-nuclei {__version__}",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "train_names": list(train_data.names),
+        "val_names": list(val_data.names),
+        "epochs": epoch,
+        "steps": global_step,
+        "seconds": round(elapsed, 2),
+        "stop_reason": reason,
+        "patch_size": patch,
+        "best_epoch": best_epoch,
+        "best_val_f1": best_record.get("val_f1", math.nan),
+        "best_val_precision": best_record.get("val_precision", math.nan),
+        "best_val_recall": best_record.get("val_recall", math.nan),
+        "best_val_iou": best_record.get("val_iou", math.nan),
+        "fine_tuned_from": init_model.name if init_model is not None else None,
+        "config": config.to_dict(),
+        "history": history,
+        "rounds": [*previous, {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "epochs": epoch}],
+    }
+    yield TrainingFinished(model, reason, epoch, global_step, elapsed, history, message)
+    return model
+
+
+def train_model(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    config: TrainingConfig | None = None,
+    *,
+    progress: Callable[[TrainingEvent], None] | None = None,
+    **options: Any,
+) -> NucleiModel:
+    """Run :func:`train` to the end and return the model.
+
+    Parameters
+    ----------
+    images, labels, config
+        As for :func:`train`.
+    progress : callable, optional
+        Called with every event.
+    **options
+        Other keyword arguments of :func:`train`.
+
+    Returns
+    -------
+    NucleiModel
+    """
+    generator = train(images, labels, config, **options)
+    while True:
+        try:
+            event = next(generator)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(event)
+
+
+def with_overrides(config: TrainingConfig, **changes: Any) -> TrainingConfig:
+    """Return a copy of ``config`` with some settings changed."""
+    return replace(config, **changes)

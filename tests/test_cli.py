@@ -1,0 +1,207 @@
+"""The command line, end to end on real data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet_nuclei.cli import main
+from napari_unet_nuclei.model_io import load_model
+
+TINY = [
+    "--features",
+    "4",
+    "--depth",
+    "2",
+    "--batch-size",
+    "4",
+    "--patch-size",
+    "64",
+    "--seed",
+    "0",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory, lab_npz, kromp_root) -> str:
+    out = tmp_path_factory.mktemp("cli") / "model.pt"
+    split = f"{kromp_root / 'splits.json'}:lab_70_9"
+    code = main(
+        [
+            "train",
+            "--data",
+            str(lab_npz),
+            "--split",
+            split,
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            *TINY,
+        ]
+    )
+    assert code == 0
+    return str(out)
+
+
+def test_train_writes_model_with_summary(trained_model, splits) -> None:
+    model = load_model(trained_model)
+    assert model.config.features == 4 and model.config.depth == 2
+    assert model.summary["train_names"] == splits["lab_70_9"]["train"]
+    assert model.summary["val_names"] == splits["lab_70_9"]["test"]
+    assert model.summary["epochs"] == 2
+    assert 0 < model.summary["best_val_f1"] <= 1
+
+
+def test_evaluate_json_matches_format(
+    trained_model, lab_npz, kromp_root, tmp_path, splits, capsys
+) -> None:
+    out = tmp_path / "eval.json"
+    split = f"{kromp_root / 'splits.json'}:lab_70_9"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                trained_model,
+                "--data",
+                str(lab_npz),
+                "--split",
+                split,
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    result = json.loads(out.read_text())
+    assert set(result["mean"]) == {"precision", "recall", "f1", "iou", "ap"}
+    assert [row["name"] for row in result["images"]] == splits["lab_70_9"]["test"]
+    for key in ("precision", "recall", "f1", "iou", "ap"):
+        values = [row[key] for row in result["images"]]
+        assert result["mean"][key] == pytest.approx(np.mean(values))
+        assert all(0 <= v <= 1 for v in values)
+    assert "mean" in capsys.readouterr().out
+
+
+def test_segment_writes_one_mask_per_input(trained_model, kromp_root, tmp_path) -> None:
+    inputs = sorted((kromp_root / "images").glob("*.tif"))[:2]
+    out = tmp_path / "masks"
+    assert (
+        main(
+            [
+                "segment",
+                "--model",
+                trained_model,
+                *map(str, inputs),
+                "--out",
+                str(out),
+                "--threshold",
+                "0.5",
+            ]
+        )
+        == 0
+    )
+    for path in inputs:
+        mask = tifffile.imread(out / path.name)
+        assert mask.shape == tifffile.imread(path).shape
+        assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    assert not list(out.glob(".*partial"))
+
+
+def test_folder_dataset_and_fine_tuning(trained_model, kromp_root, tmp_path) -> None:
+    data = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    for name in ("Ganglioneuroblastoma_0", "Neuroblastoma_1"):
+        for sub in ("images", "masks"):
+            shutil.copy(kromp_root / sub / f"{name}.tif", data / sub / f"{name}.tif")
+    out = tmp_path / "tuned.pt"
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--init",
+        trained_model,
+        *TINY,
+    ]
+    assert main(args) == 0
+    assert load_model(out).summary["fine_tuned_from"] == "model"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "missing.npz", "--out", "m.pt"], "not found"),
+        (["segment", "--model", "missing.pt", "x.tif", "--out", "o"], "Model file not found"),
+        (
+            ["evaluate", "--model", "{model}", "--data", "{npz}", "--split", "{splits}:nope"],
+            "nope",
+        ),
+        (
+            ["segment", "--model", "{model}", "missing.tif", "--out", "{tmp}"],
+            "Input image not found",
+        ),
+        (
+            ["segment", "--model", "{npz}", "missing.tif", "--out", "{tmp}"],
+            "not a readable model file",
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_one_sentence(
+    args, message, trained_model, lab_npz, kromp_root, tmp_path, capsys
+) -> None:
+    values = {
+        "model": trained_model,
+        "npz": str(lab_npz),
+        "splits": str(kromp_root / "splits.json"),
+        "tmp": str(tmp_path),
+    }
+    assert main([a.format(**values) for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+
+
+def test_demo_without_viewer(tmp_path) -> None:
+    metrics = main(["demo", "--out", str(tmp_path), "--time-budget", "15", "--no-viewer"])
+    assert metrics == 0
+    for name in ("model.pt", "metrics.json", "overlay.png", "precision_recall.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(result["images"]) == 4 and result["mean"]["f1"] > 0.5
+    assert len(list((tmp_path / "masks").glob("*.tif"))) == 4
+
+
+def test_console_script_is_installed() -> None:
+    executable = shutil.which("napari-unet-nuclei")
+    command = [executable] if executable else [sys.executable, "-m", "napari_unet_nuclei.cli"]
+    result = subprocess.run(
+        [*command, "train", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    for flag in (
+        "--data",
+        "--split",
+        "--out",
+        "--features",
+        "--depth",
+        "--epochs",
+        "--time-budget",
+        "--batch-size",
+        "--lr",
+        "--patch-size",
+        "--no-augment",
+        "--seed",
+        "--init",
+    ):
+        assert flag in result.stdout
