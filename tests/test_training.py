@@ -235,3 +235,16 @@ def test_augmentation_keeps_image_and_mask_aligned() -> None:
         generator,
     )
     assert not torch.equal(noisy, image)
+
+
+def test_validation_by_names(lab_split) -> None:
+    x_train, y_train, *_ = lab_split
+    names = [f"img{i}" for i in range(6)]
+    config = TrainingConfig(
+        **SMALL, epochs=1, steps_per_epoch=1, validation_names=("img2", "img4")
+    )
+    model = train_model(x_train[:6], y_train[:6], config, names=names)
+    assert model.summary["val_names"] == ["img2", "img4"]
+    assert model.summary["train_names"] == ["img0", "img1", "img3", "img5"]
+    with pytest.raises(ValueError, match="not among the training images"):
+        train_model(x_train[:2], y_train[:2], TrainingConfig(**SMALL, validation_names=("x",)))

@@ -34,6 +34,20 @@ _LAZY = {
     "load_dataset": "datasets",
     "LabelledImage": "datasets",
     "make_synthetic_nuclei": "sample_data",
+    "segment_files": "batch",
+    "SegmentOptions": "batch",
+    "discover_inputs": "batch",
+    "iter_predict_lazy": "lazy",
+    "iter_segment_to_zarr": "lazy",
+    "InstanceConfig": "instances",
+    "instances_from_probabilities": "instances",
+    "label_stack": "instances",
+    "measure_nuclei": "measurements",
+    "write_measurements_csv": "measurements",
+    "match_objects": "object_metrics",
+    "object_scores": "object_metrics",
+    "dsb_average_precision": "object_metrics",
+    "object_error_map": "object_metrics",
 }
 
 __all__ = ["__version__", *_LAZY]

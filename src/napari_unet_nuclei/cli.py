@@ -1,4 +1,4 @@
-"""Command line: ``napari-unet-nuclei train | segment | evaluate | demo``.
+"""Command line: ``napari-unet-nuclei train | segment | evaluate | export | demo``.
 
 The same engine as the napari widgets, with progress bars in the terminal. Bad input
 ends with one sentence on standard error and exit status 2.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,14 +58,68 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--val-fraction", type=float, default=0.1, help="validation share without --split"
     )
 
-    segment = sub.add_parser("segment", help="write a nucleus mask TIFF for each input image")
+    segment = sub.add_parser(
+        "segment",
+        help="write a nucleus mask (or nuclei labels) for each image, stack or OME-Zarr",
+    )
     segment.add_argument("--model", required=True)
-    segment.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (TIFF, PNG)")
+    segment.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files (TIFF incl. multi-page stacks, PNG, JPEG), folders, globs "
+        "('data/*.tif') or OME-Zarr folders",
+    )
     segment.add_argument("--out", required=True, help="output folder")
     segment.add_argument(
         "--threshold", type=float, help="probability threshold (default: the model's)"
     )
-    segment.add_argument("--probabilities", action="store_true", help="also write *_prob.tif")
+    segment.add_argument(
+        "--probabilities", action="store_true", help="also write <name>_prob (float32)"
+    )
+    segment.add_argument(
+        "--format",
+        choices=["tiff", "zarr"],
+        default="tiff",
+        help="outputs as <name>.tif or <name>.ome.zarr (default tiff)",
+    )
+    segment.add_argument(
+        "--instances",
+        action="store_true",
+        help="write nuclei labels (seeded watershed, one id per nucleus) instead of the mask",
+    )
+    segment.add_argument(
+        "--min-size",
+        type=int,
+        default=30,
+        help="with --instances: smallest nucleus in pixels (default 30)",
+    )
+    segment.add_argument(
+        "--measure",
+        action="store_true",
+        help="also write <name>_nuclei.csv: label, area, centroid, intensity, eccentricity",
+    )
+    cluster = segment.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="run on a local dask cluster of N worker processes (default: in this process)",
+    )
+    cluster.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on an existing dask cluster, e.g. tcp://host:8786",
+    )
+    segment.add_argument(
+        "--summary", metavar="CSV", help="summary CSV (default <out>/summary.csv)"
+    )
+    segment.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="segment again images whose outputs exist (default: skip them)",
+    )
+    segment.add_argument("--tile-size", type=int, default=512, help="tile side (default 512)")
     segment.add_argument("--device", default="auto")
 
     evaluate = sub.add_parser(
@@ -80,6 +133,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--threshold", type=float, help="probability threshold (default: the model's)"
     )
     evaluate.add_argument("--device", default="auto")
+
+    export = sub.add_parser(
+        "export", help="export a model as a bioimage.io package, ONNX or TorchScript"
+    )
+    export.add_argument("--model", required=True, help="model file (.pt) to export")
+    export.add_argument("--format", required=True, choices=["bioimageio", "onnx", "torchscript"])
+    export.add_argument("--out", required=True, help="file to write (.zip, .onnx or .pt)")
 
     demo = sub.add_parser(
         "demo", help="train on the built-in synthetic sample, segment, report, open napari"
@@ -214,43 +274,69 @@ def read_input_image(path: Path) -> np.ndarray:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    import tifffile
+    from .batch import SegmentOptions, segment_files
+    from .events import BatchFinished, BatchStarted, FrameDone, ImageDone
+    from .instances import InstanceConfig
 
-    from .inference import predict, threshold_mask
-    from .model_io import load_model
-
-    model = load_model(args.model)
-    threshold = model.threshold if args.threshold is None else args.threshold
-    paths = [Path(p) for p in args.inputs]
-    images = [(path, read_input_image(path)) for path in paths]  # fail early on bad input
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for path, image in images:
-        n_frames = int(np.prod(image.shape[:-2])) if image.ndim > 2 else 1
-        bar = _progress_bar(n_frames, path.name)
-        probabilities = predict(
-            model,
-            image,
-            device=args.device,
-            progress=lambda e, bar=bar: bar.update(1) if type(e).__name__ == "FrameDone" else None,
+    options = SegmentOptions(
+        threshold=args.threshold,
+        format=args.format,
+        probabilities=args.probabilities,
+        instances=args.instances,
+        instance_config=InstanceConfig(min_size=args.min_size),
+        measure=args.measure,
+        tile_size=args.tile_size,
+        device=args.device,
+    )
+    bar = None
+    finished = None
+    events = segment_files(
+        args.model,
+        args.inputs,
+        args.out,
+        options,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        summary=args.summary,
+        overwrite=args.overwrite,
+    )
+    try:
+        for event in events:
+            if isinstance(event, BatchStarted):
+                bar = _progress_bar(event.n_images, f"segmenting ({event.scheduler})")
+                bar.unit = "image"
+            elif isinstance(event, FrameDone) and event.n_frames > 1 and bar is not None:
+                bar.set_postfix_str(f"frame {event.frame + 1}/{event.n_frames}")
+            elif isinstance(event, ImageDone) and bar is not None:
+                bar.update(1)
+                if event.status == "failed":
+                    bar.write(f"{event.name}: failed: {event.error}", file=sys.stderr)
+                elif event.status == "skipped":
+                    bar.write(f"{event.output}  skipped (done before)")
+                else:
+                    bar.write(
+                        f"{event.output}  nuclei {event.nuclei}  "
+                        f"foreground {event.foreground_fraction:.1%}"
+                    )
+            elif isinstance(event, BatchFinished):
+                finished = event
+    finally:
+        if bar is not None:
+            bar.close()
+    assert finished is not None
+    print(
+        f"{finished.n_done} segmented, {finished.n_skipped} skipped, {finished.n_failed} "
+        f"failed in {finished.seconds:.1f} s ({finished.images_per_second:.2f} images/s); "
+        f"summary {finished.summary_path}"
+    )
+    if finished.n_failed:
+        print(
+            f"napari-unet-nuclei segment: error: {finished.n_failed} of "
+            f"{len(finished.rows)} images failed; see {finished.summary_path}",
+            file=sys.stderr,
         )
-        bar.close()
-        mask = threshold_mask(probabilities, threshold)
-        target = out / f"{path.stem}.tif"
-        _write_tiff_atomic(target, mask)
-        if args.probabilities:
-            _write_tiff_atomic(out / f"{path.stem}_prob.tif", probabilities)
-        print(f"{target}  foreground {mask.mean():.1%}")
-    del tifffile
+        return 1
     return 0
-
-
-def _write_tiff_atomic(target: Path, data: np.ndarray) -> None:
-    import tifffile
-
-    temporary = target.with_name(f".{target.name}.partial")
-    tifffile.imwrite(temporary, data, compression="zlib")
-    os.replace(temporary, target)
 
 
 def evaluate_items(
@@ -296,6 +382,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportError, export_model
+    from .model_io import load_model
+
+    model = load_model(args.model)
+    try:
+        path = export_model(model, args.out, args.format)
+    except ExportError as error:
+        raise CommandError(str(error)) from error
+    print(f"wrote {path} ({args.format}, {path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -319,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "segment": _cmd_segment,
         "evaluate": _cmd_evaluate,
         "demo": _cmd_demo,
+        "export": _cmd_export,
     }
     try:
         return commands[args.command](args)

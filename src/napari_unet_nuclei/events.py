@@ -13,9 +13,12 @@ if TYPE_CHECKING:
     from .model import NucleiModel
 
 __all__ = [
+    "BatchFinished",
+    "BatchStarted",
     "BestModel",
     "EpochEnd",
     "FrameDone",
+    "ImageDone",
     "TileDone",
     "TrainingFinished",
     "TrainingStarted",
@@ -103,3 +106,42 @@ class FrameDone:
     frame: int
     n_frames: int
     result: Any = None
+
+
+@dataclass(frozen=True)
+class BatchStarted:
+    """A batch run is set up: images found, already done (skipped) and to segment."""
+
+    n_images: int
+    n_todo: int
+    n_skipped: int
+    workers: int  # 0: in this process
+    scheduler: str  # "in-process", "local cluster" or the scheduler address
+
+
+@dataclass(frozen=True)
+class ImageDone:
+    """One image of a batch is finished (or skipped because done, or failed)."""
+
+    index: int
+    n_images: int
+    name: str
+    status: str  # "done", "skipped", "failed"
+    output: str
+    nuclei: int
+    foreground_fraction: float
+    seconds: float
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class BatchFinished:
+    """The batch run ended; ``rows`` is the summary table (one dict per image)."""
+
+    n_done: int
+    n_skipped: int
+    n_failed: int
+    seconds: float
+    images_per_second: float
+    summary_path: str
+    rows: list[dict[str, Any]] = field(default_factory=list)

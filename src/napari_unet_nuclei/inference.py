@@ -32,7 +32,7 @@ DEFAULT_TILE_SIZE = 512
 DEFAULT_OVERLAP = 64
 
 
-class InferenceCancelled(RuntimeError):
+class InferenceCancelled(Exception):
     """Raised when a ``should_stop`` callback asked inference to stop."""
 
 
@@ -196,16 +196,41 @@ def iter_predict(
     with torch.inference_mode():
         for number, index in enumerate(frame_indices):
             frame = normalize_frame(np.asarray(image[index]), model.normalization)
-            frame_logits = yield from _frame_logits(
+            tiles = _frame_logits(
                 network, frame, device, tile_size, overlap, batch_size, multiple, number, n_frames
             )
-            if should_stop is not None and should_stop():
-                raise InferenceCancelled("Segmentation was cancelled.")
+            while True:
+                try:
+                    tile_event = next(tiles)
+                except StopIteration as done:
+                    frame_logits = done.value
+                    break
+                if should_stop is not None and should_stop():
+                    raise InferenceCancelled("Segmentation was cancelled.")
+                yield tile_event
             if not logits:
                 frame_logits = _sigmoid(frame_logits)
             out[index] = frame_logits
             yield FrameDone(number, n_frames)
     return out
+
+
+def normalized_frame_logits(
+    network: torch.nn.Module,
+    frame: np.ndarray,
+    device: torch.device,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = 4,
+) -> np.ndarray:
+    """Tiled logits of one already-normalised 2-D float32 frame (used for validation).
+
+    The caller sets the network's mode and the grad context.
+    """
+    multiple = network.config.size_multiple
+    return _run(
+        _frame_logits(network, frame, device, tile_size, overlap, batch_size, multiple, 0, 1), None
+    )
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:

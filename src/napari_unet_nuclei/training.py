@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import platform
+import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -28,11 +29,15 @@ from . import __version__
 from .augmentation import AugmentationConfig, augment_batch
 from .devices import resolve_device
 from .events import BestModel, EpochEnd, TrainingFinished, TrainingStarted, TrainingStep
+from .inference import normalized_frame_logits
+from .metrics import confusion_counts
 from .model import NucleiModel, create_model
 from .normalization import NormalizationConfig, normalize_frame
 from .patches import PatchSampler, effective_patch_size
 
 __all__ = ["TrainingConfig", "train", "train_model"]
+
+_SEED_LOCK = threading.Lock()
 
 TrainingEvent = TrainingStarted | TrainingStep | EpochEnd | BestModel | TrainingFinished
 
@@ -59,12 +64,17 @@ class TrainingConfig:
         Augmentation switches.
     validation_fraction : float
         Share of the images held out for validation when no validation set is given.
+    validation_names : tuple of str
+        Hold out the images with these names instead (takes precedence over the fraction).
     seed : int
         Seed of every random draw (weights, split, patches, augmentation).
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``...
     steps_per_epoch : int, optional
         Steps between validations; by default one pass over the training pixels.
+    batchnorm_batches : int
+        Un-augmented batches used to recompute BatchNorm statistics before each
+        validation (0 to skip).
     normalization : NormalizationConfig
         Intensity normalisation stored in the model.
     """
@@ -79,12 +89,14 @@ class TrainingConfig:
     patch_size: int = 256
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     validation_fraction: float = 0.1
+    validation_names: tuple[str, ...] = ()
     seed: int = 0
     device: str = "auto"
     steps_per_epoch: int | None = None
     normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
     warmup_fraction: float = 0.05
     dice_weight: float = 1.0
+    batchnorm_batches: int = 4
     name: str = "unet"
 
     DEFAULT_EPOCHS = 40
@@ -188,33 +200,63 @@ def _learning_rate(base: float, fraction: float, warmup: float) -> float:
     return base * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+def _recalibrate_batchnorm(
+    network: torch.nn.Module,
+    sampler: PatchSampler,
+    batch_size: int,
+    n_batches: int,
+    device: torch.device,
+    seed: int,
+) -> None:
+    """Recompute BatchNorm running statistics for the current weights ("precise BN").
+
+    During training the running averages lag behind fast-changing weights, which shifts
+    the logits at inference (early models then call everything nucleus). A few forward
+    passes over un-augmented training patches with a cumulative average fix that.
+    """
+    layers = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not layers or n_batches <= 0:
+        return
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over the passes below
+    rng_state = sampler.rng
+    sampler.rng = np.random.default_rng(seed)
+    network.train()
+    try:
+        with torch.no_grad():
+            for _ in range(n_batches):
+                images, _, _ = sampler.sample(batch_size)
+                network(torch.from_numpy(images).to(device))
+    finally:
+        sampler.rng = rng_state
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+
+
 def _validate(
     network: torch.nn.Module, val: _Split, device: torch.device
 ) -> tuple[float, float, float, float, float]:
-    """Per-image mean loss, precision, recall, F1 and IoU at threshold 0.5."""
+    """Per-image mean loss, precision, recall, F1 and IoU at threshold 0.5 (tiled, any size)."""
     network.eval()
     losses, scores = [], []
     with torch.inference_mode():
         for image, mask, weight in zip(val.images, val.masks, val.weights):
-            x = torch.from_numpy(image)[None, None].to(device)
-            y = torch.from_numpy(mask.astype(np.float32))[None, None].to(device)
-            w = (
-                torch.ones_like(y)
-                if weight is None
-                else torch.from_numpy(weight.astype(np.float32))[None, None].to(device)
+            logits = normalized_frame_logits(network, image, device)
+            valid = np.ones(mask.shape, bool) if weight is None else weight
+            losses.append(
+                float(
+                    _loss(
+                        torch.from_numpy(logits)[None, None],
+                        torch.from_numpy(mask.astype(np.float32))[None, None],
+                        torch.from_numpy(valid.astype(np.float32))[None, None],
+                        1.0,
+                    )
+                )
             )
-            logits = network(x)
-            losses.append(float(_loss(logits, y, w, 1.0)))
-            predicted = (logits >= 0) & (w > 0)
-            truth = (y > 0.5) & (w > 0)
-            tp = float((predicted & truth).sum())
-            fp = float((predicted & ~truth).sum())
-            fn = float((~predicted & truth).sum())
-            precision = tp / (tp + fp) if tp + fp else 1.0
-            recall = tp / (tp + fn) if tp + fn else 1.0
-            f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-            iou = tp / (tp + fp + fn) if tp + fp + fn else 1.0
-            scores.append((precision, recall, f1, iou))
+            counts = confusion_counts((logits >= 0) & valid, mask & valid)
+            scores.append((counts.precision, counts.recall, counts.f1, counts.iou))
     network.train()
     mean = np.mean(scores, axis=0) if scores else [math.nan] * 4
     return (float(np.mean(losses)) if losses else math.nan, *map(float, mean))
@@ -272,7 +314,6 @@ def train(
     if len(images) == 0:
         raise ValueError("No training images: give at least one image with its labels.")
     names = list(names) if names is not None else [f"image_{i:03d}" for i in range(len(images))]
-    torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = resolve_device(config.device)
 
@@ -281,7 +322,10 @@ def train(
         normalization = model.normalization
     else:
         normalization = config.normalization
-        model = create_model(config.features, config.depth, normalization, name=config.name)
+        # Seeded initial weights without disturbing (or racing on) the global RNG.
+        with _SEED_LOCK, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = create_model(config.features, config.depth, normalization, name=config.name)
     multiple = model.config.size_multiple
 
     def prepare(
@@ -310,6 +354,28 @@ def train(
             else [f"val_{i:03d}" for i in range(len(val_images))]
         )
         train_data, val_data = data, prepare(val_images, val_labels, val_names, None)
+    elif config.validation_names:
+        wanted = set(config.validation_names)
+        missing = wanted - set(data.names)
+        if missing:
+            raise ValueError(
+                f"Validation names not among the training images: {sorted(missing)[:5]}; "
+                "give names passed in `names`."
+            )
+        train_idx = [i for i, n in enumerate(data.names) if n not in wanted]
+        if not train_idx:
+            raise ValueError("Every image is a validation image; leave some images for training.")
+        val_idx = [i for i, n in enumerate(data.names) if n in wanted]
+
+        def pick(indices: list[int]) -> _Split:
+            return _Split(
+                *(
+                    [getattr(data, f)[i] for i in indices]
+                    for f in ("images", "masks", "weights", "names")
+                )
+            )
+
+        train_data, val_data = pick(train_idx), pick(val_idx)
     else:
         train_data, val_data = _split_validation(data, config.validation_fraction, rng, multiple)
 
@@ -402,6 +468,14 @@ def train(
             break
         if not losses:
             break
+        _recalibrate_batchnorm(
+            network,
+            sampler,
+            config.batch_size,
+            config.batchnorm_batches,
+            device,
+            config.seed + epoch,
+        )
         val_loss, precision, recall, f1, iou = _validate(network, val_data, device)
         last_good_state = copy.deepcopy(network.state_dict())
         elapsed = time.perf_counter() - start

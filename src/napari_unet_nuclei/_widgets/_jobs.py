@@ -1,0 +1,299 @@
+"""The work the widgets hand to napari's ``thread_worker``: plain generators, no Qt.
+
+Each job takes plain values (numpy arrays, a model, a config, a ``threading.Event``),
+never a widget or a layer, and yields small dataclasses the widget turns into progress.
+
+A job never raises: a failure is yielded as :class:`JobFailed` holding one sentence.
+superqt's worker would otherwise swallow a ``RuntimeError`` (torch's usual error type: it
+takes it for a deleted Qt object and emits neither ``errored`` nor ``finished``), and napari
+would show other errors as a traceback notification.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "EvaluationResult",
+    "JobFailed",
+    "SegmentProgress",
+    "SegmentResult",
+    "SegmentTask",
+    "evaluation_job",
+    "segmentation_job",
+    "training_job",
+]
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    """A job failed; ``message`` is the first line of the error, without a traceback."""
+
+    message: str
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def gui_friendly_threads() -> Iterator[None]:
+    """Let torch use all cores but one while a job runs, so the GUI thread keeps one.
+
+    With every core busy in torch's OpenMP pool the GUI thread has to fight for CPU, and
+    on a loaded machine the pool's threads spin waiting for each other (a step can take
+    tens of times longer). Set in the worker thread; restored afterwards.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, usable_cores() - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _guarded(
+    job: Callable[..., Generator[Any, None, Any]],
+) -> Callable[..., Generator[Any, None, Any]]:
+    """Turn any exception of a job generator into a final yielded :class:`JobFailed`."""
+
+    @functools.wraps(job)
+    def run(*args: Any, **kwargs: Any) -> Generator[Any, None, Any]:
+        from ._warmup import wait_for_warm_up
+
+        try:
+            wait_for_warm_up()
+            with gui_friendly_threads():
+                return (yield from job(*args, **kwargs))
+        except Exception as error:
+            text = str(error).strip()
+            yield JobFailed(text.splitlines()[0] if text else type(error).__name__)
+            return None
+
+    return run
+
+
+# ------------------------------------------------------------------------------ training
+@_guarded
+def training_job(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    config: Any,
+    *,
+    names: Sequence[str] | None = None,
+    init_model: Any = None,
+    stop: threading.Event,
+) -> Generator[Any, None, None]:
+    """Run :func:`napari_unet_nuclei.training.train`, yielding its events.
+
+    When ``stop`` is set the engine ends after the current step; the remaining events are
+    consumed here without yielding, so the final ``TrainingFinished`` (reason
+    ``"cancelled"``, best weights kept) is the next thing yielded, even when the worker
+    was also asked to quit.
+    """
+    from ..events import TrainingFinished
+    from ..training import train
+
+    events = train(
+        list(images),
+        list(labels),
+        config,
+        names=names,
+        init_model=init_model,
+        should_stop=stop.is_set,
+    )
+    try:
+        for event in events:
+            if stop.is_set() and not isinstance(event, TrainingFinished):
+                final = None
+                for later in events:
+                    if isinstance(later, TrainingFinished):
+                        final = later
+                if final is not None:
+                    yield final
+                return
+            yield event
+    finally:
+        events.close()
+
+
+# -------------------------------------------------------------------------- segmentation
+@dataclass(frozen=True)
+class SegmentTask:
+    """One image (or one frame of a stack) to segment.
+
+    Parameters
+    ----------
+    layer_name : str
+        Name of the image layer it comes from.
+    image : array-like
+        The pixels: the whole layer, or one 2-D frame.
+    frame : tuple of int, optional
+        Index of that frame in the layer, or None when ``image`` is the whole layer.
+    """
+
+    layer_name: str
+    image: Any
+    frame: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SegmentProgress:
+    """Progress over all tasks of a segmentation job."""
+
+    task: int
+    n_tasks: int
+    frame: int
+    n_frames: int
+    fraction: float
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """The probabilities of one task, yielded as soon as it is done."""
+
+    task: int
+    probabilities: np.ndarray
+
+
+@_guarded
+def segmentation_job(
+    model: Any,
+    tasks: Sequence[SegmentTask],
+    *,
+    tile_size: int = 512,
+    device: str | None = None,
+    stop: threading.Event,
+) -> Generator[SegmentProgress | SegmentResult, None, int]:
+    """Segment each task with :func:`napari_unet_nuclei.inference.iter_predict`.
+
+    Returns
+    -------
+    int
+        The number of tasks done (fewer when ``stop`` was set).
+    """
+    from ..events import TileDone
+    from ..inference import InferenceCancelled, iter_predict
+
+    n_tasks = len(tasks)
+    overlap = max(8, min(64, tile_size // 8))
+    try:
+        for number, task in enumerate(tasks):
+            events = iter_predict(
+                model,
+                task.image,
+                tile_size=tile_size,
+                overlap=overlap,
+                device=device,
+                should_stop=stop.is_set,
+            )
+            while True:
+                try:
+                    event = next(events)
+                except StopIteration as done:
+                    probabilities = done.value
+                    break
+                if stop.is_set():
+                    events.close()
+                    return number
+                if isinstance(event, TileDone):
+                    inner = (
+                        event.frame + event.tiles_done / max(1, event.n_tiles)
+                    ) / event.n_frames
+                    yield SegmentProgress(
+                        number, n_tasks, event.frame, event.n_frames, (number + inner) / n_tasks
+                    )
+            yield SegmentResult(number, probabilities)
+    except InferenceCancelled:
+        return number
+    return n_tasks
+
+
+# ---------------------------------------------------------------------------- evaluation
+@dataclass
+class EvaluationResult:
+    """Everything the Evaluate widget shows for one comparison."""
+
+    source: str
+    threshold: float | None
+    errors: np.ndarray
+    scores: dict[str, float]
+    frame_scores: list[dict[str, Any]]
+    curve: Any = None
+    probabilities: np.ndarray | None = field(default=None, repr=False)
+
+
+@_guarded
+def evaluation_job(
+    truth: np.ndarray,
+    *,
+    source: str,
+    prediction: np.ndarray | None = None,
+    model: Any = None,
+    image: Any = None,
+    probabilities: np.ndarray | None = None,
+    threshold: float = 0.5,
+    tile_size: int = 512,
+    stop: threading.Event,
+) -> Generator[SegmentProgress, None, EvaluationResult | None]:
+    """Compare a prediction with the ground truth.
+
+    Give either ``prediction`` (a mask or labels; ``> 0`` is nucleus) or a ``model`` with
+    the ``image`` to segment (``probabilities`` already computed for that image skip the
+    network). With a model, the precision-recall curve over the logit sweep -5..+5 is
+    computed too.
+
+    Returns
+    -------
+    EvaluationResult or None
+        None when ``stop`` was set before the end.
+    """
+    from ..metrics import error_map, per_frame_scores, precision_recall_curve, segmentation_scores
+
+    curve = None
+    if prediction is None:
+        if probabilities is None:
+            job = segmentation_job(
+                model, [SegmentTask(source, image)], tile_size=tile_size, stop=stop
+            )
+            for event in job:
+                if isinstance(event, SegmentResult):
+                    probabilities = event.probabilities
+                elif isinstance(event, JobFailed):
+                    yield event
+                    return None
+                else:
+                    yield event
+        if stop.is_set() or probabilities is None:
+            return None
+        probabilities = np.asarray(probabilities, np.float32)
+        prediction = probabilities >= threshold
+        curve = precision_recall_curve(probabilities, truth)
+    else:
+        threshold = None
+    mask = np.asarray(prediction) > 0
+    if stop.is_set():
+        return None
+    return EvaluationResult(
+        source=source,
+        threshold=threshold,
+        errors=error_map(mask, truth),
+        scores=segmentation_scores(mask, truth),
+        frame_scores=per_frame_scores(mask, truth) if mask.ndim >= 2 else [],
+        curve=curve,
+        probabilities=probabilities,
+    )

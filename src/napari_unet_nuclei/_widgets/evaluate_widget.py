@@ -1,0 +1,352 @@
+"""The *Evaluate* dock widget: where is the model wrong, and how much?"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import napari
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    Label,
+    ProgressBar,
+    PushButton,
+    create_widget,
+)
+from napari.qt.threading import thread_worker
+
+from ._jobs import EvaluationResult, JobFailed, SegmentProgress, evaluation_job
+from ._layers import OWNER_KEY, current_frame_index, put_output_layer, worker_copy
+from ._notify import error_sentence, report_error
+from ._warmup import warm_up_engine
+from .error_legend import ErrorLegend, error_colormap
+from .metrics_table import MetricsTable
+from .model_registry import CachedProbabilities, registry_for, unwrap_viewer
+from .pr_plot import PrecisionRecallPlot
+
+__all__ = ["EvaluateWidget", "PredictionSource"]
+
+PROGRESS_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class PredictionSource:
+    """What is evaluated: a session model (``kind="model"``) or a labels layer."""
+
+    kind: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.name}"
+
+
+class EvaluateWidget(Container):
+    """Compare a model (or a labels layer) with ground-truth labels.
+
+    Shows an error overlay ``<image> errors`` (true positives, wrongly added and missed
+    nucleus pixels in the colours of ``metrics.ERROR_COLORS``), a table of accuracy,
+    precision, recall, F1 and IoU for the current frame and all frames, and the
+    precision-recall curve of each evaluated model over the logit sweep -5..+5. Clicking a
+    curve sets the shared threshold, which Segment's slider follows.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        Injected by napari.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        warm_up_engine()
+        viewer = unwrap_viewer(viewer)
+        self._viewer = viewer
+        self.registry = registry_for(viewer)
+        self.worker: Any = None
+        self.last_result: EvaluationResult | None = None
+        self._stop = threading.Event()
+        self._busy = False
+        self._closed = False
+        self._known_models = self.registry.names()
+        self._run: dict[str, Any] = {}
+
+        self.image_layer = create_widget(annotation=napari.layers.Image, label="image")
+        self.source = ComboBox(
+            choices=self._source_choices,
+            label="prediction",
+            tooltip="a session model, or a labels layer to score as it is",
+        )
+        self.truth_layer = create_widget(annotation=napari.layers.Labels, label="ground truth")
+        self.evaluate_button = PushButton(text="Evaluate")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=PROGRESS_STEPS, label="progress")
+        self.status = Label(value="Pick a prediction and the ground truth, then Evaluate.")
+        self.show_errors = CheckBox(text="show error overlay on top", value=True)
+        self.extend(
+            [
+                self.image_layer,
+                self.source,
+                self.truth_layer,
+                Container(
+                    widgets=[self.evaluate_button, self.cancel_button],
+                    layout="horizontal",
+                    labels=False,
+                    label="",
+                ),
+                self.progress,
+                self.status,
+                self.show_errors,
+            ]
+        )
+        self.legend = ErrorLegend()
+        self.table = MetricsTable()
+        self.pr_plot = PrecisionRecallPlot(viewer)
+        self.pr_plot.set_threshold(self.registry.threshold)
+        for widget in (self.legend, self.table, self.pr_plot):
+            self.native.layout().addWidget(widget)
+
+        self.evaluate_button.changed.connect(self._on_evaluate_clicked)
+        self.cancel_button.changed.connect(self._on_cancel_clicked)
+        self.show_errors.changed.connect(self._on_show_errors_changed)
+        self.pr_plot.threshold_picked.connect(self._on_curve_clicked)
+        self.registry.models_changed.connect(self._on_models_changed)
+        self.registry.threshold_changed.connect(self._on_threshold_changed)
+        viewer.dims.events.current_step.connect(self._on_current_step)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.native.destroyed.connect(self._on_destroyed)
+
+    # -------------------------------------------------------------------- choices
+    def _source_choices(self, _widget: Any = None) -> list[tuple[str, PredictionSource]]:
+        sources = [PredictionSource("model", name) for name in self.registry.names()]
+        sources += [
+            PredictionSource("layer", layer.name)
+            for layer in self._viewer.layers
+            if isinstance(layer, napari.layers.Labels)
+            and (layer.metadata.get(OWNER_KEY) or {}).get("role") != "errors"
+        ]
+        return [(str(source), source) for source in sources]
+
+    def _on_models_changed(self) -> None:
+        if self._closed:
+            return
+        added = [name for name in self.registry.names() if name not in self._known_models]
+        self._known_models = self.registry.names()
+        self.source.reset_choices()
+        if added:
+            self.source.value = PredictionSource("model", added[-1])
+
+    @property
+    def running(self) -> bool:
+        """Whether an evaluation is in progress."""
+        return self._busy
+
+    def _set_running(self, running: bool) -> None:
+        self._busy = running
+        if not self._closed:
+            self.evaluate_button.enabled = not running
+            self.cancel_button.enabled = running
+
+    # ----------------------------------------------------------------- evaluation
+    def _job_inputs(self) -> dict[str, Any]:
+        image_layer, truth_layer = self.image_layer.value, self.truth_layer.value
+        source: PredictionSource | None = self.source.value
+        if source is None or truth_layer is None:
+            raise ValueError("pick a prediction and a ground-truth labels layer first")
+        truth = np.array(truth_layer.data, copy=True)
+        inputs: dict[str, Any] = {"truth": truth, "source": source.name}
+        if source.kind == "model":
+            if image_layer is None:
+                raise ValueError("pick the image layer the model should segment")
+            if tuple(image_layer.data.shape) != truth.shape:
+                raise ValueError(
+                    f"the ground truth (shape {truth.shape}) does not match the image "
+                    f"'{image_layer.name}' (shape {tuple(image_layer.data.shape)})"
+                )
+            inputs["model"] = self.registry.get(source.name)
+            inputs["threshold"] = self.registry.threshold
+            cached = self.registry.cached_probabilities(source.name, image_layer)
+            if (
+                cached is not None
+                and cached.complete
+                and cached.probabilities.shape == truth.shape
+            ):
+                inputs["probabilities"] = np.array(cached.probabilities, copy=True)
+            else:
+                inputs["image"] = worker_copy(image_layer.data)
+        else:
+            layer = next((lay for lay in self._viewer.layers if lay.name == source.name), None)
+            if layer is None:
+                raise ValueError(f"the labels layer '{source.name}' is gone")
+            if layer is truth_layer:
+                raise ValueError("the prediction and the ground truth are the same layer")
+            prediction = np.array(layer.data, copy=True)
+            if prediction.shape != truth.shape:
+                raise ValueError(
+                    f"'{source.name}' (shape {prediction.shape}) does not match the ground truth "
+                    f"(shape {truth.shape})"
+                )
+            inputs["prediction"] = prediction
+        return inputs
+
+    def evaluate(self) -> Any:
+        """Start an evaluation with the current choices; return the worker (None on error)."""
+        if self._busy:
+            return None
+        try:
+            inputs = self._job_inputs()
+        except (ValueError, KeyError) as error:
+            message = error_sentence(error, "Evaluation")
+            self.status.value = message
+            report_error(message)
+            return None
+        image_layer = self.image_layer.value
+        self._run = {
+            "source": self.source.value,
+            "truth": self.truth_layer.value,
+            "image": weakref.ref(image_layer) if image_layer is not None else (lambda: None),
+            "ran_model": "image" in inputs,
+        }
+        self._stop = threading.Event()
+        self.progress.value = 0
+        self.status.value = f"Evaluating {self.source.value}..."
+        worker = thread_worker(evaluation_job, start_thread=False, ignore_errors=True)(
+            stop=self._stop, **inputs
+        )
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._set_running(True)
+        worker.start()
+        return worker
+
+    def cancel(self, message: str = "Evaluation cancelled.") -> None:
+        """Stop the evaluation (between tiles)."""
+        if self.worker is not None and self._busy:
+            self._stop.set()
+            self.worker.quit()
+            if not self._closed:
+                self.status.value = message
+
+    def _on_evaluate_clicked(self, _value: Any = None) -> None:
+        self.evaluate()
+
+    def _on_cancel_clicked(self, _value: Any = None) -> None:
+        self.cancel()
+
+    def _on_yielded(self, event: Any) -> None:
+        if not self._closed and isinstance(event, JobFailed):
+            self._on_errored(event.message)
+        elif not self._closed and isinstance(event, SegmentProgress):
+            self.progress.value = int(round(PROGRESS_STEPS * min(1.0, event.fraction)))
+            frames = f" frame {event.frame + 1}/{event.n_frames}" if event.n_frames > 1 else ""
+            self.status.value = f"Running the model{frames}..."
+
+    def _on_returned(self, result: EvaluationResult | None) -> None:
+        if self._closed or result is None:
+            return
+        self.last_result = result
+        source: PredictionSource = self._run["source"]
+        image_layer = self._run["image"]()
+        truth_layer = self._run["truth"]
+        owner_name = image_layer.name if image_layer is not None else truth_layer.name
+        if source.kind == "model" and image_layer is not None and self._run["ran_model"]:
+            done = np.ones(result.probabilities.shape[:-2], bool)
+            self.registry.store_probabilities(
+                source.name, image_layer, CachedProbabilities(result.probabilities, done)
+            )
+        self._show_error_layer(owner_name, result)
+        self._update_table()
+        if result.curve is not None:
+            self.pr_plot.set_curve(source.name, result.curve)
+        self.progress.value = PROGRESS_STEPS
+        threshold = f" at threshold {result.threshold:.2f}" if result.threshold is not None else ""
+        self.status.value = (
+            f"{source}{threshold}: F1 {result.scores['f1']:.3f}, precision "
+            f"{result.scores['precision']:.3f}, recall {result.scores['recall']:.3f}."
+        )
+
+    def _show_error_layer(self, owner_name: str, result: EvaluationResult) -> None:
+        layer = put_output_layer(
+            self._viewer,
+            "errors",
+            owner_name,
+            result.errors,
+            "labels",
+            name=f"{owner_name} errors",
+            extra={"prediction": result.source},
+            colormap=error_colormap(),
+            opacity=0.7,
+        )
+        layer.colormap = error_colormap()
+        layer.visible = self.show_errors.value
+        layers = self._viewer.layers
+        layers.move(layers.index(layer), len(layers))
+
+    def _update_table(self) -> None:
+        result = self.last_result
+        if result is None:
+            return
+        current = None
+        if result.frame_scores:
+            current = result.frame_scores[0]
+            image_layer = self._run.get("image", lambda: None)()
+            reference = image_layer if image_layer is not None else self._run.get("truth")
+            if len(result.frame_scores) > 1 and reference is not None:
+                index = current_frame_index(self._viewer, reference)
+                if index:
+                    leading = tuple(reference.data.shape[: len(index)])
+                    flat = int(np.ravel_multi_index(index, leading))
+                    if flat < len(result.frame_scores):
+                        current = result.frame_scores[flat]
+        self.table.show_scores(current, result.scores)
+
+    def _on_errored(self, error: Exception | str) -> None:
+        if self._closed:
+            return
+        message = error_sentence(error, "Evaluation")
+        self.status.value = message
+        report_error(message)
+
+    def _on_finished(self) -> None:
+        self._set_running(False)
+
+    # ---------------------------------------------------------------------- events
+    def _on_show_errors_changed(self, visible: bool) -> None:
+        for layer in self._viewer.layers:
+            if (layer.metadata.get(OWNER_KEY) or {}).get("role") == "errors":
+                layer.visible = visible
+                if visible:
+                    layers = self._viewer.layers
+                    layers.move(layers.index(layer), len(layers))
+
+    def _on_curve_clicked(self, threshold: float) -> None:
+        self.registry.set_threshold(threshold)
+
+    def _on_threshold_changed(self, threshold: float) -> None:
+        if self._closed:
+            return
+        self.pr_plot.set_threshold(threshold)
+        if self.last_result is not None and self.last_result.threshold is not None:
+            self.status.value = (
+                f"Threshold now {threshold:.2f}: press Evaluate to update the scores and "
+                "the error overlay (the network does not run again)."
+            )
+
+    def _on_current_step(self, _event: Any = None) -> None:
+        if not self._closed and self.last_result is not None:
+            self._update_table()
+
+    def _on_layer_removed(self, event: Any) -> None:
+        run_layers = (self._run.get("truth"), self._run.get("image", lambda: None)())
+        if self._busy and any(event.value is layer for layer in run_layers):
+            self.cancel(f"Evaluation stopped: the layer '{event.value.name}' was removed.")
+
+    def _on_destroyed(self, *_args: Any) -> None:
+        self._closed = True
+        self.cancel()

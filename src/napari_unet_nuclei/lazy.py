@@ -1,0 +1,446 @@
+"""Segment lazy arrays (dask, zarr, memory-mapped TIFF) with memory bounded by the tile size.
+
+:func:`iter_predict` in :mod:`~napari_unet_nuclei.inference` holds one whole 2-D frame (and
+two float32 buffers of its size) in memory. Here each frame is streamed: it is read in bands
+of rows one tile high, tiles are blended in a rolling buffer, and finished rows are written
+to the output (a zarr array for data larger than memory) as soon as no later tile touches
+them. The percentiles of the normalisation are taken from the same regular sample of the
+frame as :func:`~napari_unet_nuclei.normalization.normalize_frame`, so the result equals
+:func:`iter_predict`'s.
+
+Peak memory is a few bands of ``tile_size`` rows across the frame, plus the network's
+activations for ``batch_size`` tiles: an 8192 x 8192 image fits in well under 2 GB.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .events import FrameDone, TileDone
+from .normalization import _PERCENTILE_SAMPLE, NormalizationConfig
+
+__all__ = [
+    "frame_intensity_range",
+    "iter_predict_lazy",
+    "iter_segment_to_zarr",
+    "predict_lazy",
+]
+
+#: Rows read at a time when sampling a frame for its percentiles.
+_SAMPLE_BAND = 256
+
+
+class _Frame:
+    """One 2-D frame of an array-like, read lazily by rows (zarr reads eagerly otherwise)."""
+
+    def __init__(self, array: Any, index: tuple[int, ...]) -> None:
+        self.array = array
+        self.index = index
+        self.shape = tuple(int(n) for n in array.shape[-2:])
+        self.dtype = np.dtype(array.dtype)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as a numpy array."""
+        return np.asarray(self.array[(*self.index, slice(start, stop))])
+
+
+def frame_intensity_range(
+    frame: Any, config: NormalizationConfig | None = None, *, index: tuple[int, ...] = ()
+) -> tuple[Any, Any] | None:
+    """The ``(low, high)`` values that ``normalize_frame`` maps to 0 and 1, read in bands.
+
+    The same regular sample of the frame as
+    :func:`~napari_unet_nuclei.normalization.normalize_frame` is drawn, a band of rows at a
+    time, so normalising with this range gives exactly its result.
+
+    Parameters
+    ----------
+    frame : array-like
+        2-D frame, or a stack with ``index`` naming the frame; numpy, zarr or dask (read
+        256 rows at a time, never whole).
+    config : NormalizationConfig, optional
+        Percentiles; the defaults when omitted.
+    index : tuple of int
+        Index of the frame in the leading axes of a stack.
+
+    Returns
+    -------
+    tuple or None
+        ``(low, high)`` with ``high > low``, or None for a constant (or all non-finite)
+        frame, which normalises to zeros.
+    """
+    config = config or NormalizationConfig()
+    view = frame if isinstance(frame, _Frame) else _Frame(frame, index)
+    height, width = view.shape
+    size = height * width
+
+    def sample_pass(finite_only: bool, total: int) -> tuple[np.ndarray, int]:
+        step = total // _PERCENTILE_SAMPLE + 1 if total > _PERCENTILE_SAMPLE else 1
+        pieces, seen, n_finite = [], 0, 0
+        for start in range(0, height, _SAMPLE_BAND):
+            values = view.rows(start, min(height, start + _SAMPLE_BAND))
+            values = values.astype(np.float32, copy=False).ravel()
+            finite = np.isfinite(values)
+            n_finite += int(finite.sum())
+            if finite_only:
+                values = values[finite]
+            pieces.append(values[(-seen) % step :: step])  # the global stride in this band
+            seen += values.size
+        return np.concatenate(pieces), n_finite
+
+    sample, n_finite = sample_pass(False, size)
+    if n_finite < size:
+        # normalize_frame samples the finite pixels only: sample them on their own stride.
+        sample, _ = sample_pass(True, n_finite)
+    if sample.size == 0:
+        return None
+    low, high = np.percentile(sample, [config.low_percentile, config.high_percentile])
+    if not high > low:
+        low, high = float(sample.min()), float(sample.max())
+    if not high > low:
+        return None
+    return low, high
+
+
+def _normalize_rows(rows: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
+    """Normalise rows exactly as :func:`normalize_frame` does with the frame's range."""
+    values = rows.astype(np.float32, copy=False)
+    if value_range is None:
+        return np.zeros(rows.shape, np.float32)
+    low, high = value_range
+    out = (values - np.float32(low)) * np.float32(1.0 / (high - low))
+    finite = np.isfinite(values)
+    if not finite.all():
+        out[~finite] = 0.0
+    return out.astype(np.float32, copy=False)
+
+
+def _padded_rows(frame: _Frame, start: int, stop: int, mode: str, value_range: Any) -> np.ndarray:
+    """Normalised rows ``start:stop`` of the frame padded at the bottom to a grid multiple."""
+    height = frame.shape[0]
+    inside = min(stop, height)
+    parts = []
+    if start < inside:
+        parts.append(_normalize_rows(frame.rows(start, inside), value_range))
+    if stop > height:
+        extra = np.arange(max(start, height), stop)
+        rows = 2 * (height - 1) - extra if mode == "reflect" else np.full(extra.size, height - 1)
+        first = int(rows.min())
+        block = _normalize_rows(frame.rows(first, int(rows.max()) + 1), value_range)
+        parts.append(block[rows - first])
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+class _RowWriter:
+    """Write finished rows of one frame to its targets, gathered to whole chunk rows."""
+
+    def __init__(
+        self,
+        targets: list[tuple[Any, Callable[[np.ndarray], np.ndarray]]],
+        index: tuple[int, ...],
+        height: int,
+    ) -> None:
+        self.targets = targets
+        self.index = index
+        self.height = height
+        chunk = 0
+        for array, _ in targets:
+            chunks = getattr(array, "chunks", None)
+            if isinstance(chunks, tuple) and chunks and isinstance(chunks[-2], int):
+                chunk = max(chunk, int(chunks[-2]))
+        self.chunk = chunk
+        self.pending: list[np.ndarray] = []
+        self.start = 0
+        self.rows = 0
+
+    def write(self, rows: np.ndarray) -> None:
+        self.pending.append(rows)
+        self.rows += rows.shape[0]
+        end = self.start + self.rows
+        if self.chunk <= 1 or end == self.height:
+            self.flush(end)
+        elif end // self.chunk * self.chunk > self.start:
+            self.flush(end // self.chunk * self.chunk)
+
+    def flush(self, until: int) -> None:
+        block = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        count = until - self.start
+        for array, convert in self.targets:
+            array[(*self.index, slice(self.start, until))] = convert(block[:count])
+        rest = block[count:]
+        self.pending = [rest] if rest.shape[0] else []
+        self.rows = rest.shape[0]
+        self.start = until
+
+
+def _stream_frame(
+    network: Any,
+    frame: _Frame,
+    value_range: tuple[float, float] | None,
+    device: Any,
+    tile_size: int,
+    overlap: int,
+    batch_size: int,
+    multiple: int,
+    frame_number: int,
+    n_frames: int,
+    writer: _RowWriter,
+    should_stop: Callable[[], bool] | None,
+) -> Generator[TileDone, None, None]:
+    """Tiled logits of one frame, rows written through ``writer`` as they are finished."""
+    import torch
+
+    from .inference import InferenceCancelled, _blend_window, tile_positions
+
+    height, width = frame.shape
+    tile_h, tile_w = min(tile_size, height), min(tile_size, width)
+    if tile_h == height and tile_w == width:
+        whole = _normalize_rows(frame.rows(0, height), value_range)
+        logits = network(torch.from_numpy(whole)[None, None].to(device))[0, 0]
+        writer.write(logits.float().cpu().numpy())
+        yield TileDone(frame_number, n_frames, 1, 1)
+        return
+    # The same grid as inference._frame_logits: tiles on multiples of 2**depth of a frame
+    # padded (reflect, or edge for tiny frames) to a multiple at the bottom and right.
+    tile_h = max(multiple, tile_h // multiple * multiple)
+    tile_w = max(multiple, tile_w // multiple * multiple)
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    mode = "reflect" if min(height, width) > max(pad_h, pad_w) else "edge"
+    padded_h, padded_w = height + pad_h, width + pad_w
+    window = np.maximum(_blend_window(tile_h, tile_w, overlap), 1e-3)
+    rows_at = tile_positions(padded_h, tile_h, overlap, multiple)
+    cols_at = tile_positions(padded_w, tile_w, overlap, multiple)
+    n_tiles, done = len(rows_at) * len(cols_at), 0
+    base = 0  # first padded row not yet written
+    accumulated = np.zeros((0, padded_w), np.float32)
+    weight = np.zeros((0, padded_w), np.float32)
+    for number, y in enumerate(rows_at):
+        band = _padded_rows(frame, y, y + tile_h, mode, value_range)
+        if pad_w:
+            band = np.pad(band, ((0, 0), (0, pad_w)), mode=mode)
+        grow = y + tile_h - base - accumulated.shape[0]
+        if grow > 0:
+            accumulated = np.concatenate([accumulated, np.zeros((grow, padded_w), np.float32)])
+            weight = np.concatenate([weight, np.zeros((grow, padded_w), np.float32)])
+        top = y - base
+        for start in range(0, len(cols_at), batch_size):
+            chunk = cols_at[start : start + batch_size]
+            batch = np.stack([band[:, x : x + tile_w] for x in chunk])
+            out = network(torch.from_numpy(batch)[:, None].to(device))[:, 0].float().cpu().numpy()
+            for x, tile_logits in zip(chunk, out):
+                accumulated[top : top + tile_h, x : x + tile_w] += tile_logits * window
+                weight[top : top + tile_h, x : x + tile_w] += window
+            done += len(chunk)
+            yield TileDone(frame_number, n_frames, done, n_tiles)
+            if should_stop is not None and should_stop():
+                raise InferenceCancelled("Segmentation was cancelled.")
+        finished = rows_at[number + 1] if number + 1 < len(rows_at) else padded_h
+        count = finished - base
+        if min(finished, height) > base:
+            keep = min(finished, height) - base
+            rows = accumulated[:keep, :width] / weight[:keep, :width]
+            writer.write(rows.astype(np.float32, copy=False))
+        accumulated, weight = accumulated[count:], weight[count:]
+        base = finished
+
+
+def iter_predict_lazy(
+    model: Any,
+    image: Any,
+    *,
+    out: Any = None,
+    mask_out: Any = None,
+    threshold: float | None = None,
+    logits: bool = False,
+    tile_size: int = 512,
+    overlap: int = 64,
+    batch_size: int = 4,
+    device: Any = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Generator[TileDone | FrameDone, None, Any]:
+    """Segment a (possibly larger than memory) image or stack, frame by frame, in bands.
+
+    Parameters
+    ----------
+    model : NucleiModel
+        A trained model.
+    image : array-like
+        ``(H, W)`` or ``(..., H, W)``: numpy, zarr, dask or memory-mapped; read a band of
+        rows at a time (for dask/zarr, chunks no taller than ``tile_size`` keep reads small).
+    out : array-like, optional
+        Array of the image's shape for the probabilities (or logits), e.g. a zarr array;
+        when omitted and ``mask_out`` is omitted too, a float32 numpy array.
+    mask_out : array-like, optional
+        Array of the image's shape for the uint8 mask (1 = nucleus), written band by band;
+        needs ``threshold`` or uses the model's.
+    threshold : float, optional
+        Probability threshold of the mask (default: the model's).
+    logits : bool
+        Write logits to ``out`` instead of probabilities.
+    tile_size, overlap, batch_size : int
+        As in :func:`~napari_unet_nuclei.inference.iter_predict`.
+    device : str or torch.device, optional
+        Where to compute; automatic when omitted.
+    should_stop : callable, optional
+        Called after each batch of tiles; when it returns True,
+        :class:`~napari_unet_nuclei.inference.InferenceCancelled` is raised.
+
+    Yields
+    ------
+    TileDone or FrameDone
+        Progress after each batch of tiles and after each frame.
+
+    Returns
+    -------
+    array-like
+        ``out`` if given or created, else ``mask_out``.
+    """
+    import torch
+
+    from .devices import resolve_device
+    from .inference import InferenceCancelled, _sigmoid
+
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) < 2:
+        raise ValueError(f"Expected a 2-D image or a stack (..., H, W), got shape {shape}.")
+    if min(shape[-2:]) < 1:
+        raise ValueError(f"The image is empty (shape {shape}).")
+    if out is None and mask_out is None:
+        out = np.empty(shape, np.float32)
+    for name, array in (("out", out), ("mask_out", mask_out)):
+        if array is not None and tuple(array.shape) != shape:
+            raise ValueError(
+                f"The {name} array has shape {tuple(array.shape)} but the image has {shape}."
+            )
+    threshold = float(model.threshold if threshold is None else threshold)
+    targets: list[tuple[Any, Callable[[np.ndarray], np.ndarray]]] = []
+    if out is not None:
+        targets.append((out, (lambda rows: rows) if logits else _sigmoid))
+    if mask_out is not None:
+        targets.append((mask_out, lambda rows: (_sigmoid(rows) >= threshold).astype(np.uint8)))
+    device = resolve_device(device)
+    network = model.network.to(device).eval()
+    multiple = model.config.size_multiple
+    indices = list(np.ndindex(*shape[:-2])) if len(shape) > 2 else [()]
+    with torch.inference_mode():
+        for number, index in enumerate(indices):
+            frame = _Frame(image, index)
+            value_range = frame_intensity_range(frame, model.normalization)
+            writer = _RowWriter(targets, index, shape[-2])
+            yield from _stream_frame(
+                network,
+                frame,
+                value_range,
+                device,
+                tile_size,
+                overlap,
+                batch_size,
+                multiple,
+                number,
+                len(indices),
+                writer,
+                should_stop,
+            )
+            if should_stop is not None and should_stop():
+                raise InferenceCancelled("Segmentation was cancelled.")
+            yield FrameDone(number, len(indices))
+    return out if out is not None else mask_out
+
+
+def predict_lazy(model: Any, image: Any, **options: Any) -> Any:
+    """Run :func:`iter_predict_lazy` to the end and return its result (no progress)."""
+    generator = iter_predict_lazy(model, image, **options)
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
+
+
+def iter_segment_to_zarr(
+    model: Any,
+    image: Any,
+    path: str | os.PathLike[str],
+    *,
+    kind: str = "mask",
+    threshold: float | None = None,
+    axes: list[str] | None = None,
+    chunks: tuple[int, ...] | None = None,
+    overwrite: bool = False,
+    **options: Any,
+) -> Generator[TileDone | FrameDone, None, Any]:
+    """Segment a lazy image into an OME-Zarr on disk and return the result as a dask array.
+
+    The image is never loaded whole: frames are read in bands and results are written as
+    they come, into a hidden temporary folder renamed to ``path`` at the end (an
+    interrupted run leaves nothing under ``path``).
+
+    Parameters
+    ----------
+    model : NucleiModel
+        A trained model.
+    image : array-like
+        ``(H, W)`` or ``(..., H, W)`` dask, zarr or numpy array (2 to 5 dimensions).
+    path : path-like
+        OME-Zarr folder to write, e.g. ``"nuclei.ome.zarr"``.
+    kind : {"mask", "probabilities"}
+        Write the uint8 mask (1 = nucleus) or the float32 probabilities.
+    threshold : float, optional
+        Mask threshold (default: the model's).
+    axes : list of str, optional
+        OME axis names (default from the number of dimensions).
+    chunks : tuple of int, optional
+        Output chunks (default: one frame of up to 1024 x 1024 per chunk).
+    overwrite : bool
+        Replace an existing ``path``; otherwise an existing path is an error.
+    **options
+        ``tile_size``, ``overlap``, ``batch_size``, ``device``, ``should_stop`` of
+        :func:`iter_predict_lazy`.
+
+    Yields
+    ------
+    TileDone or FrameDone
+
+    Returns
+    -------
+    dask.array.Array
+        The written result, read lazily from ``path``.
+    """
+    from .zarr_io import create_ome_zarr, finish_atomic, partial_path, read_ome_zarr_lazy
+
+    if kind not in ("mask", "probabilities"):
+        raise ValueError(f"kind must be 'mask' or 'probabilities', got {kind!r}.")
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
+    partial = partial_path(target)
+    threshold = float(model.threshold if threshold is None else threshold)
+    dtype = np.uint8 if kind == "mask" else np.float32
+    array = create_ome_zarr(
+        partial,
+        image.shape,
+        dtype,
+        axes=axes,
+        chunks=chunks,
+        attributes={"kind": kind, "threshold": threshold, "model": model.name},
+        overwrite=True,
+    )
+    try:
+        if kind == "mask":
+            yield from iter_predict_lazy(
+                model, image, mask_out=array, threshold=threshold, **options
+            )
+        else:
+            yield from iter_predict_lazy(model, image, out=array, **options)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finish_atomic(partial, target)
+    return read_ome_zarr_lazy(target)

@@ -1,0 +1,239 @@
+"""Per-nucleus measurements: a table of columns for napari layer features and CSV files.
+
+One row per nucleus (label id): area, centroid, mean and integrated intensity and
+eccentricity, measured with scikit-image's ``regionprops`` in pixel units.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "MEASUREMENT_COLUMNS",
+    "measure_nuclei",
+    "read_measurements_csv",
+    "to_layer_features",
+    "write_measurements_csv",
+]
+
+#: Columns of a 2-D measurement table, in order (stacks add frame columns in front).
+MEASUREMENT_COLUMNS: tuple[str, ...] = (
+    "label",
+    "area",
+    "centroid_y",
+    "centroid_x",
+    "mean_intensity",
+    "integrated_intensity",
+    "eccentricity",
+)
+
+_INTEGER_COLUMNS = ("label", "area")
+
+
+def _empty_table(columns: Sequence[str]) -> dict[str, np.ndarray]:
+    return {
+        name: np.zeros(
+            0, np.int64 if name in _INTEGER_COLUMNS or name.startswith("frame") else float
+        )
+        for name in columns
+    }
+
+
+def _measure_frame(labels: np.ndarray, image: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Measurements of one 2-D label image (or 3-D volume)."""
+    from scipy import ndimage as ndi
+    from skimage.measure import regionprops_table
+
+    spatial = ("z", "y", "x")[-labels.ndim :]
+    columns = ["label", "area", *(f"centroid_{axis}" for axis in spatial)]
+    columns += ["mean_intensity", "integrated_intensity", "eccentricity"]
+    if not labels.any():
+        return _empty_table(columns)
+    properties = ["label", "area", "centroid"]
+    if labels.ndim == 2:
+        properties.append("eccentricity")
+    raw = regionprops_table(labels, properties=properties)
+    ids = raw["label"].astype(np.int64)
+    table: dict[str, np.ndarray] = {
+        "label": ids,
+        "area": np.rint(raw["area"]).astype(np.int64),
+    }
+    for number, axis in enumerate(spatial):
+        table[f"centroid_{axis}"] = raw[f"centroid-{number}"].astype(float)
+    if image is None:
+        table["mean_intensity"] = np.full(ids.size, np.nan)
+        table["integrated_intensity"] = np.full(ids.size, np.nan)
+    else:
+        values = np.asarray(image, dtype=np.float64)
+        integrated = np.asarray(ndi.sum_labels(values, labels, index=ids), dtype=float)
+        table["integrated_intensity"] = integrated
+        table["mean_intensity"] = integrated / table["area"]
+    table["eccentricity"] = (
+        raw["eccentricity"].astype(float) if labels.ndim == 2 else np.full(ids.size, np.nan)
+    )
+    return {name: table[name] for name in columns}
+
+
+def measure_nuclei(
+    labels: Any,
+    image: Any = None,
+    *,
+    per_frame: bool | None = None,
+) -> dict[str, np.ndarray]:
+    """Measure every nucleus of a label image: one row per label id.
+
+    Parameters
+    ----------
+    labels : array_like
+        Integer labels, 0 = background: a 2-D image, a stack ``(..., H, W)`` of frames, or a
+        3-D volume (``per_frame=False``).
+    image : array_like, optional
+        The intensity image of the same shape (raw values, any real dtype); without it the
+        intensity columns are NaN.
+    per_frame : bool, optional
+        Measure each 2-D frame of a stack on its own (the default for more than 2
+        dimensions: this package segments frame by frame) and add one column per leading
+        axis (``frame`` for a 3-D stack, ``frame_0``, ``frame_1``... for more). ``False``
+        measures a 3-D volume as such (``centroid_z`` is added; eccentricity is NaN).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Columns of equal length, in this order: the frame columns (stacks), ``label``,
+        ``area`` (pixels), ``centroid_y``, ``centroid_x`` (pixels, row and column),
+        ``mean_intensity``, ``integrated_intensity`` (sum over the nucleus),
+        ``eccentricity`` (of the ellipse with the same second moments, 0 = circle).
+        Suitable as napari layer ``features`` (see :func:`to_layer_features`) or for
+        :func:`write_measurements_csv`.
+
+    Raises
+    ------
+    ValueError
+        When shapes differ, labels are not integers, or a volume has more than 3 dimensions.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "uib":
+        raise ValueError(
+            f"Labels must be integers (0 = background), got dtype {labels.dtype}; pass the "
+            "instance labels, not probabilities."
+        )
+    if labels.ndim < 2:
+        raise ValueError(f"Labels must have at least 2 dimensions, got shape {labels.shape}.")
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    if image is not None:
+        image = np.asarray(image)
+        if image.shape != labels.shape:
+            raise ValueError(
+                f"The image has shape {image.shape} but the labels {labels.shape}; measure "
+                "each labels layer with the image it was segmented from."
+            )
+    if per_frame is None:
+        per_frame = labels.ndim > 2
+    if not per_frame:
+        if labels.ndim > 3:
+            raise ValueError(
+                f"Volumes of {labels.ndim} dimensions cannot be measured as one; use "
+                "per_frame=True."
+            )
+        return _measure_frame(labels, image)
+    if labels.ndim == 2:
+        return _measure_frame(labels, image)
+    leading = labels.shape[:-2]
+    names = ["frame"] if len(leading) == 1 else [f"frame_{i}" for i in range(len(leading))]
+    parts = []
+    for index in np.ndindex(*leading):
+        part = _measure_frame(labels[index], None if image is None else image[index])
+        count = part["label"].size
+        parts.append(
+            {**{name: np.full(count, i, np.int64) for name, i in zip(names, index)}, **part}
+        )
+    columns = list(parts[0]) if parts else [*names, *MEASUREMENT_COLUMNS]
+    if not parts:
+        return _empty_table(columns)
+    return {name: np.concatenate([part[name] for part in parts]) for name in columns}
+
+
+def to_layer_features(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The table as napari Labels ``features``: an ``index`` column maps rows to label ids.
+
+    Parameters
+    ----------
+    table : dict of str to numpy.ndarray
+        Output of :func:`measure_nuclei` (ids unique in the layer).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``{"index": label ids, **table}``.
+    """
+    return {"index": np.asarray(table["label"]), **table}
+
+
+def write_measurements_csv(table: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write a measurement table as CSV (comma-separated, header row), atomically.
+
+    Parameters
+    ----------
+    table : dict of str to array_like
+        Columns of equal length, e.g. from :func:`measure_nuclei`.
+    path : path-like
+        The CSV file (conventionally ``<image name>_nuclei.csv``); written under a hidden
+        temporary name and renamed when complete.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    path = Path(path)
+    columns = list(table)
+    lengths = {len(table[name]) for name in columns}
+    if len(lengths) > 1:
+        raise ValueError(f"Table columns have different lengths: {sorted(lengths)}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(columns)
+            for row in zip(*(np.asarray(table[name]).tolist() for name in columns)):
+                writer.writerow(_format(value) for value in row)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    return path
+
+
+def _format(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if value != value else repr(value)
+    return value
+
+
+def read_measurements_csv(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Read a CSV written by :func:`write_measurements_csv` back into columns.
+
+    Integer columns (``label``, ``area``, frame columns) come back as int64, the others as
+    float (empty cells are NaN).
+    """
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        raise ValueError(f"{path} is empty; expected a header row of column names.")
+    header, body = rows[0], rows[1:]
+    table = {}
+    for number, name in enumerate(header):
+        values = [row[number] for row in body]
+        if name in _INTEGER_COLUMNS or name.startswith("frame"):
+            table[name] = np.array([int(v) for v in values], np.int64)
+        else:
+            table[name] = np.array([float(v) if v else np.nan for v in values], float)
+    return table

@@ -1,0 +1,156 @@
+"""The widgets' pure helpers: model registry, training frames, jobs (no viewer needed)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    from napari_unet_nuclei.model import create_model
+
+    return create_model(4, 2)
+
+
+def test_registry_names_are_unique_and_signal(small_model) -> None:
+    from napari_unet_nuclei._widgets.model_registry import ModelRegistry
+
+    registry = ModelRegistry()
+    changes: list[int] = []
+    registry.models_changed.connect(lambda: changes.append(1))
+    assert registry.add(small_model, "unet") == "unet"
+    assert registry.add(small_model, "unet") == "unet (2)"
+    assert registry.add(small_model) == "unet (3)"  # model.name
+    assert registry.names() == ["unet", "unet (2)", "unet (3)"] and len(changes) == 3
+    registry.remove("unet (2)")
+    assert "unet (2)" not in registry and len(registry) == 2
+    with pytest.raises(KeyError, match="No model named"):
+        registry.get("missing")
+
+
+def test_registry_threshold_is_clipped_and_signalled() -> None:
+    from napari_unet_nuclei._widgets.model_registry import ModelRegistry
+
+    registry = ModelRegistry()
+    seen: list[float] = []
+    registry.threshold_changed.connect(seen.append)
+    registry.set_threshold(0.5)  # unchanged: no signal
+    registry.set_threshold(1.5)
+    registry.set_threshold(0.2)
+    assert seen == [0.99, 0.2] and registry.threshold == 0.2
+
+
+def test_registry_caches_probabilities_per_model_and_layer() -> None:
+    from napari_unet_nuclei._widgets.model_registry import CachedProbabilities, ModelRegistry
+
+    class Layer:
+        pass
+
+    registry, first, second = ModelRegistry(), Layer(), Layer()
+    cached = CachedProbabilities(np.zeros((2, 4, 4), np.float32), np.array([True, False]))
+    registry.store_probabilities("m", first, cached)
+    assert registry.cached_probabilities("m", first) is cached and not cached.complete
+    assert registry.cached_probabilities("m", second) is None
+    assert registry.cached_probabilities("other", first) is None
+    registry.forget_layer(first)
+    assert registry.cached_probabilities("m", first) is None
+
+
+def test_registry_is_one_per_viewer() -> None:
+    from napari_unet_nuclei._widgets.model_registry import registry_for
+
+    class Viewer:
+        pass
+
+    class Proxy:
+        def __init__(self, wrapped):
+            self.__wrapped__ = wrapped
+
+    a, b = Viewer(), Viewer()
+    assert registry_for(a) is registry_for(a) is registry_for(Proxy(a))
+    assert registry_for(a) is not registry_for(b)
+
+
+def test_training_data_uses_labelled_frames_only() -> None:
+    from napari_unet_nuclei._widgets._layers import training_data
+
+    image = np.arange(4 * 8 * 8, dtype=np.float32).reshape(4, 8, 8)
+    labels = np.zeros((4, 8, 8), np.int32)
+    labels[1, 2:4, 2:4] = 1
+    labels[3, 0, 0] = 5
+    data = training_data(image, labels, name="stack")
+    assert data.n_used == 2 and data.n_total == 4
+    assert data.names == ["stack [1]", "stack [3]"]
+    np.testing.assert_array_equal(data.images[1], image[3])
+    assert data.describe() == "Training on 2 of 4 frames."
+    labels[1, 2, 2] = 7  # the copies do not follow later painting
+    assert data.labels[0][2, 2] == 1
+    everything = training_data(image, labels, use_empty_frames=True, name="stack")
+    assert everything.n_used == 4
+
+
+def test_training_data_explains_bad_input() -> None:
+    from napari_unet_nuclei._widgets._layers import training_data
+
+    with pytest.raises(ValueError, match="do not match"):
+        training_data(np.zeros((8, 8)), np.zeros((8, 9)))
+    with pytest.raises(ValueError, match="No labelled frame"):
+        training_data(np.zeros((2, 8, 8)), np.zeros((2, 8, 8), np.int32))
+
+
+def test_error_sentence_is_one_line() -> None:
+    from napari_unet_nuclei._widgets._notify import error_sentence
+
+    assert error_sentence(ValueError("Bad thing.\nDetails"), "Training") == (
+        "Training failed: Bad thing."
+    )
+    assert error_sentence(KeyError("No model named 'x'."), "Segmentation") == (
+        "Segmentation failed: No model named 'x'."
+    )
+    assert error_sentence(RuntimeError(), "Evaluation") == "Evaluation failed: RuntimeError"
+
+
+def test_jobs_turn_errors_into_one_sentence(small_model) -> None:
+    from napari_unet_nuclei._widgets._jobs import (
+        JobFailed,
+        SegmentResult,
+        SegmentTask,
+        segmentation_job,
+        training_job,
+    )
+    from napari_unet_nuclei.training import TrainingConfig
+
+    stop = threading.Event()
+    events = list(
+        training_job([np.zeros((8, 8))], [np.zeros((8, 9))], TrainingConfig(), stop=stop)
+    )
+    assert len(events) == 1 and isinstance(events[0], JobFailed)
+    assert "shape" in events[0].message
+    image = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    results = [
+        e
+        for e in segmentation_job(small_model, [SegmentTask("x", image)], tile_size=64, stop=stop)
+        if isinstance(e, SegmentResult)
+    ]
+    assert results[0].probabilities.shape == (3, 32, 32)
+
+
+def test_evaluation_job_matches_the_engine() -> None:
+    from napari_unet_nuclei._widgets._jobs import evaluation_job
+    from napari_unet_nuclei.metrics import error_map, segmentation_scores
+
+    rng = np.random.default_rng(1)
+    truth = (rng.random((2, 16, 16)) > 0.6).astype(np.int32)
+    probabilities = rng.random((2, 16, 16)).astype(np.float32)
+    job = evaluation_job(
+        truth, source="m", probabilities=probabilities, threshold=0.4, stop=threading.Event()
+    )
+    with pytest.raises(StopIteration) as done:
+        next(job)
+    result = done.value.value
+    assert result.scores == segmentation_scores(probabilities >= 0.4, truth)
+    np.testing.assert_array_equal(result.errors, error_map(probabilities >= 0.4, truth))
+    assert len(result.frame_scores) == 2 and result.curve is not None

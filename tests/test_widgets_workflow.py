@@ -1,0 +1,373 @@
+"""End-to-end use of the Train, Segment and Evaluate widgets on the lab's real data."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-unet-nuclei"
+N_FRAMES = 12
+
+
+# --------------------------------------------------------------------------- helpers
+@pytest.fixture
+def lab_viewer(make_napari_viewer, lab_npz):
+    """A viewer holding the first frames of the lab file, opened with the plugin's reader."""
+    from napari_unet_nuclei._napari_reader import read_lab_file
+
+    (images, _, _), (labels, _, _) = read_lab_file(str(lab_npz))
+    viewer = make_napari_viewer()
+    viewer.add_image(images[:N_FRAMES], name="lab")
+    viewer.add_labels(labels[:N_FRAMES], name="lab labels")
+    return viewer
+
+
+@pytest.fixture
+def notifications(monkeypatch) -> list[str]:
+    """Messages passed to napari's show_error."""
+    from napari.utils import notifications as module
+
+    shown: list[str] = []
+    monkeypatch.setattr(module, "show_error", shown.append)
+    return shown
+
+
+@pytest.fixture(scope="module")
+def tiny_model(lab_arrays):
+    """A tiny model trained headlessly (F=4, depth 2, a few steps)."""
+    from napari_unet_nuclei.training import TrainingConfig, train_model
+
+    x, y, _ = lab_arrays
+    config = TrainingConfig(
+        features=4,
+        depth=2,
+        epochs=1,
+        steps_per_epoch=4,
+        batch_size=4,
+        patch_size=64,
+        device="cpu",
+        name="tiny",
+    )
+    return train_model(list(x[:6, 0]), list(y[:6, 0]), config)
+
+
+def add_widgets(viewer) -> dict:
+    """The three widgets, added through the manifest."""
+    return {
+        name: viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
+        for name in ("Train", "Segment", "Evaluate")
+    }
+
+
+def fast_settings(train, name: str, seed: int = 0) -> None:
+    """Tiny training: F=4, depth 2, 2 epochs of 3 steps of 4 patches of 64 pixels."""
+    train.settings.features.value = 4
+    train.settings.depth.value = 2
+    train.settings.duration.value = "epochs"
+    train.settings.epochs.value = 2
+    train.settings.steps_per_epoch.value = 3
+    train.settings.batch_size.value = 4
+    train.settings.patch_size.value = 64
+    train.settings.validation_fraction.value = 0.2
+    train.settings.device.value = "cpu"
+    train.settings.seed.value = seed
+    train.settings.model_name.value = name
+
+
+def wait_done(qtbot, widget, timeout: int = 60_000) -> None:
+    """Wait until the widget's worker has finished."""
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+def count_network_runs(monkeypatch) -> list[int]:
+    """Count calls of the engine's iter_predict (the network running on an image)."""
+    from napari_unet_nuclei import inference
+
+    calls: list[int] = []
+    original = inference.iter_predict
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return (yield from original(*args, **kwargs))
+
+    monkeypatch.setattr(inference, "iter_predict", counting)
+    return calls
+
+
+def click_curve(plot, name: str) -> float:
+    """Click a point of ``name``'s curve that resolves to itself; return its threshold."""
+    from matplotlib.backend_bases import MouseEvent
+
+    plot.canvas.draw()
+    curve = plot.curves[name]
+    for index in range(len(curve.thresholds) - 20, 0, -1):
+        x, y = plot.axes.transData.transform((curve.recall[index], curve.precision[index]))
+        found = plot.nearest_point(x, y)
+        if found[:2] == (name, index) and abs(curve.thresholds[index] - plot.threshold) > 0.05:
+            event = MouseEvent("button_press_event", plot.canvas, x, y, button=1)
+            plot.canvas.callbacks.process("button_press_event", event)
+            return float(curve.thresholds[index])
+    raise AssertionError("no pickable point found")
+
+
+# ----------------------------------------------------------------------------- tests
+def test_train_segment_threshold_evaluate(qtbot, lab_viewer, monkeypatch) -> None:
+    from napari_unet_nuclei._widgets._layers import OWNER_KEY
+    from napari_unet_nuclei._widgets.evaluate_widget import PredictionSource
+    from napari_unet_nuclei.metrics import error_map, segmentation_scores
+
+    viewer = lab_viewer
+    widgets = add_widgets(viewer)
+    train, segment, evaluate = widgets["Train"], widgets["Segment"], widgets["Evaluate"]
+    image, truth = viewer.layers["lab"], viewer.layers["lab labels"]
+
+    # Train: the model appears in the other widgets' pickers.
+    fast_settings(train, "small-a")
+    train.image_layer.value, train.labels_layer.value = image, truth
+    assert train.start() is not None
+    wait_done(qtbot, train)
+    assert train.last_result.reason == "completed"
+    assert train.registry.names() == ["small-a"]
+    assert train.frames_info.value == f"Training on {N_FRAMES} of {N_FRAMES} frames."
+    assert len(train.loss_plot.epochs) == 2
+    assert segment.model.model_name == "small-a"
+    assert evaluate.source.value == PredictionSource("model", "small-a")
+
+    # Segment all frames.
+    runs = count_network_runs(monkeypatch)
+    segment.image_layer.value = image
+    segment.scope.value = "all frames"
+    segment.tile_size.value = 128
+    segment.run()
+    wait_done(qtbot, segment)
+    probabilities = viewer.layers["lab probabilities"]
+    nuclei = viewer.layers["lab nuclei"]
+    assert probabilities.data.shape == nuclei.data.shape == (N_FRAMES, 128, 128)
+    assert probabilities.data.dtype == np.float32 and nuclei.data.dtype == np.uint8
+    assert nuclei.metadata[OWNER_KEY]["role"] == "nuclei"
+    assert len(runs) == 1 and segment.runs_started == 1
+
+    # The threshold slider re-thresholds without running the network.
+    probs = np.asarray(probabilities.data)
+    for value in (0.3, 0.7):
+        segment.threshold.value = value
+        np.testing.assert_array_equal(nuclei.data, (probs >= value).astype(np.uint8))
+    assert len(runs) == 1 and segment.runs_started == 1
+    assert evaluate.registry.threshold == pytest.approx(0.7)
+
+    # Evaluate the model: the cached probabilities are reused, the table matches the engine.
+    evaluate.image_layer.value, evaluate.truth_layer.value = image, truth
+    evaluate.evaluate()
+    wait_done(qtbot, evaluate)
+    assert len(runs) == 1
+    expected = segmentation_scores(probs >= 0.7, truth.data)
+    for key, value in expected.items():
+        assert evaluate.table.value(key, "all frames") == pytest.approx(value)
+    errors = viewer.layers["lab errors"]
+    np.testing.assert_array_equal(errors.data, error_map(probs >= 0.7, truth.data))
+    assert viewer.layers[-1] is errors
+    assert type(errors.colormap).__name__ == "DirectLabelColormap"
+    assert evaluate.pr_plot.line_count() == 1
+
+    # A second, different model: one more line on the precision-recall plot.
+    fast_settings(train, "small-b", seed=1)
+    train.start()
+    wait_done(qtbot, train)
+    assert evaluate.source.value == PredictionSource("model", "small-b")
+    evaluate.evaluate()
+    wait_done(qtbot, evaluate)
+    assert len(runs) == 2  # small-b had never run on this image
+    assert evaluate.pr_plot.line_count() == 2
+    assert set(evaluate.pr_plot.curves) == {"small-a", "small-b"}
+
+    # Clicking a curve sets Segment's threshold and its mask.
+    picked = click_curve(evaluate.pr_plot, "small-a")
+    assert segment.threshold.value == pytest.approx(picked, abs=0.006)
+    np.testing.assert_array_equal(nuclei.data, (probs >= segment.threshold.value).astype(np.uint8))
+    assert len(runs) == 2 and segment.runs_started == 1
+
+
+def test_current_frame_fills_only_that_frame(qtbot, lab_viewer, tiny_model) -> None:
+    viewer = lab_viewer
+    segment = add_widgets(viewer)["Segment"]
+    segment.registry.add(tiny_model, "tiny")
+    segment.image_layer.value = viewer.layers["lab"]
+    segment.scope.value = "current frame"
+    for frame in (5, 7):
+        viewer.dims.set_current_step(0, frame)
+        segment.run()
+        wait_done(qtbot, segment)
+    probabilities = viewer.layers["lab probabilities"].data
+    assert probabilities.shape == (N_FRAMES, 128, 128)
+    computed = [i for i in range(N_FRAMES) if probabilities[i].any()]
+    assert computed == [5, 7]
+    nuclei = viewer.layers["lab nuclei"].data
+    assert not nuclei[[0, 1, 2, 3, 4, 6, 8, 9, 10, 11]].any()
+
+
+def test_every_image_layer_and_user_layers_untouched(qtbot, lab_viewer, tiny_model) -> None:
+    viewer = lab_viewer
+    segment = add_widgets(viewer)["Segment"]
+    segment.registry.add(tiny_model, "tiny")
+    viewer.add_image(viewer.layers["lab"].data[:3, :64, :96].copy(), name="crop")
+    user = viewer.add_labels(np.zeros((N_FRAMES, 128, 128), np.int32), name="lab nuclei")
+    user.data[0, :4, :4] = 9
+    segment.scope.value = "every image layer"
+    for _ in range(2):  # the second run replaces the outputs
+        segment.run()
+        wait_done(qtbot, segment)
+    names = [layer.name for layer in viewer.layers]
+    assert names.count("lab nuclei [2]") == 1 and names.count("crop nuclei") == 1
+    assert names.count("lab probabilities") == 1 and names.count("crop probabilities") == 1
+    assert user.data[0, 0, 0] == 9 and int(user.data.sum()) == 9 * 16
+    assert viewer.layers["crop nuclei"].data.shape == (3, 64, 96)
+
+
+def test_evaluate_a_labels_layer_and_the_current_frame(qtbot, lab_viewer) -> None:
+    from napari_unet_nuclei._widgets.evaluate_widget import PredictionSource
+    from napari_unet_nuclei.metrics import per_frame_scores, segmentation_scores
+
+    viewer = lab_viewer
+    evaluate = add_widgets(viewer)["Evaluate"]
+    truth = viewer.layers["lab labels"].data
+    guess = np.roll(truth, 3, axis=-1)
+    viewer.add_labels(guess, name="guess")
+    evaluate.reset_choices()
+    evaluate.source.value = PredictionSource("layer", "guess")
+    evaluate.truth_layer.value = viewer.layers["lab labels"]
+    evaluate.image_layer.value = viewer.layers["lab"]
+    viewer.dims.set_current_step(0, 4)
+    evaluate.evaluate()
+    wait_done(qtbot, evaluate)
+    for key, value in segmentation_scores(guess, truth).items():
+        assert evaluate.table.value(key) == pytest.approx(value)
+    frame4 = per_frame_scores(guess, truth)[4]
+    assert evaluate.table.value("f1", "current frame") == pytest.approx(frame4["f1"])
+    viewer.dims.set_current_step(0, 2)
+    frame2 = per_frame_scores(guess, truth)[2]
+    assert evaluate.table.value("f1", "current frame") == pytest.approx(frame2["f1"])
+    assert evaluate.pr_plot.line_count() == 0  # a layer has no threshold to sweep
+
+
+def test_cancel_stops_training(qtbot, lab_viewer) -> None:
+    train = add_widgets(lab_viewer)["Train"]
+    fast_settings(train, "cancelled")
+    train.settings.duration.value = "time budget"
+    train.settings.time_budget.value = 120
+    train.settings.steps_per_epoch.value = 2
+    train.start()
+    qtbot.waitUntil(
+        lambda: train.progress.value > 0 or "epoch" in train.status.value, timeout=30_000
+    )
+    qtbot.waitUntil(lambda: len(train.loss_plot.epochs) >= 1, timeout=30_000)
+    started = time.perf_counter()
+    train.cancel()
+    wait_done(qtbot, train, timeout=10_000)
+    assert time.perf_counter() - started < 5
+    assert train.last_result.reason == "cancelled"
+    assert train.registry.names() == ["cancelled"]  # best weights so far are kept
+
+
+def test_cancel_stops_a_stack_segmentation(qtbot, lab_viewer, tiny_model) -> None:
+    viewer = lab_viewer
+    segment = add_widgets(viewer)["Segment"]
+    segment.registry.add(tiny_model, "tiny")
+    big = np.tile(viewer.layers["lab"].data, (4, 4, 4))  # 48 frames of 512 x 512
+    segment.image_layer.value = viewer.add_image(big, name="big")
+    segment.scope.value = "all frames"
+    segment.tile_size.value = 64
+    segment.run()
+    qtbot.waitUntil(lambda: segment.progress.value > 0, timeout=30_000)
+    started = time.perf_counter()
+    segment.cancel()
+    wait_done(qtbot, segment, timeout=10_000)
+    assert time.perf_counter() - started < 3
+    assert segment.progress.value < 1000
+    assert "big nuclei" not in [layer.name for layer in viewer.layers]
+
+
+def test_errors_are_notified_not_raised(qtbot, lab_viewer, notifications) -> None:
+    viewer = lab_viewer
+    widgets = add_widgets(viewer)
+    train, segment, evaluate = widgets["Train"], widgets["Segment"], widgets["Evaluate"]
+    wrong = viewer.add_labels(np.zeros((N_FRAMES, 64, 64), np.int32), name="wrong")
+    train.image_layer.value, train.labels_layer.value = viewer.layers["lab"], wrong
+    assert train.start() is None
+    assert "do not match" in notifications[-1] and "Traceback" not in notifications[-1]
+    assert not train.running
+
+    train.labels_layer.value = viewer.add_labels(np.zeros((N_FRAMES, 128, 128), np.int32))
+    assert train.start() is None
+    assert "No labelled frame" in notifications[-1]
+
+    assert segment.run() is None
+    assert "pick a model" in notifications[-1]
+
+    evaluate.truth_layer.value = wrong
+    evaluate.reset_choices()
+    assert evaluate.evaluate() is None
+    assert "Evaluation failed" in notifications[-1]
+
+    # An engine error raised inside the worker is notified too (CUDA is absent here).
+    train.labels_layer.value = viewer.layers["lab labels"]
+    fast_settings(train, "no-gpu")
+    train.settings.device.value = "cuda"
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert train.start() is not None
+    wait_done(qtbot, train)
+    assert "CUDA" in notifications[-1] and notifications[-1].startswith("Training failed")
+    assert train.registry.names() == []
+
+
+def test_save_and_load_model(qtbot, lab_viewer, tiny_model, tmp_path: Path, notifications):
+    import torch
+
+    train = add_widgets(lab_viewer)["Train"]
+    assert train.save_model_to(tmp_path / "none.pt") is None
+    assert "no model yet" in notifications[-1]
+    train.current_model_name = train.registry.add(tiny_model, "tiny")
+    written = train.save_model_to(tmp_path / "tiny.pt")
+    assert written is not None and written.is_file()
+    name = train.load_model_from(written)
+    assert name == "tiny (2)" and train.start_from.model_name == name
+    loaded = train.registry.get(name)
+    for a, b in zip(tiny_model.network.parameters(), loaded.network.parameters()):
+        assert torch.equal(a, b)
+    (tmp_path / "bad.pt").write_bytes(b"not a model")
+    assert train.load_model_from(tmp_path / "bad.pt") is None
+    assert "Loading the model bad.pt failed" in notifications[-1]
+
+
+def test_removing_a_layer_stops_training(qtbot, lab_viewer) -> None:
+    viewer = lab_viewer
+    train = add_widgets(viewer)["Train"]
+    fast_settings(train, "removed")
+    train.settings.duration.value = "time budget"
+    train.settings.time_budget.value = 120
+    train.start()
+    qtbot.waitUntil(lambda: train.progress.value > 0, timeout=30_000)
+    viewer.layers.remove("lab labels")
+    wait_done(qtbot, train, timeout=10_000)
+    assert train.registry.names() == []
+    assert "was removed" in train.status.value
+
+
+def test_closing_the_viewer_stops_training(qtbot, lab_viewer) -> None:
+    train = add_widgets(lab_viewer)["Train"]
+    fast_settings(train, "closed")
+    train.settings.duration.value = "time budget"
+    train.settings.time_budget.value = 120
+    train.start()
+    qtbot.waitUntil(lambda: train.progress.value > 0, timeout=30_000)
+    worker = train.worker
+    lab_viewer.close()
+    qtbot.waitUntil(lambda: not train.running, timeout=10_000)
+    assert worker.abort_requested
