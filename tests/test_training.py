@@ -217,7 +217,7 @@ def test_augmentation_keeps_image_and_mask_aligned() -> None:
     mask[:, :, 10:30, 20:50] = 1
     image = mask * 0.8 + 0.1
     weight = torch.ones_like(mask)
-    config = AugmentationConfig(intensity=False, affine_probability=1.0)
+    config = AugmentationConfig(intensity=False, affine=True, affine_probability=1.0)
     aug_image, aug_mask, _ = augment_batch(image, mask, weight, config, generator)
     assert aug_image.shape == image.shape and set(aug_mask.unique().tolist()) <= {0.0, 1.0}
     # Geometry moved the object, but image and mask moved together.

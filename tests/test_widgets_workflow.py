@@ -346,6 +346,29 @@ def test_save_and_load_model(qtbot, lab_viewer, tiny_model, tmp_path: Path, noti
     assert "Loading the model bad.pt failed" in notifications[-1]
 
 
+def test_save_as_other_formats(qtbot, lab_viewer, tiny_model, tmp_path: Path) -> None:
+    """Save as... by file ending: bioimage.io package, ONNX, TorchScript."""
+    import zipfile
+
+    import torch
+
+    from napari_unet_nuclei.export import import_bioimageio
+
+    train = add_widgets(lab_viewer)["Train"]
+    train.current_model_name = train.registry.add(tiny_model, "tiny")
+    package = train.save_model_to(tmp_path / "tiny.zip")
+    assert package is not None and "rdf.yaml" in zipfile.ZipFile(package).namelist()
+    imported = import_bioimageio(package)
+    for a, b in zip(tiny_model.network.parameters(), imported.network.parameters()):
+        assert torch.equal(a, b)
+    onnx_file = train.save_model_to(tmp_path / "tiny.onnx")
+    assert onnx_file is not None and onnx_file.read_bytes()[:2] != b""
+    scripted = train.save_model_to(tmp_path / "tiny.torchscript")
+    assert scripted is not None
+    module = torch.jit.load(str(scripted))
+    assert module(torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+
+
 def test_removing_a_layer_stops_training(qtbot, lab_viewer) -> None:
     viewer = lab_viewer
     train = add_widgets(viewer)["Train"]

@@ -41,8 +41,8 @@ class AugmentationConfig:
 
     flips: bool = True
     rotations90: bool = True
-    intensity: bool = True
-    affine: bool = True
+    intensity: bool = False
+    affine: bool = False
     affine_probability: float = 0.5
     scale_range: tuple[float, float] = (0.75, 1.25)
     gamma_range: tuple[float, float] = (0.7, 1.5)

@@ -39,10 +39,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     train.add_argument("--out", required=True, help="model file to write (.pt)")
     train.add_argument(
-        "--features", type=int, default=16, help="channels of the first level F (default 16)"
+        "--features", type=int, default=8, help="channels of the first level F (default 8)"
     )
     train.add_argument(
-        "--depth", type=int, default=3, help="number of down-samplings, 1-5 (default 3)"
+        "--depth", type=int, default=4, help="number of down-samplings, 1-5 (default 4)"
     )
     budget = train.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, help="number of epochs (default 40)")
@@ -51,6 +51,16 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     train.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
     train.add_argument("--patch-size", type=int, default=256)
     train.add_argument("--no-augment", action="store_true", help="switch all augmentation off")
+    train.add_argument(
+        "--augment-intensity",
+        action="store_true",
+        help="add random contrast, gamma and noise (off by default)",
+    )
+    train.add_argument(
+        "--augment-affine",
+        action="store_true",
+        help="add random rotation, zoom and shear (off by default)",
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--init", help="fine-tune this model file instead of starting from scratch")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
@@ -235,7 +245,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         learning_rate=args.lr,
         patch_size=args.patch_size,
-        augmentation=AugmentationConfig.disabled() if args.no_augment else AugmentationConfig(),
+        augmentation=AugmentationConfig.disabled()
+        if args.no_augment
+        else AugmentationConfig(intensity=args.augment_intensity, affine=args.augment_affine),
         seed=args.seed,
         device=args.device,
         validation_fraction=args.val_fraction,

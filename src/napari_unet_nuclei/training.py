@@ -79,8 +79,8 @@ class TrainingConfig:
         Intensity normalisation stored in the model.
     """
 
-    features: int = 16
-    depth: int = 3
+    features: int = 8
+    depth: int = 4
     epochs: int | None = None
     time_budget: float | None = None
     batch_size: int = 8

@@ -23,14 +23,39 @@ NEW_NETWORK = _Choice("new network")
 NO_MODEL = _Choice("(no model yet: train or load one)")
 
 
+#: Save dialog filters and the file ending each one gives (see ``export_format_for``).
+SAVE_FILTERS = {
+    "napari-unet-nuclei model (*.pt)": ".pt",
+    "bioimage.io model package (*.zip)": ".zip",
+    "ONNX (*.onnx)": ".onnx",
+    "TorchScript (*.torchscript)": ".torchscript",
+}
+
+
+def export_format_for(path: str | Path) -> str | None:
+    """Export format a file ending asks for: None for our own ``.pt`` model file."""
+    name = str(path).lower()
+    for ending, format_name in (
+        (".zip", "bioimageio"),
+        (".onnx", "onnx"),
+        (".torchscript", "torchscript"),
+    ):
+        if name.endswith(ending):
+            return format_name
+    return None
+
+
 def ask_model_path(parent: Any = None, save: bool = False, suggested: str = "") -> str:
     """Ask for a ``.pt`` path with a Qt file dialog; ``""`` when cancelled."""
     from qtpy.QtWidgets import QFileDialog
 
     if save:
-        path, _ = QFileDialog.getSaveFileName(parent, "Save model", suggested, "Model (*.pt)")
-        if path and not path.endswith(".pt"):
-            path += ".pt"
+        path, chosen = QFileDialog.getSaveFileName(
+            parent, "Save model as", suggested, ";;".join(SAVE_FILTERS)
+        )
+        suffix = SAVE_FILTERS.get(chosen, ".pt")
+        if path and not path.endswith(suffix):
+            path += suffix
         return path
     path, _ = QFileDialog.getOpenFileName(parent, "Load model", suggested, "Model (*.pt)")
     return path

@@ -327,14 +327,25 @@ class TrainWidget(Container):
 
     # ------------------------------------------------------------------ model files
     def save_model_to(self, path: str | Path) -> Path | None:
-        """Save the last trained or loaded model to ``path`` (.pt); None on failure."""
+        """Save the last trained or loaded model to ``path``; None on failure.
+
+        The file ending picks the format: ``.pt`` (this plugin's model file), ``.zip``
+        (bioimage.io model package), ``.onnx`` or ``.torchscript``.
+        """
+        from ..export import export_model
         from ..model_io import save_model
+        from .model_picker import export_format_for
 
         try:
             if self.current_model_name is None:
                 raise ValueError("there is no model yet; train or load one first")
-            written = save_model(self.registry.get(self.current_model_name), path)
-        except (OSError, ValueError, KeyError) as error:
+            model = self.registry.get(self.current_model_name)
+            format_name = export_format_for(path)
+            if format_name is None:
+                written = save_model(model, path)
+            else:
+                written = export_model(model, path, format_name)
+        except (OSError, ValueError, KeyError, ImportError) as error:
             report_error(error_sentence(error, "Saving the model"))
             return None
         self.status.value = f"Saved {self.current_model_name} to {written}."
