@@ -33,7 +33,11 @@ from napari_unet_nuclei.metrics import otsu_mask, segmentation_scores
 from napari_unet_nuclei.network import UNetConfig, build_unet
 from napari_unet_nuclei.training import TrainingConfig, train_model
 
-DATA = Path(os.environ.get("NAPARI_UNET_NUCLEI_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = Path(
+    os.environ.get(
+        "NAPARI_UNET_NUCLEI_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
+)
 KROMP = DATA / "kromp2020"
 
 
@@ -43,7 +47,9 @@ def mean_scores(predictions: list[np.ndarray], truths: list[np.ndarray]) -> dict
     return {k: float(np.mean([r[k] for r in rows])) for k in ("precision", "recall", "f1", "iou")}
 
 
-def seed_style_loop(x_train: np.ndarray, y_train: np.ndarray, budget: float, seed: int) -> torch.nn.Module:
+def seed_style_loop(
+    x_train: np.ndarray, y_train: np.ndarray, budget: float, seed: int
+) -> torch.nn.Module:
     """The lab's plain loop: full U-Net F=8, BCE, Adam 1e-3, no augmentation, time budget."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -69,22 +75,34 @@ def lab_benchmark(budget: float, seed: int) -> dict:
     split = f"{KROMP / 'splits.json'}:lab_70_9"
     items = load_dataset(KROMP / "nuclei_128.npz")
     train_names, test_names = parse_split(split)
-    train_items, test_items = select_by_names(items, train_names), select_by_names(items, test_names)
+    train_items, test_items = (
+        select_by_names(items, train_names),
+        select_by_names(items, test_names),
+    )
     truths = [i.mask for i in test_items]
     results = {}
 
-    results["otsu"] = {**mean_scores([otsu_mask(i.image) for i in test_items], truths), "seconds": 0.0}
+    results["otsu"] = {
+        **mean_scores([otsu_mask(i.image) for i in test_items], truths),
+        "seconds": 0.0,
+    }
 
     start = time.perf_counter()
     model = train_model(
-        [i.image for i in train_items], [i.labels for i in train_items],
+        [i.image for i in train_items],
+        [i.labels for i in train_items],
         TrainingConfig(time_budget=budget, seed=seed),
-        val_images=[i.image for i in test_items], val_labels=[i.labels for i in test_items],
+        val_images=[i.image for i in test_items],
+        val_labels=[i.labels for i in test_items],
     )
     seconds = time.perf_counter() - start
     predictions = [predict(model, i.image) >= 0.5 for i in test_items]
-    results["engine default"] = {**mean_scores(predictions, truths), "seconds": seconds,
-                                 "epochs": model.summary["epochs"], "steps": model.summary["steps"]}
+    results["engine default"] = {
+        **mean_scores(predictions, truths),
+        "seconds": seconds,
+        "epochs": model.summary["epochs"],
+        "steps": model.summary["steps"],
+    }
 
     start = time.perf_counter()
     x_train = np.stack([i.image for i in train_items]).astype(np.float32)
@@ -92,7 +110,9 @@ def lab_benchmark(budget: float, seed: int) -> dict:
     network = seed_style_loop(x_train, y_train, budget, seed)
     seconds = time.perf_counter() - start
     with torch.inference_mode():
-        logits = network(torch.from_numpy(np.stack([i.image for i in test_items])[:, None].astype(np.float32)))
+        logits = network(
+            torch.from_numpy(np.stack([i.image for i in test_items])[:, None].astype(np.float32))
+        )
     predictions = list((logits[:, 0] >= 0).numpy())
     results["seed-style loop"] = {**mean_scores(predictions, truths), "seconds": seconds}
     return results
@@ -101,19 +121,28 @@ def lab_benchmark(budget: float, seed: int) -> dict:
 def full_resolution_benchmark(budget: float, seed: int) -> dict:
     train_names, test_names = parse_split(f"{KROMP / 'splits.json'}:paper_42_37")
     items = load_dataset(KROMP)
-    train_items, test_items = select_by_names(items, train_names), select_by_names(items, test_names)
+    train_items, test_items = (
+        select_by_names(items, train_names),
+        select_by_names(items, test_names),
+    )
     truths = [i.mask for i in test_items]
-    results = {"otsu": {**mean_scores([otsu_mask(i.image) for i in test_items], truths), "seconds": 0.0}}
+    results = {
+        "otsu": {**mean_scores([otsu_mask(i.image) for i in test_items], truths), "seconds": 0.0}
+    }
     start = time.perf_counter()
     model = train_model(
-        [i.image for i in train_items], [i.labels for i in train_items],
+        [i.image for i in train_items],
+        [i.labels for i in train_items],
         TrainingConfig(time_budget=budget, seed=seed, validation_fraction=0.1),
     )
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     predictions = [predict(model, i.image) >= 0.5 for i in test_items]
-    results["engine default"] = {**mean_scores(predictions, truths), "seconds": train_seconds,
-                                 "inference_seconds": time.perf_counter() - start}
+    results["engine default"] = {
+        **mean_scores(predictions, truths),
+        "seconds": train_seconds,
+        "inference_seconds": time.perf_counter() - start,
+    }
     return results
 
 
@@ -121,26 +150,40 @@ def print_table(title: str, rows: dict) -> None:
     print(f"\n{title}")
     print(f"{'method':<18} {'precision':>9} {'recall':>7} {'F1':>7} {'IoU':>7} {'seconds':>8}")
     for name, r in rows.items():
-        print(f"{name:<18} {r['precision']:9.4f} {r['recall']:7.4f} {r['f1']:7.4f} {r['iou']:7.4f} {r['seconds']:8.1f}")
+        print(
+            f"{name:<18} {r['precision']:9.4f} {r['recall']:7.4f} {r['f1']:7.4f} {r['iou']:7.4f} {r['seconds']:8.1f}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", type=float, default=120.0, help="training seconds on lab_70_9")
-    parser.add_argument("--full-budget", type=float, default=600.0, help="training seconds on paper_42_37")
+    parser.add_argument(
+        "--full-budget", type=float, default=600.0, help="training seconds on paper_42_37"
+    )
     parser.add_argument("--skip-full", action="store_true", help="only the lab_70_9 part")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="benchmarks/results/quality.json")
     args = parser.parse_args()
     report = {
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
         "lab_70_9": lab_benchmark(args.budget, args.seed),
     }
-    print_table(f"lab_70_9, nuclei_128.npz, {args.budget:.0f} s training, per-image mean on 9 test images", report["lab_70_9"])
+    print_table(
+        f"lab_70_9, nuclei_128.npz, {args.budget:.0f} s training, per-image mean on 9 test images",
+        report["lab_70_9"],
+    )
     if not args.skip_full:
         report["paper_42_37"] = full_resolution_benchmark(args.full_budget, args.seed)
-        print_table(f"paper_42_37, full resolution, {args.full_budget:.0f} s training, 37 test images", report["paper_42_37"])
+        print_table(
+            f"paper_42_37, full resolution, {args.full_budget:.0f} s training, 37 test images",
+            report["paper_42_37"],
+        )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.json}")
