@@ -16,6 +16,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+# The building blocks live in the torch-only module shipped inside bioimage.io packages,
+# so the exported architecture and this one cannot drift apart.
+from .portable_unet import ConvBlock, Down, Up
+
 __all__ = ["ConvBlock", "Down", "UNet", "UNetConfig", "Up", "build_unet"]
 
 
@@ -60,46 +64,6 @@ class UNetConfig:
         """Build a configuration from :meth:`to_dict` output, ignoring unknown keys."""
         known = {k: int(data[k]) for k in ("features", "depth", "in_channels") if k in data}
         return cls(**known)
-
-
-class ConvBlock(nn.Sequential):
-    """Two times (3x3 convolution -> ReLU -> BatchNorm), as in the lab."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.BatchNorm2d(out_channels),
-            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.BatchNorm2d(out_channels),
-        )
-
-
-class Down(nn.Module):
-    """Encoder level: a :class:`ConvBlock` whose output is kept as skip, then 2x2 max-pool."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.block = ConvBlock(in_channels, out_channels)
-        self.pool = nn.MaxPool2d(2)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        skip = self.block(x)
-        return self.pool(skip), skip
-
-
-class Up(nn.Module):
-    """Decoder level: transposed convolution (x2, halves channels), concat skip, block."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.upsample = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
-        self.block = ConvBlock(2 * out_channels, out_channels)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = self.upsample(x)
-        return self.block(torch.cat([skip, x], dim=1))
 
 
 class UNet(nn.Module):
