@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 PLUGIN = "napari-unet-nuclei"
-WIDGETS = ("Train", "Segment", "Evaluate")
+WIDGETS = ("Train", "Segment", "Evaluate", "Annotate next")
 
 
 def test_manifest_is_valid_and_complete() -> None:
@@ -36,7 +36,7 @@ def test_widget_is_added_through_the_manifest(make_napari_viewer, name: str) -> 
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
     assert dock is not None
-    assert type(widget).__name__ == f"{name}Widget"
+    assert type(widget).__name__ == f"{name.title().replace(' ', '')}Widget"
 
 
 @pytest.mark.parametrize("fixture", ["lab_pickle", "lab_npz"])

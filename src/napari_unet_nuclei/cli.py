@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     train.add_argument(
         "--val-fraction", type=float, default=0.1, help="validation share without --split"
+    )
+    train.add_argument(
+        "--empty-is-background",
+        action="store_true",
+        help="also train on images whose labels hold no nucleus, as pure background "
+        "(default: leave them out)",
     )
 
     segment = sub.add_parser(
@@ -232,10 +239,19 @@ def run_training(
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .augmentation import AugmentationConfig
+    from .datasets import select_labelled
     from .model_io import load_model, save_model
     from .training import TrainingConfig
 
     items = _load_items(args.data, args.split, "train")
+    keep, note = select_labelled(
+        [item.labels for item in items],
+        [item.name for item in items],
+        empty_is_background=args.empty_is_background,
+    )
+    if note:
+        print(f"napari-unet-nuclei train: warning: {note}", file=sys.stderr)
+    items = [items[index] for index in keep]
     val_items = _load_items(args.data, args.split, "test") if args.split else None
     config = TrainingConfig(
         features=args.features,
@@ -255,6 +271,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     init_model = load_model(args.init) if args.init else None
     model = run_training(items, val_items, config, init_model)
+    if not model.summary.get("history"):
+        raise CommandError(
+            f"training stopped before the first epoch ended, so no model was written to "
+            f"{args.out} (an existing file there is kept)."
+        )
     path = save_model(model, args.out)
     summary = model.summary
     print(
@@ -432,8 +453,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _cmd_demo,
         "export": _cmd_export,
     }
+
+    def show_warning(message: Any, *_args: Any, **_kwargs: Any) -> None:
+        print(f"napari-unet-nuclei {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        return commands[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            return commands[args.command](args)
     except (CommandError, DataError, ModelFileError, FileNotFoundError, ValueError) as error:
         print(f"napari-unet-nuclei {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -16,17 +16,23 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .normalization import ImageWarning
+from .safe_pickle import UnsafeFileError
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "PICKLE_SUFFIXES",
     "DataError",
     "LabelledImage",
+    "RefusedFileError",
+    "check_training_labels",
     "load_dataset",
     "parse_split",
     "read_folder",
@@ -34,6 +40,7 @@ __all__ = [
     "read_lab_pickle",
     "read_npz",
     "select_by_names",
+    "select_labelled",
     "stack_to_items",
     "to_grey",
 ]
@@ -49,6 +56,10 @@ _LUMA_601 = np.array([0.299, 0.587, 0.114])
 
 class DataError(ValueError):
     """Input data that cannot be used; the message says what is wrong and how to fix it."""
+
+
+class RefusedFileError(DataError, UnsafeFileError):
+    """A data file was refused because loading it would need pickle (which can run code)."""
 
 
 def _label_array(labels: np.ndarray, name: str) -> np.ndarray:
@@ -164,6 +175,13 @@ def to_grey(image: np.ndarray, name: str = "image") -> np.ndarray:
     rgb = image[..., :3]
     if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
         return np.ascontiguousarray(rgb[..., 0])
+    warnings.warn(
+        f"{name} is a colour ({'RGB' if image.shape[-1] == 3 else 'RGBA'}) image: it was "
+        "converted to grey as 0.299 R + 0.587 G + 0.114 B (alpha ignored). To use one channel "
+        "instead, save the nuclear channel alone.",
+        ImageWarning,
+        stacklevel=2,
+    )
     luma = rgb.astype(np.float32) @ _LUMA_601.astype(np.float32)
     if image.dtype == bool:
         return luma >= 0.5
@@ -388,9 +406,12 @@ def read_npz(path: str | os.PathLike[str]) -> list[LabelledImage]:
 
     Raises
     ------
+    RefusedFileError
+        If ``X``, ``Y`` or ``names`` are object arrays (loading them would need pickle,
+        which can run code): nothing is unpickled. A subclass of :class:`DataError` and of
+        :class:`~napari_unet_nuclei.safe_pickle.UnsafeFileError`.
     DataError
-        If keys are missing, the shapes do not fit, or the file holds object arrays (which
-        would need pickle, so the file is refused).
+        If keys are missing or the shapes do not fit.
     """
     path = Path(path)
     try:
@@ -409,7 +430,7 @@ def read_npz(path: str | os.PathLike[str]) -> list[LabelledImage]:
         if isinstance(exc, DataError):
             raise
         if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise DataError(
+            raise RefusedFileError(
                 f"Refused {str(path)!r}: it holds Python object arrays, which can only be "
                 "loaded with pickle (and pickle can run code). Save plain numeric arrays "
                 "and a string array of names instead."
@@ -577,3 +598,89 @@ def select_by_names(items: Sequence[LabelledImage], names: Iterable[str]) -> lis
             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}.{hint}"
         )
     return [by_name[n] for n in names]
+
+
+def select_labelled(
+    labels: Sequence[np.ndarray], names: Sequence[str], *, empty_is_background: bool = False
+) -> tuple[list[int], str | None]:
+    """Pick the images to train on: those whose labels hold a nucleus, unless told otherwise.
+
+    Parameters
+    ----------
+    labels : sequence of numpy.ndarray
+        One label image per training image (``> 0`` is nucleus).
+    names : sequence of str
+        Image names, for the messages.
+    empty_is_background : bool
+        Keep images without any nucleus too, as pure background examples.
+
+    Returns
+    -------
+    list of int
+        Indices of the images to train on.
+    str or None
+        A sentence for the user when images were left out, else None.
+
+    Raises
+    ------
+    DataError
+        When no label image holds a nucleus and ``empty_is_background`` is False.
+    """
+    names = [str(n) for n in names]
+    empty = [i for i, lab in enumerate(labels) if not np.any(np.asarray(lab) > 0)]
+    if empty_is_background or not empty:
+        return list(range(len(labels))), None
+    if len(empty) == len(labels):
+        raise DataError(
+            f"None of the {len(labels)} label image(s) contains a nucleus (no value > 0), so "
+            "there is nothing to learn. Check that the right masks were given; to train on "
+            "them as pure background, say that empty labels mean background "
+            "(--empty-is-background, or tick 'empty frames are background')."
+        )
+    listed = ", ".join(names[i] for i in empty[:5]) + (" ..." if len(empty) > 5 else "")
+    note = (
+        f"{len(empty)} of {len(labels)} label image(s) contain no nucleus and were left out "
+        f"({listed}); say that empty labels mean background to train on them as background."
+    )
+    return [i for i in range(len(labels)) if i not in set(empty)], note
+
+
+def check_training_labels(labels: Sequence[np.ndarray], names: Sequence[str]) -> list[str]:
+    """Check label values before training; return warnings about suspicious labels.
+
+    Parameters
+    ----------
+    labels : sequence of numpy.ndarray
+        One label image per training image.
+    names : sequence of str
+        Image names, for the messages.
+
+    Returns
+    -------
+    list of str
+        Sentences for labels that are usable but suspicious: every image without any
+        nucleus (the network learns background only), or an image whose pixels are all
+        nucleus (nothing to tell nuclei from).
+
+    Raises
+    ------
+    DataError
+        For negative, NaN or infinite label values, or a non-numeric label dtype.
+    """
+    messages: list[str] = []
+    n_empty = 0
+    for label, name in zip(labels, names):
+        array = _label_array(np.asarray(label), str(name))
+        if not array.size or not np.any(array > 0):
+            n_empty += 1
+        elif bool(np.all(array > 0)):
+            messages.append(
+                f"Every pixel of the labels of {str(name)!r} is nucleus: there is no background "
+                "to learn from in that image; check that the labels are not inverted."
+            )
+    if len(labels) and n_empty == len(labels):
+        messages.append(
+            f"None of the {len(labels)} label image(s) contains a nucleus: the network will "
+            "learn that everything is background."
+        )
+    return messages

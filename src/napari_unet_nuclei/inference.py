@@ -9,18 +9,24 @@ caller can show it and stop between tiles.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from .acceleration import Runner, make_runner, resolve_backend, resolve_precision
 from .devices import resolve_device
 from .events import FrameDone, TileDone
 from .model import NucleiModel
+from .network import _pad_reflect
 from .normalization import normalize_frame
 
 __all__ = [
     "InferenceCancelled",
+    "TileGrid",
+    "balanced_tile_size",
+    "check_image",
     "iter_predict",
     "predict",
     "predict_logits",
@@ -79,10 +85,81 @@ def _blend_window(tile_h: int, tile_w: int, overlap: int) -> np.ndarray:
     return np.outer(ramp(tile_h), ramp(tile_w)).astype(np.float32)
 
 
+def balanced_tile_size(length: int, max_tile: int, overlap: int, multiple: int = 1) -> int:
+    """Smallest tile side (a multiple of ``multiple``, at most ``max_tile`` rounded down)
+    that covers ``length`` with as few tiles as ``max_tile`` would.
+
+    Fixed 512-pixel tiles with 64 pixels of overlap compute 2560 pixels to cover 2048
+    (5 tiles); 560-pixel tiles cover it with 4 tiles and 2240 computed pixels.
+    """
+    max_tile = max(multiple, max_tile // multiple * multiple)
+    if length <= max_tile:
+        return max(multiple, -(-length // multiple) * multiple)
+    step = max(1, max_tile - overlap)
+    n_tiles = int(np.ceil((length - max_tile) / step)) + 1
+    side = -(-(length + (n_tiles - 1) * overlap) // n_tiles)
+    return min(max_tile, max(multiple, -(-side // multiple) * multiple))
+
+
+def whole_frame_logits(run: Runner, frame: np.ndarray, multiple: int) -> np.ndarray:
+    """Logits of a normalised frame in one network call, padded exactly as the network
+    pads a whole image (reflect, repeated for tiny frames) and cropped back."""
+    height, width = frame.shape
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h or pad_w:
+        frame = _pad_reflect(torch.from_numpy(frame)[None, None], pad_h, pad_w)[0, 0].numpy()
+    return run(frame[None])[0, :height, :width]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Where the tiles of a frame lie.
+
+    The frame is padded at the bottom and right to a multiple of ``2**depth`` and the
+    tiles start on multiples of it, so max-pooling sees the same grid in every tile as
+    in a whole-image pass. Tiles are as small as the number of tiles allows (see
+    :func:`balanced_tile_size`).
+    """
+
+    pad_h: int
+    pad_w: int
+    pad_mode: str
+    tile_h: int
+    tile_w: int
+    rows: tuple[int, ...]
+    cols: tuple[int, ...]
+    overlap: int
+
+    @classmethod
+    def for_frame(
+        cls, height: int, width: int, tile_size: int, overlap: int, multiple: int
+    ) -> TileGrid:
+        """Grid for a ``height x width`` frame, tiles at most ``tile_size`` pixels."""
+        pad_h, pad_w = (-height) % multiple, (-width) % multiple
+        mode = "reflect" if min(height, width) > max(pad_h, pad_w) else "edge"
+        padded_h, padded_w = height + pad_h, width + pad_w
+        tile_h = min(padded_h, balanced_tile_size(padded_h, tile_size, overlap, multiple))
+        tile_w = min(padded_w, balanced_tile_size(padded_w, tile_size, overlap, multiple))
+        return cls(
+            pad_h,
+            pad_w,
+            mode,
+            tile_h,
+            tile_w,
+            tuple(tile_positions(padded_h, tile_h, overlap, multiple)),
+            tuple(tile_positions(padded_w, tile_w, overlap, multiple)),
+            overlap,
+        )
+
+    @property
+    def window(self) -> np.ndarray:
+        """Blending weight of one tile; never zero, so non-overlapped edges keep weight."""
+        return np.maximum(_blend_window(self.tile_h, self.tile_w, self.overlap), 1e-3)
+
+
 def _frame_logits(
-    network: torch.nn.Module,
+    run: Runner,
     frame: np.ndarray,
-    device: torch.device,
     tile_size: int,
     overlap: int,
     batch_size: int,
@@ -91,45 +168,66 @@ def _frame_logits(
     n_frames: int,
 ) -> Generator[TileDone, None, np.ndarray]:
     height, width = frame.shape
-    tile_h = min(tile_size, height)
-    tile_w = min(tile_size, width)
-    if tile_h == height and tile_w == width:
-        tensor = torch.from_numpy(frame)[None, None].to(device)
-        logits = network(tensor)[0, 0].float().cpu().numpy()
+    if height <= tile_size and width <= tile_size:
+        logits = whole_frame_logits(run, frame, multiple)
         yield TileDone(frame_index, n_frames, 1, 1)
         return logits
-    # Tiles start on multiples of 2**depth (the frame is reflect-padded to a multiple, as the
-    # network does for a whole image), so max-pooling sees the same grid in every tile.
-    tile_h = max(multiple, tile_h // multiple * multiple)
-    tile_w = max(multiple, tile_w // multiple * multiple)
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if pad_h or pad_w:
-        frame = np.pad(
-            frame,
-            ((0, pad_h), (0, pad_w)),
-            mode="reflect" if min(height, width) > max(pad_h, pad_w) else "edge",
-        )
-    padded_h, padded_w = frame.shape
-    window = _blend_window(tile_h, tile_w, overlap)
-    # Where tiles do not overlap (image edges), the window must not vanish.
-    window = np.maximum(window, 1e-3)
-    accumulated = np.zeros((padded_h, padded_w), np.float32)
-    total_weight = np.zeros((padded_h, padded_w), np.float32)
-    corners = [
-        (y, x)
-        for y in tile_positions(padded_h, tile_h, overlap, multiple)
-        for x in tile_positions(padded_w, tile_w, overlap, multiple)
-    ]
+    grid = TileGrid.for_frame(height, width, tile_size, overlap, multiple)
+    if grid.pad_h or grid.pad_w:
+        frame = np.pad(frame, ((0, grid.pad_h), (0, grid.pad_w)), mode=grid.pad_mode)
+    tile_h, tile_w = grid.tile_h, grid.tile_w
+    accumulated = np.zeros(frame.shape, np.float32)
+    total_weight = np.zeros(frame.shape, np.float32)
+    window = grid.window
+    corners = [(y, x) for y in grid.rows for x in grid.cols]
     for start in range(0, len(corners), batch_size):
         chunk = corners[start : start + batch_size]
         batch = np.stack([frame[y : y + tile_h, x : x + tile_w] for y, x in chunk])
-        logits = network(torch.from_numpy(batch)[:, None].to(device))[:, 0].float().cpu().numpy()
+        logits = run(batch)
         for (y, x), tile_logits in zip(chunk, logits):
             accumulated[y : y + tile_h, x : x + tile_w] += tile_logits * window
             total_weight[y : y + tile_h, x : x + tile_w] += window
         yield TileDone(frame_index, n_frames, min(start + batch_size, len(corners)), len(corners))
     np.divide(accumulated, total_weight, out=accumulated)
     return accumulated[:height, :width]
+
+
+def check_image(image: Any) -> tuple[int, ...]:
+    """Check that ``image`` is a grey image or stack the network can segment; return its shape.
+
+    Parameters
+    ----------
+    image : array-like
+        Anything with ``shape`` and ``dtype`` (numpy, dask, zarr).
+
+    Returns
+    -------
+    tuple of int
+        The shape.
+
+    Raises
+    ------
+    ValueError
+        With one sentence: fewer than 2 dimensions, an empty image, a last axis of 3 or 4
+        after two axes longer than 4 (RGB(A) colour channels, not a stack of 3- or 4-pixel
+        wide frames), or pixels that are not real numbers.
+    """
+    from .normalization import check_image_dtype
+
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) < 2:
+        raise ValueError(f"Expected a 2-D image or a stack (..., H, W), got shape {shape}.")
+    if min(shape[-2:]) < 1:
+        raise ValueError(f"The image is empty (shape {shape}).")
+    if len(shape) >= 3 and shape[-1] in (3, 4) and min(shape[-3:-1]) > 4:
+        raise ValueError(
+            f"The image has shape {shape}: its last axis of {shape[-1]} looks like "
+            f"{'RGB' if shape[-1] == 3 else 'RGBA'} colour channels, not image columns. Convert "
+            "it to grey first (napari_unet_nuclei.datasets.to_grey) or keep only the nuclear "
+            "channel."
+        )
+    check_image_dtype(getattr(image, "dtype", np.float32))
+    return shape
 
 
 def iter_predict(
@@ -139,8 +237,10 @@ def iter_predict(
     logits: bool = False,
     tile_size: int = DEFAULT_TILE_SIZE,
     overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = 4,
+    batch_size: int = 1,
     device: str | torch.device | None = None,
+    precision: str = "auto",
+    backend: str = "auto",
     out: Any = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Generator[TileDone | FrameDone, None, Any]:
@@ -156,11 +256,19 @@ def iter_predict(
     logits : bool
         Return logits instead of probabilities.
     tile_size, overlap : int
-        Tile side and the minimum overlap between tiles, in pixels.
+        Largest tile side and the minimum overlap between tiles, in pixels. Tiles are
+        shrunk to cover each frame with as little overlap as possible.
     batch_size : int
         Tiles per network call.
     device : str or torch.device, optional
         Where to compute; automatic when omitted.
+    precision : str
+        ``"auto"`` (float16 mixed precision on CUDA, float32 elsewhere), ``"fp32"``,
+        ``"bf16"`` (faster on CPUs with native bfloat16, masks differ slightly) or
+        ``"fp16"`` (CUDA).
+    backend : str
+        ``"auto"``, ``"torch"`` or ``"onnxruntime"`` (CPU, float32; see
+        :mod:`napari_unet_nuclei.acceleration`).
     out : array-like, optional
         Array of the image's shape to write results into (e.g. a zarr array); a new
         float32 numpy array when omitted.
@@ -177,11 +285,7 @@ def iter_predict(
     array-like
         float32 probabilities (or logits) with the image's shape.
     """
-    shape = tuple(image.shape)
-    if len(shape) < 2:
-        raise ValueError(f"Expected a 2-D image or a stack (..., H, W), got shape {shape}.")
-    if min(shape[-2:]) < 1:
-        raise ValueError(f"The image is empty (shape {shape}).")
+    shape = check_image(image)
     if out is None:
         out = np.empty(shape, np.float32)
     elif tuple(out.shape) != shape:
@@ -189,33 +293,33 @@ def iter_predict(
             f"Output array shape {tuple(out.shape)} differs from image shape {shape}."
         )
     device = resolve_device(device)
+    precision = resolve_precision(precision, device)
+    backend = resolve_backend(backend, device, precision)
     network = model.network.to(device).eval()
-    if device.type == "cpu":
-        # oneDNN convolutions run about 1.5-1.8x faster on CPU in channels-last layout
-        # (F=16, depth 4, 2048 x 2048: 0.41 -> 0.75 megapixels/s on a 2-core EPYC).
-        network = network.to(memory_format=torch.channels_last)
+    run = make_runner(network, device, precision, backend)
     multiple = model.config.size_multiple
     frame_indices = list(np.ndindex(*shape[:-2])) if len(shape) > 2 else [()]
     n_frames = len(frame_indices)
-    with torch.inference_mode():
-        for number, index in enumerate(frame_indices):
-            frame = normalize_frame(np.asarray(image[index]), model.normalization)
-            tiles = _frame_logits(
-                network, frame, device, tile_size, overlap, batch_size, multiple, number, n_frames
-            )
-            while True:
-                try:
-                    tile_event = next(tiles)
-                except StopIteration as done:
-                    frame_logits = done.value
-                    break
-                if should_stop is not None and should_stop():
-                    raise InferenceCancelled("Segmentation was cancelled.")
-                yield tile_event
-            if not logits:
-                frame_logits = _sigmoid(frame_logits)
-            out[index] = frame_logits
-            yield FrameDone(number, n_frames)
+    # No grad-mode context around the loop: it would stay set in the caller's thread
+    # across the yields below (the runner enters inference mode for each call instead).
+    for number, index in enumerate(frame_indices):
+        frame = normalize_frame(np.asarray(image[index]), model.normalization)
+        tiles = _frame_logits(
+            run, frame, tile_size, overlap, batch_size, multiple, number, n_frames
+        )
+        while True:
+            try:
+                tile_event = next(tiles)
+            except StopIteration as done:
+                frame_logits = done.value
+                break
+            if should_stop is not None and should_stop():
+                raise InferenceCancelled("Segmentation was cancelled.")
+            yield tile_event
+        if not logits:
+            frame_logits = _sigmoid(frame_logits)
+        out[index] = frame_logits
+        yield FrameDone(number, n_frames)
     return out
 
 
@@ -225,16 +329,16 @@ def normalized_frame_logits(
     device: torch.device,
     tile_size: int = DEFAULT_TILE_SIZE,
     overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = 4,
+    batch_size: int = 1,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Tiled logits of one already-normalised 2-D float32 frame (used for validation).
 
     The caller sets the network's mode and the grad context.
     """
     multiple = network.config.size_multiple
-    return _run(
-        _frame_logits(network, frame, device, tile_size, overlap, batch_size, multiple, 0, 1), None
-    )
+    run = make_runner(network, device, precision, "torch")
+    return _run(_frame_logits(run, frame, tile_size, overlap, batch_size, multiple, 0, 1), None)
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:
@@ -270,7 +374,7 @@ def predict(
         Called with each progress event.
     **options
         Passed to :func:`iter_predict` (``tile_size``, ``overlap``, ``batch_size``,
-        ``device``, ``out``, ``should_stop``).
+        ``device``, ``precision``, ``backend``, ``out``, ``should_stop``).
 
     Returns
     -------

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .events import FrameDone, TileDone
-from .normalization import _PERCENTILE_SAMPLE, NormalizationConfig
+from .normalization import _PERCENTILE_SAMPLE, NormalizationConfig, warn_frame_problems
 
 __all__ = [
     "frame_intensity_range",
@@ -95,14 +95,17 @@ def frame_intensity_range(
 
     sample, n_finite = sample_pass(False, size)
     if n_finite < size:
+        warn_frame_problems(size - n_finite, size)
         # normalize_frame samples the finite pixels only: sample them on their own stride.
         sample, _ = sample_pass(True, n_finite)
     if sample.size == 0:
+        warn_frame_problems(0, size, float("nan"))
         return None
     low, high = np.percentile(sample, [config.low_percentile, config.high_percentile])
     if not high > low:
         low, high = float(sample.min()), float(sample.max())
     if not high > low:
+        warn_frame_problems(0, size, float(low))
         return None
     return low, high
 
@@ -179,10 +182,9 @@ class _RowWriter:
 
 
 def _stream_frame(
-    network: Any,
+    run: Any,
     frame: _Frame,
     value_range: tuple[float, float] | None,
-    device: Any,
     tile_size: int,
     overlap: int,
     batch_size: int,
@@ -193,28 +195,21 @@ def _stream_frame(
     should_stop: Callable[[], bool] | None,
 ) -> Generator[TileDone, None, None]:
     """Tiled logits of one frame, rows written through ``writer`` as they are finished."""
-    import torch
-
-    from .inference import InferenceCancelled, _blend_window, tile_positions
+    from .inference import InferenceCancelled, TileGrid, whole_frame_logits
 
     height, width = frame.shape
-    tile_h, tile_w = min(tile_size, height), min(tile_size, width)
-    if tile_h == height and tile_w == width:
+    if height <= tile_size and width <= tile_size:
         whole = _normalize_rows(frame.rows(0, height), value_range)
-        logits = network(torch.from_numpy(whole)[None, None].to(device))[0, 0]
-        writer.write(logits.float().cpu().numpy())
+        writer.write(whole_frame_logits(run, whole, multiple))
         yield TileDone(frame_number, n_frames, 1, 1)
         return
-    # The same grid as inference._frame_logits: tiles on multiples of 2**depth of a frame
-    # padded (reflect, or edge for tiny frames) to a multiple at the bottom and right.
-    tile_h = max(multiple, tile_h // multiple * multiple)
-    tile_w = max(multiple, tile_w // multiple * multiple)
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    mode = "reflect" if min(height, width) > max(pad_h, pad_w) else "edge"
+    # The same grid as inference._frame_logits, so both paths give the same logits.
+    grid = TileGrid.for_frame(height, width, tile_size, overlap, multiple)
+    pad_h, pad_w, mode = grid.pad_h, grid.pad_w, grid.pad_mode
+    tile_h, tile_w = grid.tile_h, grid.tile_w
     padded_h, padded_w = height + pad_h, width + pad_w
-    window = np.maximum(_blend_window(tile_h, tile_w, overlap), 1e-3)
-    rows_at = tile_positions(padded_h, tile_h, overlap, multiple)
-    cols_at = tile_positions(padded_w, tile_w, overlap, multiple)
+    window = grid.window
+    rows_at, cols_at = grid.rows, grid.cols
     n_tiles, done = len(rows_at) * len(cols_at), 0
     base = 0  # first padded row not yet written
     accumulated = np.zeros((0, padded_w), np.float32)
@@ -231,7 +226,7 @@ def _stream_frame(
         for start in range(0, len(cols_at), batch_size):
             chunk = cols_at[start : start + batch_size]
             batch = np.stack([band[:, x : x + tile_w] for x in chunk])
-            out = network(torch.from_numpy(batch)[:, None].to(device))[:, 0].float().cpu().numpy()
+            out = run(batch)
             for x, tile_logits in zip(chunk, out):
                 accumulated[top : top + tile_h, x : x + tile_w] += tile_logits * window
                 weight[top : top + tile_h, x : x + tile_w] += window
@@ -259,8 +254,10 @@ def iter_predict_lazy(
     logits: bool = False,
     tile_size: int = 512,
     overlap: int = 64,
-    batch_size: int = 4,
+    batch_size: int = 1,
     device: Any = None,
+    precision: str = "auto",
+    backend: str = "auto",
     should_stop: Callable[[], bool] | None = None,
 ) -> Generator[TileDone | FrameDone, None, Any]:
     """Segment a (possibly larger than memory) image or stack, frame by frame, in bands.
@@ -286,6 +283,8 @@ def iter_predict_lazy(
         As in :func:`~napari_unet_nuclei.inference.iter_predict`.
     device : str or torch.device, optional
         Where to compute; automatic when omitted.
+    precision, backend : str
+        As in :func:`~napari_unet_nuclei.inference.iter_predict`.
     should_stop : callable, optional
         Called after each batch of tiles; when it returns True,
         :class:`~napari_unet_nuclei.inference.InferenceCancelled` is raised.
@@ -300,8 +299,7 @@ def iter_predict_lazy(
     array-like
         ``out`` if given or created, else ``mask_out``.
     """
-    import torch
-
+    from .acceleration import make_runner, resolve_backend, resolve_precision
     from .devices import resolve_device
     from .inference import InferenceCancelled, _sigmoid
 
@@ -324,31 +322,36 @@ def iter_predict_lazy(
     if mask_out is not None:
         targets.append((mask_out, lambda rows: (_sigmoid(rows) >= threshold).astype(np.uint8)))
     device = resolve_device(device)
-    network = model.network.to(device).eval()
+    precision = resolve_precision(precision, device)
+    run = make_runner(
+        model.network.to(device).eval(),
+        device,
+        precision,
+        resolve_backend(backend, device, precision),
+    )
     multiple = model.config.size_multiple
     indices = list(np.ndindex(*shape[:-2])) if len(shape) > 2 else [()]
-    with torch.inference_mode():
-        for number, index in enumerate(indices):
-            frame = _Frame(image, index)
-            value_range = frame_intensity_range(frame, model.normalization)
-            writer = _RowWriter(targets, index, shape[-2])
-            yield from _stream_frame(
-                network,
-                frame,
-                value_range,
-                device,
-                tile_size,
-                overlap,
-                batch_size,
-                multiple,
-                number,
-                len(indices),
-                writer,
-                should_stop,
-            )
-            if should_stop is not None and should_stop():
-                raise InferenceCancelled("Segmentation was cancelled.")
-            yield FrameDone(number, len(indices))
+    # No grad-mode context around the yields (it would leak into the caller's thread).
+    for number, index in enumerate(indices):
+        frame = _Frame(image, index)
+        value_range = frame_intensity_range(frame, model.normalization)
+        writer = _RowWriter(targets, index, shape[-2])
+        yield from _stream_frame(
+            run,
+            frame,
+            value_range,
+            tile_size,
+            overlap,
+            batch_size,
+            multiple,
+            number,
+            len(indices),
+            writer,
+            should_stop,
+        )
+        if should_stop is not None and should_stop():
+            raise InferenceCancelled("Segmentation was cancelled.")
+        yield FrameDone(number, len(indices))
     return out if out is not None else mask_out
 
 

@@ -8,9 +8,11 @@ file intact.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,14 @@ from .model import NucleiModel
 from .network import UNetConfig, build_unet
 from .normalization import NormalizationConfig
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ModelFileError", "load_model", "save_model"]
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "ModelFileError",
+    "load_model",
+    "save_model",
+    "weights_checksum",
+]
 
 FORMAT_NAME = "napari-unet-nuclei-model"
 FORMAT_VERSION = 1
@@ -47,6 +56,19 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def weights_checksum(state: dict[str, Any]) -> str:
+    """SHA-256 of a state dict's names, shapes, dtypes and bytes (to detect damaged files)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key]
+        if not isinstance(tensor, torch.Tensor):
+            raise ModelFileError(f"the weight {key!r} is a {type(tensor).__name__}, not a tensor")
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def model_to_dict(model: NucleiModel) -> dict[str, Any]:
     """Return the model as the dictionary stored in a file."""
     state = {k: v.detach().cpu().clone() for k, v in model.network.state_dict().items()}
@@ -59,6 +81,7 @@ def model_to_dict(model: NucleiModel) -> dict[str, Any]:
         "threshold": float(model.threshold),
         "summary": _plain(model.summary),
         "state_dict": state,
+        "weights_sha256": weights_checksum(state),
     }
 
 
@@ -75,6 +98,18 @@ def model_from_dict(data: Any, source: str = "the data") -> NucleiModel:
             f"{source} uses model format version {version}, newer than this plugin reads "
             f"(up to {FORMAT_VERSION}); update napari-unet-nuclei."
         )
+    expected = data.get("weights_sha256")
+    if expected is not None:
+        state = data.get("state_dict")
+        try:
+            actual = weights_checksum(state) if isinstance(state, dict) else None
+        except ModelFileError as error:
+            raise ModelFileError(f"{source} is damaged: {error}") from error
+        if actual != expected:
+            raise ModelFileError(
+                f"{source} is damaged: its weights do not match the checksum stored when it was "
+                "saved (the file was corrupted or modified); use another copy of the model."
+            )
     try:
         network = build_unet(UNetConfig.from_dict(data["architecture"]))
         network.load_state_dict(data["state_dict"])
@@ -121,6 +156,43 @@ def save_model(model: NucleiModel, path: str | os.PathLike) -> Path:
     return path
 
 
+_DATA_MODULES = ("torch", "collections", "numpy", "_codecs", "builtins.set")
+
+
+def _names_code(path: Path) -> bool:
+    """Whether the file's pickle names a Python global other than torch's data types.
+
+    Read with :mod:`pickletools` (nothing is executed): tells a crafted file from a
+    damaged one for the error message. Garbage that cannot be parsed names nothing.
+    """
+    import pickletools
+
+    try:
+        raw = path.read_bytes()
+        if raw[:4] == b"PK\x03\x04":
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                raw = archive.read(name) if name else b""
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError):
+        return False
+    strings: list[str] = []
+    try:
+        for opcode, arg, _position in pickletools.genops(raw):
+            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                strings.append(str(arg))
+            elif opcode.name in ("GLOBAL", "INST"):
+                module = str(arg).replace(" ", ".")
+                if not module.startswith(_DATA_MODULES):
+                    return True
+            elif opcode.name == "STACK_GLOBAL":
+                module = ".".join(strings[-2:])
+                if not module.startswith(_DATA_MODULES):
+                    return True
+    except Exception:  # garbage ends the scan; what was seen counts
+        return False
+    return False
+
+
 def load_model(path: str | os.PathLike, map_location: str = "cpu") -> NucleiModel:
     """Load a model saved by :func:`save_model`, without running any code from the file.
 
@@ -147,8 +219,16 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu") -> NucleiMode
     if not path.is_file():
         raise FileNotFoundError(f"Model file not found: {path}")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch's note on pickle protocols, irrelevant to the user (the file is refused)
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        if "global" not in str(error).lower() and not _names_code(path):
+            raise ModelFileError(
+                f"{path} is not a readable model file (truncated, corrupted or another kind of "
+                "file): it holds no valid model data."
+            ) from error
         raise ModelFileError(
             f"{path} was refused: it contains objects other than tensors and plain data, "
             "so it could run code when loaded. Only load model files saved by this plugin."

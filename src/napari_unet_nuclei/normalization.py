@@ -6,15 +6,76 @@ training did, whatever the image dtype (uint8, uint16, int, float, bool).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["NormalizationConfig", "normalize_frame", "normalize_image"]
+__all__ = [
+    "ImageWarning",
+    "NormalizationConfig",
+    "check_image_dtype",
+    "normalize_frame",
+    "normalize_image",
+    "warn_frame_problems",
+]
 
 #: Above this many pixels, percentiles are estimated on a regular subsample.
 _PERCENTILE_SAMPLE = 1 << 20
+
+
+class ImageWarning(UserWarning):
+    """Input that was used, but changed or suspicious; the message says what happened.
+
+    napari's workers show these as warning notifications; the command line prints them.
+    """
+
+
+def check_image_dtype(dtype: Any, what: str = "The image") -> None:
+    """Refuse pixel types that are not real numbers (complex, object, text...).
+
+    Raises
+    ------
+    ValueError
+        With one sentence naming the dtype, for anything but bool, integer or float.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biuf":
+        raise ValueError(
+            f"{what} has pixels of type {dtype}; images must hold real numbers (bool, "
+            "integer or float). Convert it to a numeric grey image first."
+        )
+
+
+def warn_frame_problems(n_non_finite: int, size: int, constant: float | None = None) -> None:
+    """Warn (:class:`ImageWarning`) about NaN/infinite pixels and constant frames.
+
+    Parameters
+    ----------
+    n_non_finite : int
+        Number of NaN or infinite pixels in the frame.
+    size : int
+        Number of pixels in the frame.
+    constant : float, optional
+        The single value of a constant frame (NaN for a frame with no finite pixel);
+        None when the frame is not constant.
+    """
+    if n_non_finite:
+        warnings.warn(
+            f"{n_non_finite} of {size} pixels of an image frame are NaN or infinite; they were "
+            "ignored for the intensity range and treated as dark background (0).",
+            ImageWarning,
+            stacklevel=3,
+        )
+    if constant is not None:
+        value = "no finite pixel" if constant != constant else f"every pixel is {constant:g}"
+        warnings.warn(
+            f"An image frame is constant ({value}): there is nothing to segment in it, so the "
+            "network sees a blank frame.",
+            ImageWarning,
+            stacklevel=3,
+        )
 
 
 @dataclass(frozen=True)
@@ -62,16 +123,30 @@ def normalize_frame(frame: np.ndarray, config: NormalizationConfig | None = None
     -------
     numpy.ndarray
         float32 array of the same shape; a constant frame becomes all zeros.
+
+    Warns
+    -----
+    ImageWarning
+        When NaN or infinite pixels were set to 0, and for a constant frame.
+
+    Raises
+    ------
+    ValueError
+        For a frame that is not 2-D or whose pixels are not real numbers.
     """
     config = config or NormalizationConfig()
     frame = np.asarray(frame)
     if frame.ndim != 2:
         raise ValueError(f"normalize_frame expects a 2-D frame, got shape {frame.shape}.")
+    check_image_dtype(frame.dtype, "The image frame")
     values = frame.astype(np.float32, copy=False) if frame.dtype != np.float32 else frame
     finite = np.isfinite(values)
     all_finite = bool(finite.all())
     sample = values if all_finite else values[finite]
+    if not all_finite:
+        warn_frame_problems(int(finite.size - np.count_nonzero(finite)), int(finite.size))
     if sample.size == 0:
+        warn_frame_problems(0, int(finite.size), float("nan"))
         return np.zeros(frame.shape, np.float32)
     sample = sample.ravel()
     if sample.size > _PERCENTILE_SAMPLE:
@@ -80,6 +155,7 @@ def normalize_frame(frame: np.ndarray, config: NormalizationConfig | None = None
     if not high > low:
         low, high = float(sample.min()), float(sample.max())
     if not high > low:
+        warn_frame_problems(0, int(finite.size), float(low))
         return np.zeros(frame.shape, np.float32)
     out = (values - np.float32(low)) * np.float32(1.0 / (high - low))
     if not all_finite:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ALLOWED_GLOBALS", "UnsafeFileError", "load_tensor_pickle"]
+__all__ = ["ALLOWED_GLOBALS", "UnsafeFileError", "load_tensor_pickle", "torch_refusal_reason"]
 
 #: Legacy ``torch.save`` files begin with this pickled integer.
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -42,6 +42,25 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 class UnsafeFileError(ValueError):
     """A pickle file names code that could run when it is loaded; it was not loaded."""
+
+
+def torch_refusal_reason(error: BaseException) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` refused a file.
+
+    torch's message spans many lines of advice (including how to load the file unsafely);
+    only the reason is kept, e.g. ``"it names the Python global 'getattr'"``.
+    """
+    import re
+
+    text = str(error)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it names the Python global '{found.group(1)}'"
+    found = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    if found:
+        return found.group(1).strip().rstrip(".")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def _load_storage_from_bytes(data: bytes) -> Any:
@@ -64,7 +83,7 @@ def _load_storage_from_bytes(data: bytes) -> Any:
         except pickle.UnpicklingError as exc:
             raise UnsafeFileError(
                 "A tensor in the file holds data that torch's safe loader refused "
-                f"({exc}); the file was not loaded."
+                f"({torch_refusal_reason(exc)}); the file was not loaded."
             ) from exc
     if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
         raise UnsafeFileError(
@@ -257,8 +276,8 @@ def _load_torch_save(path: str) -> Any:
         except pickle.UnpicklingError as exc:
             raise UnsafeFileError(
                 f"Refused to load {path!r}: torch's safe loader (weights_only=True) found "
-                f"objects other than tensors and plain containers ({exc}). The file was NOT "
-                "loaded."
+                f"objects other than tensors and plain containers ({torch_refusal_reason(exc)}). "
+                "The file was NOT loaded."
             ) from exc
 
 

@@ -26,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from . import __version__
+from .acceleration import autocast, resolve_precision
 from .augmentation import AugmentationConfig, augment_batch
 from .devices import resolve_device
 from .events import BestModel, EpochEnd, TrainingFinished, TrainingStarted, TrainingStep
@@ -70,6 +71,10 @@ class TrainingConfig:
         Seed of every random draw (weights, split, patches, augmentation).
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``...
+    precision : str
+        ``"auto"`` (float16 mixed precision on CUDA, bfloat16 mixed precision on CPUs
+        that compute it natively, float32 elsewhere), ``"fp32"``, ``"bf16"`` or
+        ``"fp16"``. Validation always runs in float32.
     steps_per_epoch : int, optional
         Steps between validations; by default one pass over the training pixels.
     batchnorm_batches : int
@@ -92,6 +97,7 @@ class TrainingConfig:
     validation_names: tuple[str, ...] = ()
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
     steps_per_epoch: int | None = None
     normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
     warmup_fraction: float = 0.05
@@ -159,11 +165,16 @@ def _split_validation(
         return pick(train_idx), pick(val_idx)
     # One image: hold out a band of rows at the bottom for validation.
     image, mask, weight, name = data.images[0], data.masks[0], data.weights[0], data.names[0]
-    height = image.shape[0]
-    band = max(multiple, int(round(max(fraction, 0.15) * height)))
-    if height - band < multiple:
+    # With partial annotations the band is cut from the annotated rows, so that both
+    # parts hold annotated pixels.
+    top, bottom = 0, image.shape[0]
+    if weight is not None and weight.any():
+        annotated_rows = np.flatnonzero(weight.any(axis=1))
+        top, bottom = int(annotated_rows[0]), int(annotated_rows[-1]) + 1
+    band = max(multiple, int(round(max(fraction, 0.15) * (bottom - top))))
+    if bottom - top - band < multiple:
         return data, _Split([], [], [], [])
-    cut = height - band
+    cut = bottom - band
 
     def rows(array: np.ndarray | None, part: slice) -> np.ndarray | None:
         return None if array is None else array[part]
@@ -314,8 +325,16 @@ def train(
     if len(images) == 0:
         raise ValueError("No training images: give at least one image with its labels.")
     names = list(names) if names is not None else [f"image_{i:03d}" for i in range(len(images))]
+    import warnings
+
+    from .datasets import check_training_labels
+    from .normalization import ImageWarning
+
+    for label_message in check_training_labels(labels, names):  # DataError for bad values
+        warnings.warn(label_message, ImageWarning, stacklevel=2)
     rng = np.random.default_rng(config.seed)
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device, training=True)
 
     if init_model is not None:
         model = init_model.copy()
@@ -391,12 +410,15 @@ def train(
     augmenter = torch.Generator().manual_seed(config.seed)
 
     network = model.network.to(device)
+    channels_last = device.type == "cpu"  # oneDNN convolutions are faster channels-last
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    pin_memory = device.type == "cuda"
     network.train()
     optimizer = torch.optim.AdamW(
         network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     yield TrainingStarted(
         n_train_images=len(train_data.images),
         n_val_images=len(val_data.images),
@@ -404,7 +426,7 @@ def train(
         total_steps=total_steps,
         time_budget=config.time_budget,
         device=str(device),
-        precision="fp16-mixed" if use_amp else "fp32",
+        precision={"fp16": "fp16-mixed", "bf16": "bf16-mixed"}.get(precision, "fp32"),
     )
 
     start = time.perf_counter()
@@ -432,9 +454,13 @@ def train(
             x, y, w = (torch.from_numpy(a) for a in sampler.sample(config.batch_size))
             if config.augmentation.enabled:
                 x, y, w = augment_batch(x, y, w, config.augmentation, augmenter)
-            x, y, w = (t.to(device, non_blocking=True) for t in (x, y, w))
+            if pin_memory:
+                x, y, w = (t.pin_memory() for t in (x, y, w))
+            x, y, w = (t.to(device, non_blocking=pin_memory) for t in (x, y, w))
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            with autocast(device, precision):
                 logits = network(x)
             loss = _loss(logits.float(), y, w, config.dice_weight)
             if not torch.isfinite(loss):
@@ -506,7 +532,7 @@ def train(
 
     network.load_state_dict(best_state)
     network.eval()
-    model.network = network.cpu()
+    model.network = network.cpu().to(memory_format=torch.contiguous_format)
     elapsed = time.perf_counter() - start
     best_record = next((r for r in history if r["epoch"] == best_epoch), {})
     previous = init_model.summary.get("rounds", []) if init_model is not None else []

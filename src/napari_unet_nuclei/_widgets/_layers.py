@@ -19,6 +19,8 @@ __all__ = [
     "current_frame_index",
     "find_owned_layer",
     "frame_count",
+    "grey_layer_data",
+    "grey_shape",
     "put_output_layer",
     "training_data",
     "unique_layer_name",
@@ -59,6 +61,59 @@ def worker_copy(data: Any) -> Any:
     if isinstance(data, np.ndarray) or not hasattr(data, "__getitem__"):
         return np.array(data, copy=True)
     return data
+
+
+def read_only_view(data: Any) -> Any:
+    """Image data for a worker without copying it: a read-only view of a numpy array.
+
+    Image layers are not painted on, so the pixels stay as they are while a worker reads
+    them; the view only guards against the worker writing into the user's data. Lazy
+    arrays (dask, zarr) pass as they are. Labels still go through :func:`worker_copy`.
+    """
+    if isinstance(data, np.ndarray):
+        view = data.view()
+        view.flags.writeable = False
+        return view
+    if not hasattr(data, "__getitem__"):
+        return np.asarray(data)
+    return data
+
+
+#: ITU-R BT.601 luma weights, as :func:`napari_unet_nuclei.datasets.to_grey` uses.
+_LUMA_601 = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def grey_shape(layer: Any) -> tuple[int, ...]:
+    """Shape of the layer's pixels as grey: an RGB(A) layer loses its colour axis."""
+    shape = tuple(int(n) for n in layer.data.shape)
+    return shape[:-1] if getattr(layer, "rgb", False) else shape
+
+
+def grey_layer_data(layer: Any) -> tuple[Any, str | None]:
+    """The layer's pixels as a grey ``(..., H, W)`` array, and a sentence if RGB was converted.
+
+    Grey layers are returned as they are (no copy). An RGB(A) layer is converted with
+    the BT.601 luminance ``0.299 R + 0.587 G + 0.114 B`` (alpha ignored; integer types
+    are kept), and the sentence says so and how to use one channel instead.
+    """
+    data = layer.data
+    if not getattr(layer, "rgb", False):
+        return data, None
+    colour = np.asarray(data)
+    luma = colour[..., :3].astype(np.float32) @ _LUMA_601
+    if colour.dtype == bool:
+        grey: np.ndarray = luma >= 0.5
+    elif np.issubdtype(colour.dtype, np.integer):
+        info = np.iinfo(colour.dtype)
+        grey = np.clip(np.rint(luma), info.min, info.max).astype(colour.dtype)
+    else:
+        grey = luma
+    note = (
+        f"'{layer.name}' is an RGB image: it was converted to grey "
+        "(0.299 R + 0.587 G + 0.114 B, alpha ignored). To use one colour channel instead, "
+        "right-click the layer > Split RGB and pick the nuclear channel."
+    )
+    return grey, note
 
 
 def frame_count(shape: tuple[int, ...]) -> int:
@@ -112,6 +167,13 @@ def training_data(
         )
     frames_image = np.asarray(image).reshape(-1, *image_shape[-2:])
     frames_labels = np.asarray(labels).reshape(-1, *image_shape[-2:])
+    if frames_labels.size and np.issubdtype(frames_labels.dtype, np.signedinteger):
+        low = int(frames_labels.min())
+        if low < 0:
+            raise ValueError(
+                f"The labels for '{name}' contain negative values (min {low}); labels must be "
+                "0 for background and positive ids for nuclei."
+            )
     keep = np.ones(len(frames_image), bool) if use_empty_frames else labelled_frames(labels)
     indices = np.flatnonzero(keep)
     if indices.size == 0:

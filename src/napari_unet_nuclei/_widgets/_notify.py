@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["error_sentence", "report_error", "report_info", "report_warning"]
+from typing import Any
+
+__all__ = ["error_sentence", "relay_warnings", "report_error", "report_info", "report_warning"]
 
 
 def error_sentence(error: BaseException | str, doing: str) -> str:
@@ -33,3 +35,18 @@ def report_warning(message: str) -> None:
     from napari.utils import notifications
 
     notifications.show_warning(message)
+
+
+def relay_warnings(worker: Any) -> None:
+    """Show the Python warnings raised inside ``worker`` as napari warning notifications.
+
+    The engine announces input it changed or finds suspicious with warnings (an RGB image
+    turned grey, NaN pixels, labels without nuclei...). superqt's worker catches them and
+    emits ``warned``, but napari 0.9's worker never connects that signal (its notifying
+    mixin is not initialised), so they would be lost.
+    """
+
+    def show(args: tuple) -> None:
+        report_warning(str(args[0]))
+
+    worker.warned.connect(show)

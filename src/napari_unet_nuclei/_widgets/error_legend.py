@@ -1,13 +1,23 @@
-"""Colour legend of the error overlay: true positive, wrongly added, missed."""
+"""Colour legends of the error overlays: pixels (found, added, missed) and nuclei as objects
+(matched, false, missed, merged, split)."""
 
 from __future__ import annotations
 
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QWidget
 
-__all__ = ["ErrorLegend", "error_colormap"]
+__all__ = ["ErrorLegend", "ObjectErrorLegend", "error_colormap", "object_error_colormap"]
 
 #: Short legend texts for the error-map classes 1-3.
 LEGEND_TEXT = {1: "correct (TP)", 2: "wrongly added (FP)", 3: "missed (FN)"}
+
+#: Short legend texts for the object error-map classes 1-5 (``OBJECT_ERROR_CLASSES``).
+OBJECT_LEGEND_TEXT = {
+    1: "matched",
+    2: "false nucleus",
+    3: "missed nucleus",
+    4: "merge",
+    5: "split",
+}
 
 
 def _hex(rgba: tuple[float, ...]) -> str:
@@ -25,6 +35,17 @@ def error_colormap() -> object:
     return DirectLabelColormap(color_dict=color_dict)
 
 
+def object_error_colormap() -> object:
+    """A ``DirectLabelColormap`` of the object error map (``OBJECT_ERROR_COLORS``)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    from ..object_metrics import OBJECT_ERROR_COLORS
+
+    color_dict: dict[int | None, tuple[float, ...]] = {None: (0.0, 0.0, 0.0, 0.0)}
+    color_dict.update({int(k): tuple(v) for k, v in OBJECT_ERROR_COLORS.items()})
+    return DirectLabelColormap(color_dict=color_dict)
+
+
 class ErrorLegend(QWidget):
     """A row of coloured labels naming the classes of the error overlay."""
 
@@ -32,14 +53,29 @@ class ErrorLegend(QWidget):
         super().__init__(parent)
         from ..metrics import ERROR_COLORS
 
+        self._fill(LEGEND_TEXT, ERROR_COLORS, "error overlay")
+
+    def _fill(self, texts: dict[int, str], colors: dict, overlay: str) -> None:
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
         self.labels: dict[int, QLabel] = {}
-        for key, text in LEGEND_TEXT.items():
+        for key, text in texts.items():
             label = QLabel(f"\u25a0 {text}")
-            label.setStyleSheet(f"color: {_hex(ERROR_COLORS[key])}; font-weight: bold;")
-            label.setToolTip(f"error overlay value {key}")
+            label.setStyleSheet(f"color: {_hex(colors[key])}; font-weight: bold;")
+            label.setToolTip(f"{overlay} value {key}")
             row.addWidget(label)
             self.labels[key] = label
         row.addStretch(1)
         self.setLayout(row)
+
+
+class ObjectErrorLegend(ErrorLegend):
+    """Legend of the object overlay: matched, false and missed nuclei, merges, splits."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        QWidget.__init__(self, parent)
+        from ..object_metrics import OBJECT_ERROR_CLASSES, OBJECT_ERROR_COLORS
+
+        self._fill(OBJECT_LEGEND_TEXT, OBJECT_ERROR_COLORS, "object overlay")
+        for key, label in self.labels.items():
+            label.setToolTip(f"object overlay value {key}: {OBJECT_ERROR_CLASSES[key]}")

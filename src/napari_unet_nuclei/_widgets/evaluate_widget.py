@@ -22,16 +22,53 @@ from napari.qt.threading import thread_worker
 
 from ._jobs import EvaluationResult, JobFailed, SegmentProgress, evaluation_job
 from ._layers import OWNER_KEY, current_frame_index, put_output_layer, worker_copy
-from ._notify import error_sentence, report_error
+from ._notify import error_sentence, relay_warnings, report_error
+from ._object_jobs import ObjectEvaluation, object_evaluation_job
 from ._warmup import warm_up_engine
-from .error_legend import ErrorLegend, error_colormap
-from .metrics_table import MetricsTable
+from .error_legend import ErrorLegend, ObjectErrorLegend, error_colormap, object_error_colormap
+from .metrics_table import SCORE_ROWS, MetricsTable
 from .model_registry import CachedProbabilities, registry_for, unwrap_viewer
 from .pr_plot import PrecisionRecallPlot
 
 __all__ = ["EvaluateWidget", "PredictionSource"]
 
 PROGRESS_STEPS = 1000
+
+#: Roles of the plugin's overlay layers (never offered as a prediction).
+OVERLAY_ROLES = ("errors", "object errors")
+
+#: Object rows of the metrics table: (key in ObjectEvaluation.scores, row title).
+OBJECT_ROWS = (
+    ("object_precision", "object precision"),
+    ("object_recall", "object recall"),
+    ("object_f1", "object F1 (IoU \u2265 0.5)"),
+    ("dsb_ap", "AP IoU 0.5:0.95 (DSB)"),
+)
+
+
+class EvaluationTable(MetricsTable):
+    """The pixel scores, then the object scores (empty until objects are evaluated)."""
+
+    ROWS = (*SCORE_ROWS, *OBJECT_ROWS)
+
+    def __init__(self, parent: object = None) -> None:
+        super().__init__(parent)
+        self.setRowCount(len(self.ROWS))
+        self.setVerticalHeaderLabels([title for _, title in self.ROWS])
+        height = self.horizontalHeader().sizeHint().height() + 2 * self.frameWidth() + 2
+        self.setFixedHeight(height + self.verticalHeader().length())
+
+    def show_scores(self, current: Any, overall: Any) -> None:
+        """Fill the table from score dicts (pixel and object keys); None leaves a column empty."""
+        from qtpy.QtWidgets import QTableWidgetItem
+
+        for column, scores in enumerate((current, overall)):
+            name = self.horizontalHeaderItem(column).text()
+            self.scores[name] = dict(scores) if scores is not None else None
+            for row, (key, _) in enumerate(self.ROWS):
+                value = None if scores is None else scores.get(key)
+                text = "" if value is None or value != value else f"{value:.4f}"
+                self.setItem(row, column, QTableWidgetItem(text))
 
 
 @dataclass(frozen=True)
@@ -54,6 +91,12 @@ class EvaluateWidget(Container):
     precision-recall curve of each evaluated model over the logit sweep -5..+5. Clicking a
     curve sets the shared threshold, which Segment's slider follows.
 
+    With *object metrics* ticked, nuclei are matched one to one with the ground-truth
+    nuclei (IoU >= 0.5): object precision, recall and F1 and the Data Science Bowl 2018 AP
+    over IoU 0.5:0.95 join the table, and ``<image> object errors`` shows matched, false
+    and missed nuclei, merges and splits. A model's mask is split into nuclei with the
+    seeded watershed; a 0/1 mask (prediction or ground truth) counts its connected parts.
+
     Parameters
     ----------
     viewer : napari.viewer.Viewer
@@ -68,6 +111,7 @@ class EvaluateWidget(Container):
         self.registry = registry_for(viewer)
         self.worker: Any = None
         self.last_result: EvaluationResult | None = None
+        self.last_objects: ObjectEvaluation | None = None
         self._stop = threading.Event()
         self._busy = False
         self._closed = False
@@ -86,6 +130,12 @@ class EvaluateWidget(Container):
         self.progress = ProgressBar(value=0, min=0, max=PROGRESS_STEPS, label="progress")
         self.status = Label(value="Pick a prediction and the ground truth, then Evaluate.")
         self.show_errors = CheckBox(text="show error overlay on top", value=True)
+        self.objects = CheckBox(
+            text="object metrics (nuclei matched at IoU \u2265 0.5)",
+            value=False,
+            tooltip="Needs instance ground truth (one id per nucleus); a model's mask is "
+            "split into nuclei first",
+        )
         self.extend(
             [
                 self.image_layer,
@@ -100,13 +150,16 @@ class EvaluateWidget(Container):
                 self.progress,
                 self.status,
                 self.show_errors,
+                self.objects,
             ]
         )
         self.legend = ErrorLegend()
-        self.table = MetricsTable()
+        self.object_legend = ObjectErrorLegend()
+        self.object_legend.setVisible(False)
+        self.table = EvaluationTable()
         self.pr_plot = PrecisionRecallPlot(viewer)
         self.pr_plot.set_threshold(self.registry.threshold)
-        for widget in (self.legend, self.table, self.pr_plot):
+        for widget in (self.legend, self.object_legend, self.table, self.pr_plot):
             self.native.layout().addWidget(widget)
 
         self.evaluate_button.changed.connect(self._on_evaluate_clicked)
@@ -126,7 +179,7 @@ class EvaluateWidget(Container):
             PredictionSource("layer", layer.name)
             for layer in self._viewer.layers
             if isinstance(layer, napari.layers.Labels)
-            and (layer.metadata.get(OWNER_KEY) or {}).get("role") != "errors"
+            and (layer.metadata.get(OWNER_KEY) or {}).get("role") not in OVERLAY_ROLES
         ]
         return [(str(source), source) for source in sources]
 
@@ -213,12 +266,14 @@ class EvaluateWidget(Container):
         self._stop = threading.Event()
         self.progress.value = 0
         self.status.value = f"Evaluating {self.source.value}..."
-        worker = thread_worker(evaluation_job, start_thread=False, ignore_errors=True)(
+        job = object_evaluation_job if self.objects.value else evaluation_job
+        worker = thread_worker(job, start_thread=False, ignore_errors=True)(
             stop=self._stop, **inputs
         )
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
+        relay_warnings(worker)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._set_running(True)
@@ -247,10 +302,12 @@ class EvaluateWidget(Container):
             frames = f" frame {event.frame + 1}/{event.n_frames}" if event.n_frames > 1 else ""
             self.status.value = f"Running the model{frames}..."
 
-    def _on_returned(self, result: EvaluationResult | None) -> None:
+    def _on_returned(self, result: EvaluationResult | ObjectEvaluation | None) -> None:
         if self._closed or result is None:
             return
-        self.last_result = result
+        objects = result if isinstance(result, ObjectEvaluation) else None
+        result = objects.pixels if objects is not None else result
+        self.last_result, self.last_objects = result, objects
         source: PredictionSource = self._run["source"]
         image_layer = self._run["image"]()
         truth_layer = self._run["truth"]
@@ -261,6 +318,9 @@ class EvaluateWidget(Container):
                 source.name, image_layer, CachedProbabilities(result.probabilities, done)
             )
         self._show_error_layer(owner_name, result)
+        if objects is not None:
+            self._show_object_layer(owner_name, objects)
+        self.object_legend.setVisible(objects is not None)
         self._update_table()
         if result.curve is not None:
             self.pr_plot.set_curve(source.name, result.curve)
@@ -270,6 +330,32 @@ class EvaluateWidget(Container):
             f"{source}{threshold}: F1 {result.scores['f1']:.3f}, precision "
             f"{result.scores['precision']:.3f}, recall {result.scores['recall']:.3f}."
         )
+        if objects is not None:
+            counts = objects.scores
+            note = " (ground truth is a mask: touching nuclei count as one)"
+            self.status.value += (
+                f" Nuclei: F1 {counts['object_f1']:.3f}, AP {counts['dsb_ap']:.3f}; "
+                f"{counts['missed']} missed, {counts['false_nuclei']} false, "
+                f"{counts['merges']} merges, {counts['splits']} splits"
+                f"{note if objects.truth_was_mask else ''}."
+            )
+
+    def _show_object_layer(self, owner_name: str, objects: ObjectEvaluation) -> None:
+        layer = put_output_layer(
+            self._viewer,
+            "object errors",
+            owner_name,
+            objects.errors,
+            "labels",
+            name=f"{owner_name} object errors",
+            extra={"prediction": objects.pixels.source},
+            colormap=object_error_colormap(),
+            opacity=0.7,
+        )
+        layer.colormap = object_error_colormap()
+        layer.visible = self.show_errors.value
+        layers = self._viewer.layers
+        layers.move(layers.index(layer), len(layers))
 
     def _show_error_layer(self, owner_name: str, result: EvaluationResult) -> None:
         layer = put_output_layer(
@@ -293,6 +379,8 @@ class EvaluateWidget(Container):
         if result is None:
             return
         current = None
+        objects = self.last_objects
+        frame = 0
         if result.frame_scores:
             current = result.frame_scores[0]
             image_layer = self._run.get("image", lambda: None)()
@@ -303,8 +391,12 @@ class EvaluateWidget(Container):
                     leading = tuple(reference.data.shape[: len(index)])
                     flat = int(np.ravel_multi_index(index, leading))
                     if flat < len(result.frame_scores):
-                        current = result.frame_scores[flat]
-        self.table.show_scores(current, result.scores)
+                        current, frame = result.frame_scores[flat], flat
+        overall = result.scores
+        if objects is not None and frame < len(objects.frame_scores):
+            current = {**(current or {}), **objects.frame_scores[frame]}
+            overall = {**overall, **objects.scores}
+        self.table.show_scores(current, overall)
 
     def _on_errored(self, error: Exception | str) -> None:
         if self._closed:
@@ -319,7 +411,7 @@ class EvaluateWidget(Container):
     # ---------------------------------------------------------------------- events
     def _on_show_errors_changed(self, visible: bool) -> None:
         for layer in self._viewer.layers:
-            if (layer.metadata.get(OWNER_KEY) or {}).get("role") == "errors":
+            if (layer.metadata.get(OWNER_KEY) or {}).get("role") in OVERLAY_ROLES:
                 layer.visible = visible
                 if visible:
                     layers = self._viewer.layers

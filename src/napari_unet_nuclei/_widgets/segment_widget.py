@@ -1,4 +1,10 @@
-"""The *Segment* dock widget: apply a model to a frame, a stack or every image layer."""
+"""The *Segment* dock widget: apply a model to a frame, a stack or every image layer.
+
+Besides the mask, it can split touching nuclei into one label each (seeded watershed) with
+a table of measurements as the labels layer's ``features`` (saved as CSV), and it segments
+lazy (dask, zarr, multiscale) image layers frame by frame into a zarr store the plugin
+owns, shown as dask-backed layers that fill in as frames finish.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,10 @@ from typing import Any
 import napari
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
+    FileEdit,
     FloatSlider,
     Label,
     ProgressBar,
@@ -20,20 +28,30 @@ from magicgui.widgets import (
 )
 from napari.qt.threading import thread_worker
 
-from ._jobs import JobFailed, SegmentProgress, SegmentResult, SegmentTask, segmentation_job
+from ._jobs import JobFailed, SegmentProgress, SegmentResult, SegmentTask
 from ._layers import (
     OWNER_KEY,
     current_frame_index,
     find_owned_layer,
+    grey_layer_data,
+    grey_shape,
     put_output_layer,
-    worker_copy,
+    read_only_view,
 )
-from ._notify import error_sentence, report_error, report_info
+from ._notify import error_sentence, relay_warnings, report_error, report_info
+from ._object_jobs import (
+    LazyFrameDone,
+    LazyOutputs,
+    ObjectsResult,
+    frame_columns,
+    is_lazy,
+    segment_objects_job,
+)
 from ._warmup import warm_up_engine
 from .model_picker import ModelPicker
 from .model_registry import CachedProbabilities, registry_for, unwrap_viewer
 
-__all__ = ["ALL_FRAMES", "ALL_LAYERS", "CURRENT_FRAME", "SegmentWidget"]
+__all__ = ["ALL_FRAMES", "ALL_LAYERS", "CURRENT_FRAME", "SegmentWidget", "full_resolution"]
 
 CURRENT_FRAME = "current frame"
 ALL_FRAMES = "all frames"
@@ -47,6 +65,29 @@ def _mask(probabilities: np.ndarray, threshold: float) -> np.ndarray:
     return threshold_mask(probabilities, threshold)
 
 
+def full_resolution(layer: Any) -> Any:
+    """The layer's data at full resolution (level 0 of a multiscale image)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def _features_table(layer: Any) -> dict[str, np.ndarray]:
+    """A labels layer's features as measurement columns (without napari's ``index``)."""
+    features = layer.features
+    return {name: features[name].to_numpy() for name in features.columns if name != "index"}
+
+
+def ask_csv_path(parent: Any = None, suggested: str = "") -> str:
+    """Ask where to save a CSV file with a Qt dialog; ``""`` when cancelled."""
+    from qtpy.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getSaveFileName(
+        parent, "Save measurements as", suggested, "CSV table (*.csv)"
+    )
+    if path and not path.lower().endswith(".csv"):
+        path += ".csv"
+    return path
+
+
 class SegmentWidget(Container):
     """Segment nuclei with a session model; outputs ``<image> probabilities`` and ``<image> nuclei``.
 
@@ -54,6 +95,13 @@ class SegmentWidget(Container):
     are never modified (a new name is used if a user layer has the output's name). The
     threshold slider re-thresholds the cached probabilities at once, without running the
     network; it is shared with Evaluate's precision-recall plot through the registry.
+
+    With *instances* ticked, ``<image> instances`` holds one label per nucleus (touching
+    nuclei separated by a seeded watershed) and its ``features`` hold one row of
+    measurements per nucleus; *Save measurements as CSV...* writes them. Lazy image layers
+    (dask or zarr data, multiscale pyramids at full resolution) are segmented frame by frame
+    into OME-Zarr folders (in the chosen *results folder*, else a temporary folder): the
+    outputs are dask-backed layers that show each frame as soon as it is finished.
 
     Parameters
     ----------
@@ -76,6 +124,10 @@ class SegmentWidget(Container):
         self._task_layers: list[Any] = []
         self._run_model: str | None = None
         self._outputs: dict[int, tuple[weakref.ref, str]] = {}
+        self._lazy: dict[int, tuple[weakref.ref, LazyOutputs, str]] = {}
+        self._run_lazy: dict[int, LazyOutputs] = {}
+        self._run_threshold = self.registry.threshold
+        self._last_instances: weakref.ref | None = None
 
         self.model = ModelPicker(self.registry, label="model")
         self.image_layer = create_widget(annotation=napari.layers.Image, label="image")
@@ -83,6 +135,26 @@ class SegmentWidget(Container):
             choices=[CURRENT_FRAME, ALL_FRAMES, ALL_LAYERS], value=ALL_FRAMES, label="scope"
         )
         self.tile_size = SpinBox(value=512, min=64, max=8192, step=64, label="tile size")
+        self.instances = CheckBox(
+            text="Instances (separate touching nuclei)",
+            value=False,
+            tooltip="One label per nucleus (seeded watershed) with measurements per nucleus",
+        )
+        self.min_size = SpinBox(
+            value=30,
+            min=0,
+            max=1_000_000,
+            label="smallest nucleus",
+            tooltip="Instances: nuclei (and holes) smaller than this many pixels are dropped",
+        )
+        self.results_folder = FileEdit(
+            mode="d",
+            nullable=True,
+            label="results folder",
+            tooltip="Lazy (dask/zarr) images are written here as OME-Zarr frame by frame; "
+            "empty: a temporary folder",
+        )
+        self.save_csv_button = PushButton(text="Save measurements as CSV...", enabled=False)
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=PROGRESS_STEPS, label="progress")
@@ -101,6 +173,9 @@ class SegmentWidget(Container):
                 self.image_layer,
                 self.scope,
                 self.tile_size,
+                self.instances,
+                self.min_size,
+                self.results_folder,
                 Container(
                     widgets=[self.run_button, self.cancel_button],
                     layout="horizontal",
@@ -110,9 +185,11 @@ class SegmentWidget(Container):
                 self.progress,
                 self.status,
                 self.threshold,
+                self.save_csv_button,
             ]
         )
         self.run_button.changed.connect(self._on_run_clicked)
+        self.save_csv_button.changed.connect(self._on_save_csv_clicked)
         self.cancel_button.changed.connect(self._on_cancel_clicked)
         self.threshold.changed.connect(self._on_threshold_changed)
         self.registry.threshold_changed.connect(self._on_shared_threshold_changed)
@@ -143,17 +220,35 @@ class SegmentWidget(Container):
         layer = self.image_layer.value
         return [] if layer is None else [layer]
 
-    def _make_tasks(self, layers: list[Any]) -> list[SegmentTask]:
-        tasks = []
+    def _make_tasks(self, layers: list[Any]) -> tuple[list[SegmentTask], dict[int, Any]]:
+        """Tasks for the layers, and the lazy ones (by task number) with their data."""
+        tasks, lazy = [], {}
         for layer in layers:
-            if layer.rgb:
-                raise ValueError(f"'{layer.name}' is an RGB image; give a grey image")
-            if self.scope.value == CURRENT_FRAME and layer.data.ndim > 2:
-                index = current_frame_index(self._viewer, layer)
-                tasks.append(SegmentTask(layer.name, np.array(layer.data[index]), index))
+            if getattr(layer, "multiscale", False) and not layer.rgb:
+                data, rgb_note = full_resolution(layer), None
             else:
-                tasks.append(SegmentTask(layer.name, worker_copy(layer.data)))
-        return tasks
+                data, rgb_note = grey_layer_data(layer)
+            if rgb_note:
+                report_info(rgb_note)
+            if self.scope.value == CURRENT_FRAME and data.ndim > 2:
+                index = current_frame_index(self._viewer, layer)
+                tasks.append(SegmentTask(layer.name, read_only_view(data[index]), index))
+            elif is_lazy(data):
+                lazy[len(tasks)] = data
+                tasks.append(SegmentTask(layer.name, data))
+            else:
+                # No copy: the engine reads one frame at a time (see benchmarks/speed.py).
+                tasks.append(SegmentTask(layer.name, read_only_view(data)))
+        return tasks, lazy
+
+    def _results_folder(self) -> Any:
+        value = self.results_folder.value
+        return None if value is None or str(value) in ("", ".") else value
+
+    def _instance_config(self) -> Any:
+        from ..instances import InstanceConfig
+
+        return InstanceConfig(threshold=self.threshold.value, min_size=self.min_size.value)
 
     def run(self) -> Any:
         """Start segmenting with the current settings; return the worker (None on error)."""
@@ -167,22 +262,41 @@ class SegmentWidget(Container):
             layers = self._target_layers()
             if not layers:
                 raise ValueError("there is no image layer to segment")
-            tasks = self._make_tasks(layers)
-        except (ValueError, KeyError) as error:
+            tasks, lazy = self._make_tasks(layers)
+            instances = self._instance_config() if self.instances.value else None
+            folder = self._results_folder()
+            outputs = {
+                number: LazyOutputs.create(
+                    tasks[number].layer_name,
+                    tuple(data.shape),
+                    folder,
+                    instances=instances is not None,
+                    attributes={"model": name, "source": tasks[number].layer_name},
+                )
+                for number, data in lazy.items()
+            }
+        except (ValueError, KeyError, OSError) as error:
             message = error_sentence(error, "Segmentation")
             self.status.value = message
             report_error(message)
             return None
         self._stop = threading.Event()
         self._tasks, self._task_layers, self._run_model = tasks, layers, name
+        self._run_lazy, self._run_threshold = outputs, self.threshold.value
         self.progress.value = 0
         self.status.value = f"Segmenting {len(tasks)} image(s) with {name}..."
-        worker = thread_worker(segmentation_job, start_thread=False, ignore_errors=True)(
-            model, tasks, tile_size=self.tile_size.value, stop=self._stop
+        worker = thread_worker(segment_objects_job, start_thread=False, ignore_errors=True)(
+            model,
+            tasks,
+            tile_size=self.tile_size.value,
+            instances=instances,
+            lazy_outputs=outputs,
+            stop=self._stop,
         )
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
+        relay_warnings(worker)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self.runs_started += 1
@@ -194,7 +308,10 @@ class SegmentWidget(Container):
         """Stop between tiles; outputs of the images already done are kept."""
         if self.worker is not None and self._busy:
             self._stop.set()
-            self.worker.quit()
+            if not self._run_lazy:
+                # A lazy run ends by itself within a batch of tiles, after erasing the
+                # frame it was writing; quitting could leave that frame half written.
+                self.worker.quit()
             if not self._closed:
                 self.status.value = message
 
@@ -221,12 +338,23 @@ class SegmentWidget(Container):
             self._apply_result(
                 self._tasks[event.task], self._task_layers[event.task], event.probabilities
             )
+        elif isinstance(event, ObjectsResult):
+            self._apply_objects(
+                self._tasks[event.task], self._task_layers[event.task], event.labels, event.table
+            )
+        elif isinstance(event, LazyFrameDone):
+            outputs = self._run_lazy[event.task]
+            self._show_lazy(self._task_layers[event.task], outputs)
+            self.status.value = (
+                f"'{self._tasks[event.task].layer_name}': {outputs.n_done} of "
+                f"{event.n_frames} frame(s) written to {outputs.probabilities_path.parent}"
+            )
 
     def _apply_result(self, task: SegmentTask, layer: Any, probabilities: np.ndarray) -> None:
         if layer not in self._viewer.layers:
             return
         model_name = self._run_model
-        shape = tuple(layer.data.shape)
+        shape = grey_shape(layer)
         expected = shape if task.frame is None else shape[-2:]
         if tuple(probabilities.shape) != expected:
             self.status.value = f"'{layer.name}' changed shape while it was segmented; run again."
@@ -244,6 +372,7 @@ class SegmentWidget(Container):
             done[task.frame] = True
         self.registry.store_probabilities(model_name, layer, CachedProbabilities(full, done))
         self._outputs[id(layer)] = (weakref.ref(layer), model_name)
+        self._lazy.pop(id(layer), None)
         extra = {"model": model_name}
         put_output_layer(
             self._viewer,
@@ -268,6 +397,112 @@ class SegmentWidget(Container):
             opacity=0.5,
         )
 
+    def _apply_objects(
+        self, task: SegmentTask, layer: Any, labels: np.ndarray, table: dict[str, np.ndarray]
+    ) -> None:
+        """Show nuclei labels as ``<image> instances`` with the measurements as features."""
+        from ..measurements import to_layer_features
+
+        if layer not in self._viewer.layers:
+            return
+        shape = grey_shape(layer)
+        if task.frame is not None:
+            labels, table = self._merge_frame(layer, shape, task.frame, labels, table)
+        if tuple(labels.shape) != shape:
+            return
+        target = put_output_layer(
+            self._viewer,
+            "instances",
+            layer.name,
+            labels,
+            "labels",
+            name=f"{layer.name} instances",
+            extra={"model": self._run_model, "threshold": self._run_threshold},
+            opacity=0.6,
+        )
+        target.features = to_layer_features(table)
+        self._last_instances = weakref.ref(target)
+        self.save_csv_button.enabled = True
+
+    def _merge_frame(
+        self,
+        layer: Any,
+        shape: tuple[int, ...],
+        frame: tuple[int, ...],
+        labels: np.ndarray,
+        table: dict[str, np.ndarray],
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Put one frame's nuclei into the stack's instances, ids kept unique."""
+        existing = find_owned_layer(self._viewer, "instances", layer.name)
+        names = frame_columns(len(frame))
+        if existing is not None and tuple(existing.data.shape) == shape:
+            full = np.array(existing.data, dtype=np.int32)
+            old = _features_table(existing)
+        else:
+            full, old = np.zeros(shape, np.int32), {}
+        full[frame] = 0
+        offset = int(full.max())
+        full[frame] = np.where(labels > 0, labels + offset, 0)
+        count = table["label"].size
+        new = {name: np.full(count, value, np.int64) for name, value in zip(names, frame)}
+        new.update(table)
+        new["label"] = np.asarray(table["label"]) + offset
+        if old and set(old) == set(new):
+            keep = ~np.all([old[name] == value for name, value in zip(names, frame)], axis=0)
+            merged = {name: np.concatenate([old[name][keep], new[name]]) for name in new}
+        else:
+            merged = new
+        order = np.argsort(merged["label"], kind="stable")
+        return full, {name: np.asarray(values)[order] for name, values in merged.items()}
+
+    def _show_lazy(self, layer: Any, outputs: LazyOutputs) -> None:
+        """Add or refresh the dask-backed outputs of a lazy image (finished frames only)."""
+        from ..measurements import to_layer_features
+
+        if layer not in self._viewer.layers or outputs.n_done == 0:
+            return
+        model_name = self._run_model
+        extra = {"model": model_name, "store": str(outputs.probabilities_path)}
+        self._lazy[id(layer)] = (weakref.ref(layer), outputs, model_name)
+        self._outputs.pop(id(layer), None)
+        put_output_layer(
+            self._viewer,
+            "probabilities",
+            layer.name,
+            outputs.view("probabilities"),
+            "image",
+            name=f"{layer.name} probabilities",
+            extra=extra,
+            colormap="magma",
+            contrast_limits=(0.0, 1.0),
+            visible=False,
+        )
+        put_output_layer(
+            self._viewer,
+            "nuclei",
+            layer.name,
+            outputs.view("mask", self.threshold.value),
+            "labels",
+            name=f"{layer.name} nuclei",
+            extra=extra,
+            opacity=0.5,
+        )
+        if outputs.labels is not None:
+            target = put_output_layer(
+                self._viewer,
+                "instances",
+                layer.name,
+                outputs.view("labels"),
+                "labels",
+                name=f"{layer.name} instances",
+                extra={**extra, "store": str(outputs.labels_path)},
+                opacity=0.6,
+            )
+            target.metadata[OWNER_KEY]["threshold"] = self._run_threshold
+            target.features = to_layer_features(outputs.table())
+            self._last_instances = weakref.ref(target)
+            self.save_csv_button.enabled = True
+
     def _on_returned(self, n_done: int) -> None:
         if self._closed:
             return
@@ -287,6 +522,16 @@ class SegmentWidget(Container):
 
     def _on_finished(self) -> None:
         self._set_running(False)
+        if not self._closed:
+            for number, outputs in self._run_lazy.items():
+                self._show_lazy(self._task_layers[number], outputs)
+                total = outputs.frames_done.size
+                if self._stop.is_set() and outputs.n_done < total:
+                    self.status.value = (
+                        f"Segmentation cancelled: {outputs.n_done} of {total} frame(s) of "
+                        f"'{self._tasks[number].layer_name}' finished (kept in "
+                        f"{outputs.probabilities_path.parent})."
+                    )
         self._task_layers = []
 
     def _on_layer_removed(self, event: Any) -> None:
@@ -318,11 +563,73 @@ class SegmentWidget(Container):
                 continue
             target.data = _mask(cached.probabilities, threshold)
             updated += 1
+        for key, (ref, outputs, _model) in list(self._lazy.items()):
+            layer = ref()
+            target = (
+                None if layer is None else find_owned_layer(self._viewer, "nuclei", layer.name)
+            )
+            if layer is None or layer not in self._viewer.layers or target is None:
+                del self._lazy[key]
+                continue
+            target.data = outputs.view("mask", threshold)
+            updated += 1
         return updated
 
     def _on_threshold_changed(self, value: float) -> None:
         self.registry.set_threshold(value)
         self.apply_threshold(value)
+        instances = self._last_instances() if self._last_instances is not None else None
+        if instances is not None and instances in self._viewer.layers and not self._busy:
+            made_at = instances.metadata[OWNER_KEY].get("threshold")
+            if made_at is not None and abs(made_at - value) > 1e-6:
+                self.status.value = (
+                    f"Masks follow the threshold ({value:.2f}); the instances were split at "
+                    f"{made_at:.2f}: press Segment to split them again."
+                )
+
+    # --------------------------------------------------------------- measurements
+    def measured_layer(self) -> Any:
+        """The instances layer whose measurements *Save measurements as CSV...* writes.
+
+        The one of the selected image if it exists, else the latest one; None if none.
+        """
+        image = self.image_layer.value
+        if image is not None:
+            layer = find_owned_layer(self._viewer, "instances", image.name)
+            if layer is not None:
+                return layer
+        layer = self._last_instances() if self._last_instances is not None else None
+        return layer if layer is not None and layer in self._viewer.layers else None
+
+    def save_measurements_to(self, path: str | Any) -> Any:
+        """Write the measurements of :meth:`measured_layer` as CSV (atomically).
+
+        Returns the path written, or None (with a notification) when there is nothing to
+        save or writing failed.
+        """
+        from pathlib import Path
+
+        from ..measurements import write_measurements_csv
+
+        layer = self.measured_layer()
+        try:
+            if layer is None:
+                raise ValueError("no measurements yet: tick 'Instances' and Segment first")
+            written = write_measurements_csv(_features_table(layer), Path(path))
+        except (OSError, ValueError) as error:
+            message = error_sentence(error, "Saving the measurements")
+            self.status.value = message
+            report_error(message)
+            return None
+        self.status.value = f"Saved {len(layer.features)} nuclei of '{layer.name}' to {written}."
+        return written
+
+    def _on_save_csv_clicked(self, _value: Any = None) -> None:
+        layer = self.measured_layer()
+        source = (layer.metadata.get(OWNER_KEY) or {}).get("source", "nuclei") if layer else ""
+        path = ask_csv_path(self.native, f"{source}_nuclei.csv")
+        if path:
+            self.save_measurements_to(path)
 
     def _on_shared_threshold_changed(self, value: float) -> None:
         if self._closed:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import napari
+import numpy as np
 from magicgui.widgets import (
     CheckBox,
     Container,
@@ -18,22 +19,49 @@ from magicgui.widgets import (
 )
 from napari.qt.threading import thread_worker
 from qtpy.QtCore import QTimer
+from superqt import QCollapsible
 
-from ._jobs import JobFailed, training_job
-from ._layers import labelled_frames, training_data
-from ._notify import error_sentence, report_error, report_info, report_warning
+from ._jobs import JobFailed
+from ._layers import (
+    current_frame_index,
+    grey_layer_data,
+    grey_shape,
+    labelled_frames,
+    training_data,
+)
+from ._notify import (
+    error_sentence,
+    relay_warnings,
+    report_error,
+    report_info,
+    report_warning,
+)
 from ._warmup import warm_up_engine
+from .annotated_regions import annotated_regions
 from .loss_plot import LossPlot
 from .model_picker import ModelPicker, ask_model_path
 from .model_registry import registry_for, unwrap_viewer
+from .project_panel import ADD_AS_HELD_OUT, ProjectPanel, ask_project_folder
+from .round_job import (
+    DataGathered,
+    JobNotice,
+    LayerData,
+    RoundRecorded,
+    ScoringHeldOut,
+    layer_data,
+    round_job,
+)
 from .training_settings import TrainingSettings
 
 if TYPE_CHECKING:
     from ..events import TrainingFinished
+    from ..ledger import Ledger
+    from ..project import ProjectEntry, TrainingProject
 
 __all__ = ["TrainWidget", "format_seconds"]
 
 PROGRESS_STEPS = 1000
+PLUGIN_NAME = "napari-unet-nuclei"
 #: After Cancel, the worker is asked to quit if it has not ended within this time.
 QUIT_GRACE_MS = 10_000
 
@@ -60,6 +88,15 @@ class TrainWidget(Container):
     model lands in the viewer's :class:`ModelRegistry` and in Segment's and Evaluate's
     pickers.
 
+    An optional Shapes layer of *annotated regions* (rectangles, polygons, ellipses)
+    marks where every nucleus has been annotated: training then samples patches there
+    and computes the loss only inside them. The *Project folder and ledger* section keeps
+    a training set on disk (*Add to training set*), trains on it together with the open
+    layers, records every run as a round of the ledger (data, settings, scores on the
+    project's held-out images, model file), rolls back to a round's exact model, compares
+    rounds' precision-recall curves in the Evaluate plot, and warns when a round scores
+    worse on the held-out set than the best earlier one.
+
     Parameters
     ----------
     viewer : napari.viewer.Viewer
@@ -80,9 +117,24 @@ class TrainWidget(Container):
         self._discard = False
         self._closed = False
         self._run_layers: tuple[Any, ...] = ()
+        self._phase = "idle"
+        self.project: TrainingProject | None = None
+        self.ledger: Ledger | None = None
+        self.last_round: Any = None
+        self.last_warning: str | None = None
+        self.compared_curves: list[str] = []
 
         self.image_layer = create_widget(annotation=napari.layers.Image, label="image")
         self.labels_layer = create_widget(annotation=napari.layers.Labels, label="labels")
+        self.annotated_layer = create_widget(
+            value=None,
+            annotation=napari.layers.Shapes | None,
+            label="annotated regions",
+            options={
+                "tooltip": "rectangles/polygons where every nucleus is annotated; "
+                "none: the whole image"
+            },
+        )
         self.empty_frames_background = CheckBox(text="empty frames are background", value=False)
         self.frames_info = Label(value="")
         self.start_from = ModelPicker(
@@ -103,6 +155,7 @@ class TrainWidget(Container):
             [
                 self.image_layer,
                 self.labels_layer,
+                self.annotated_layer,
                 self.empty_frames_background,
                 self.frames_info,
                 self.start_from,
@@ -123,11 +176,21 @@ class TrainWidget(Container):
                 ),
             ]
         )
+        self.project_panel = ProjectPanel()
+        self.ledger_table = self.project_panel.table
+        self.project_section = QCollapsible("Project folder and ledger")
+        self.project_section.addWidget(self.project_panel.native)
+        self.native.layout().addWidget(self.project_section)
         self.loss_plot = LossPlot(viewer)
         self.native.layout().addWidget(self.loss_plot)
 
         self.image_layer.changed.connect(self._on_data_choice_changed)
         self.labels_layer.changed.connect(self._on_data_choice_changed)
+        self.annotated_layer.changed.connect(self._on_data_choice_changed)
+        self.project_panel.open_button.changed.connect(self._on_open_project_clicked)
+        self.project_panel.add_button.changed.connect(self._on_add_clicked)
+        self.project_panel.rollback_button.changed.connect(self._on_rollback_clicked)
+        self.project_panel.compare_button.changed.connect(self._on_compare_clicked)
         self.empty_frames_background.changed.connect(self._on_data_choice_changed)
         self.start_from.changed.connect(self._on_start_from_changed)
         self.start_button.changed.connect(self._on_start_clicked)
@@ -160,8 +223,17 @@ class TrainWidget(Container):
         if image is None or labels is None:
             self.frames_info.value = ""
             return
-        if image.data.shape != labels.data.shape:
+        if grey_shape(image) != tuple(labels.data.shape):
             self.frames_info.value = "labels and image shapes differ"
+            return
+        shapes = self.annotated_layer.value
+        if shapes is not None:
+            regions = annotated_regions(shapes, grey_shape(image), image)
+            used = int(sum(mask.any() for mask in regions.masks))
+            self.frames_info.value = (
+                f"{used} of {len(regions.masks)} frame(s) with annotated regions "
+                f"({int(regions.masks.sum()):,} px)"
+            )
             return
         flags = labelled_frames(labels.data)
         used = len(flags) if self.empty_frames_background.value else int(flags.sum())
@@ -173,17 +245,20 @@ class TrainWidget(Container):
         if self._busy:
             return None
         image_layer, labels_layer = self.image_layer.value, self.labels_layer.value
+        shapes_layer = self.annotated_layer.value
+        use_project = self.project is not None and self.project_panel.use_project.value
         try:
             if image_layer is None or labels_layer is None:
-                raise ValueError("pick an image layer and a labels layer first")
-            if getattr(image_layer, "rgb", False):
-                raise ValueError(f"'{image_layer.name}' is an RGB image; give a grey image")
-            data = training_data(
-                image_layer.data,
-                labels_layer.data,
-                use_empty_frames=self.empty_frames_background.value,
-                name=image_layer.name,
-            )
+                if not (use_project and self.project.names("train")):
+                    raise ValueError(
+                        "pick an image layer and a labels layer first (or open a project "
+                        "folder with training images)"
+                    )
+                layers, describe, rgb_note = LayerData(), "", None
+            else:
+                layers, describe, rgb_note = self._layer_training_data(
+                    image_layer, labels_layer, shapes_layer
+                )
             init_name = self.start_from.model_name
             init_model = self.registry.get(init_name) if init_name is not None else None
             config = self.settings.config()
@@ -194,28 +269,81 @@ class TrainWidget(Container):
             return None
         self._stop = threading.Event()
         self._discard = False
-        self._run_layers = (image_layer, labels_layer)
+        self._phase = "training"
+        self._run_layers = tuple(
+            layer for layer in (image_layer, labels_layer, shapes_layer) if layer is not None
+        )
         self.last_result = None
-        self.frames_info.value = data.describe()
+        self.last_round = None
+        self.last_warning = None
+        if describe:
+            self.frames_info.value = describe
         self.loss_plot.reset(config.epochs)
         self.progress.value = 0
         what = f"fine-tuning {init_name}" if init_name else "a new network"
-        self.status.value = f"Preparing {what} on {data.n_used} frame(s)..."
-        worker = thread_worker(training_job, start_thread=False, ignore_errors=True)(
-            data.images,
-            data.labels,
+        project_part = " and the project set" if use_project else ""
+        self.status.value = f"Preparing {what} on {len(layers.images)} frame(s){project_part}..."
+        if rgb_note:
+            report_info(rgb_note)
+        worker = thread_worker(round_job, start_thread=False, ignore_errors=True)(
+            layers,
             config,
-            names=data.names,
+            project_folder=str(self.project.folder) if self.project is not None else None,
+            use_project=use_project,
             init_model=init_model,
+            started_from=init_name,
             stop=self._stop,
         )
         worker.yielded.connect(self._on_yielded)
         worker.errored.connect(self._on_errored)
+        relay_warnings(worker)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._set_running(True)
         worker.start()
         return worker
+
+    def _layer_training_data(
+        self, image_layer: Any, labels_layer: Any, shapes_layer: Any
+    ) -> tuple[LayerData, str, str | None]:
+        """Frames (copies) of the layers, with annotated maps from ``shapes_layer``."""
+        image_data, rgb_note = grey_layer_data(image_layer)
+        if shapes_layer is None:
+            data = training_data(
+                image_data,
+                labels_layer.data,
+                use_empty_frames=self.empty_frames_background.value,
+                name=image_layer.name,
+            )
+            return layer_data(data.images, data.labels, data.names), data.describe(), rgb_note
+        # Partial annotations: the frames with annotated regions, empty ones included.
+        data = training_data(
+            image_data, labels_layer.data, use_empty_frames=True, name=image_layer.name
+        )
+        regions = annotated_regions(shapes_layer, np.shape(image_data), image_layer)
+        keep = [i for i, mask in enumerate(regions.masks) if mask.any()]
+        if not keep:
+            raise ValueError(
+                f"the shapes layer '{shapes_layer.name}' has no rectangle, polygon or ellipse "
+                f"on the image '{image_layer.name}'"
+            )
+        if regions.n_skipped:
+            report_info(
+                f"{regions.n_skipped} shape(s) of '{shapes_layer.name}' were ignored: lines "
+                "and paths enclose no area, or the shape lies outside the image."
+            )
+        pixels = int(sum(int(regions.masks[i].sum()) for i in keep))
+        describe = (
+            f"Training on the annotated regions of {len(keep)} of {data.n_total} frame(s) "
+            f"({pixels:,} px)."
+        )
+        layers = layer_data(
+            [data.images[i] for i in keep],
+            [data.labels[i] for i in keep],
+            [data.names[i] for i in keep],
+            [regions.masks[i].copy() for i in keep],
+        )
+        return layers, describe, rgb_note
 
     def cancel(self) -> None:
         """Stop after the current step, keeping the best weights so far.
@@ -228,7 +356,11 @@ class TrainWidget(Container):
         if self.worker is not None and self._busy:
             self._stop.set()
             worker = self.worker
-            QTimer.singleShot(QUIT_GRACE_MS, lambda: worker.quit() if self._busy else None)
+            # Only while training: once the model exists, the round is recorded and scored.
+            QTimer.singleShot(
+                QUIT_GRACE_MS,
+                lambda: worker.quit() if self._busy and self._phase == "training" else None,
+            )
             if not self._closed:
                 self.status.value = "Cancelling after the current step..."
 
@@ -255,6 +387,19 @@ class TrainWidget(Container):
         kind = type(event).__name__
         if isinstance(event, JobFailed):
             self._on_errored(event.message)
+        elif isinstance(event, JobNotice):
+            report_info(event.message)
+        elif isinstance(event, DataGathered) and event.n_project:
+            self.frames_info.value = (
+                f"Training on {event.n_layer} frame(s) from the layers and "
+                f"{event.n_project} from the project ({event.annotated_pixels:,} annotated px)."
+            )
+        elif isinstance(event, ScoringHeldOut):
+            self.status.value = (
+                f"{self.status.value} Scoring on {event.n_images} held-out image(s)..."
+            )
+        elif isinstance(event, RoundRecorded):
+            self._on_round_recorded(event)
         elif kind == "TrainingStarted":
             budget = (
                 f"{format_seconds(event.time_budget)} budget"
@@ -279,8 +424,11 @@ class TrainWidget(Container):
 
     def _on_training_finished(self, event: TrainingFinished) -> None:
         self.last_result = event
+        self._phase = "recording"
         if not event.history:
             self.status.value = "Training stopped before the first epoch ended: no model kept."
+            if event.message:
+                report_warning(event.message)
             return
         name = self.registry.add(event.model, self.settings.model_name.value.strip() or None)
         self.current_model_name = name
@@ -313,6 +461,7 @@ class TrainWidget(Container):
 
     def _on_finished(self) -> None:
         self._run_layers = ()
+        self._phase = "idle"
         self._set_running(False)
         if not self._closed:
             self.loss_plot.finish()
@@ -369,3 +518,208 @@ class TrainWidget(Container):
         path = ask_model_path(self.native)
         if path:
             self.load_model_from(path)
+
+    # ------------------------------------------------------------- project & ledger
+    def open_project(self, folder: str | Path) -> TrainingProject | None:
+        """Open the training project in ``folder``, or create one there if it is empty.
+
+        Returns the project, or None (with an error notification) when the folder is
+        neither a project nor empty, or the project is damaged.
+        """
+        from ..ledger import Ledger
+        from ..project import ProjectError, TrainingProject
+
+        try:
+            project = TrainingProject.open_or_create(folder)
+            ledger = Ledger(project.folder)
+        except (OSError, ProjectError) as error:
+            report_error(error_sentence(error, "Opening the project"))
+            return None
+        self.project, self.ledger = project, ledger
+        self.project_panel.set_project_open(True)
+        self.project_panel.folder_label.value = f"Project: {project.folder}"
+        self.project_section.expand(animate=False)
+        self.refresh_project()
+        self.status.value = (
+            f"Opened the project {project.folder.name}: {project.describe()} "
+            f"{len(ledger)} round(s) in the ledger."
+        )
+        return project
+
+    def refresh_project(self) -> None:
+        """Re-read the project index and the ledger and show them."""
+        if self.project is None or self.ledger is None:
+            return
+        from ..project import ProjectError
+
+        try:
+            self.project.reload()
+            self.ledger.reload()
+        except ProjectError as error:
+            report_error(error_sentence(error, "Reading the project"))
+            return
+        self.project_panel.summary.value = self.project.describe()
+        regressions = [r.number for r in self.ledger.rounds if self.ledger.is_regression(r.number)]
+        self.ledger_table.set_rounds(self.ledger.rounds, regressions)
+
+    def add_to_training_set(self, role: str | None = None) -> ProjectEntry | None:
+        """Store the shown frame of the image with its labels (and annotated regions).
+
+        Parameters
+        ----------
+        role : {"train", "held-out"}, optional
+            By default the panel's *add as* choice.
+
+        Returns
+        -------
+        ProjectEntry or None
+            The stored entry; None (with an error notification) on failure.
+        """
+        from ..project import HELD_OUT, TRAIN, ProjectError
+
+        image_layer, labels_layer = self.image_layer.value, self.labels_layer.value
+        shapes_layer = self.annotated_layer.value
+        if role is None:
+            role = HELD_OUT if self.project_panel.add_as.value == ADD_AS_HELD_OUT else TRAIN
+        try:
+            if self.project is None:
+                raise ValueError("open or create a project folder first")
+            if image_layer is None or labels_layer is None:
+                raise ValueError("pick an image layer and a labels layer first")
+            image_data, _ = grey_layer_data(image_layer)
+            shape = tuple(np.shape(image_data))
+            if shape != tuple(labels_layer.data.shape):
+                raise ValueError(
+                    f"the labels (shape {tuple(labels_layer.data.shape)}) do not match the "
+                    f"image '{image_layer.name}' (shape {shape})"
+                )
+            frame = current_frame_index(self._viewer, labels_layer)
+            image = np.array(image_data[frame], copy=True)
+            labels = np.array(labels_layer.data[frame], copy=True)
+            flat = int(np.ravel_multi_index(frame, shape[:-2])) if frame else 0
+            name = f"{image_layer.name} [{flat}]" if frame else image_layer.name
+            annotated = None
+            if shapes_layer is not None:
+                annotated = annotated_regions(shapes_layer, shape, image_layer).frame(flat)
+                if not annotated.any():
+                    raise ValueError(
+                        f"the shapes layer '{shapes_layer.name}' has no region on this frame"
+                    )
+            entry = self.project.add(
+                image,
+                labels,
+                name,
+                annotated=annotated,
+                role=role,
+                crop_to_annotated=self.project_panel.crop.value,
+            )
+        except (ValueError, OSError, ProjectError) as error:
+            message = error_sentence(error, "Adding to the training set")
+            self.status.value = message
+            report_error(message)
+            return None
+        self.refresh_project()
+        self.status.value = (
+            f"Stored '{entry.name}' as a {entry.role} image ({entry.annotated_pixels:,} "
+            f"annotated px) in {self.project.folder.name}: {self.project.describe()}"
+        )
+        return entry
+
+    def rollback(self, number: int | None = None) -> str | None:
+        """Register round ``number``'s exact model as the session's current model.
+
+        The model is read back from the round's file (checked against its hashes), added
+        to the session's models and picked as *start from*. Returns its session name, or
+        None on failure. By default the round selected in the ledger table.
+        """
+        from ..project import ProjectError
+
+        try:
+            if self.ledger is None:
+                raise ValueError("open a project folder first")
+            if number is None:
+                selected = self.ledger_table.selected_rounds()
+                if len(selected) != 1:
+                    raise ValueError("select one round in the ledger table")
+                number = selected[0]
+            model = self.ledger.rollback(number)
+        except (ValueError, KeyError, ProjectError) as error:
+            report_error(error_sentence(error, "Rolling back"))
+            return None
+        name = self.registry.add(model, f"{model.name} round {number}")
+        self.current_model_name = name
+        self.start_from.reset_choices()
+        self.start_from.value = name
+        self.status.value = (
+            f"Rolled back to round {number}: '{name}' (its exact weights) is the current model."
+        )
+        return name
+
+    def compare_rounds(self, numbers: list[int] | None = None) -> list[str]:
+        """Show the held-out precision-recall curves of rounds in the Evaluate plot.
+
+        By default the rounds selected in the ledger table. The curves of an earlier
+        comparison are replaced; model curves drawn by Evaluate stay. Returns the curve
+        names (empty on failure).
+        """
+        try:
+            if self.ledger is None:
+                raise ValueError("open a project folder first")
+            numbers = list(numbers) if numbers is not None else self.ledger_table.selected_rounds()
+            if not numbers:
+                raise ValueError("select rounds in the ledger table")
+            curves = {}
+            for number in numbers:
+                curve = self.ledger.curve(number)
+                if curve is None:
+                    raise ValueError(
+                        f"round {number} has no held-out scores: add held-out images to the "
+                        "project before training"
+                    )
+                curves[f"round {number} (held-out)"] = curve
+            plot = self._evaluate_plot()
+        except (ValueError, KeyError) as error:
+            report_error(error_sentence(error, "Comparing rounds"))
+            return []
+        for name in self.compared_curves:
+            plot.remove_curve(name)
+        for name, curve in curves.items():
+            plot.set_curve(name, curve)
+        self.compared_curves = list(curves)
+        self.status.value = "Held-out precision-recall of " + ", ".join(
+            f"round {n} (F1 {self.ledger.round(n).held_out.f1:.3f})" for n in numbers
+        )
+        return self.compared_curves
+
+    def _evaluate_plot(self) -> Any:
+        """The Evaluate widget's precision-recall plot (the widget is opened if needed)."""
+        window = getattr(self._viewer, "window", None)
+        if window is None:
+            raise ValueError("the viewer has no window to show the Evaluate widget in")
+        _, widget = window.add_plugin_dock_widget(PLUGIN_NAME, "Evaluate")
+        return widget.pr_plot
+
+    def _on_round_recorded(self, event: RoundRecorded) -> None:
+        self.last_round = event.round
+        self.refresh_project()
+        held = event.round.held_out
+        scored = f", held-out F1 {held.f1:.3f}" if held is not None else ""
+        base = self.status.value.split(" Scoring on ")[0].split(" Round ")[0]
+        self.status.value = f"{base} Round {event.round.number} recorded{scored}."
+        if event.warning:
+            self.last_warning = event.warning
+            report_warning(event.warning)
+
+    def _on_open_project_clicked(self, _value: Any = None) -> None:
+        folder = ask_project_folder(self.native)
+        if folder:
+            self.open_project(folder)
+
+    def _on_add_clicked(self, _value: Any = None) -> None:
+        self.add_to_training_set()
+
+    def _on_rollback_clicked(self, _value: Any = None) -> None:
+        self.rollback()
+
+    def _on_compare_clicked(self, _value: Any = None) -> None:
+        self.compare_rounds()

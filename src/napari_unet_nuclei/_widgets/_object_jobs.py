@@ -1,0 +1,638 @@
+"""Worker jobs for nuclei as objects and for large (lazy) images: plain generators, no Qt.
+
+* :func:`segment_objects_job` segments in-memory images like
+  :func:`~._jobs.segmentation_job`, optionally splits the masks into nuclei (seeded
+  watershed) and measures them, and streams lazy images (dask, zarr, multiscale levels)
+  frame by frame into zarr arrays the plugin owns (:class:`LazyOutputs`), never holding a
+  whole stack in memory.
+* :func:`object_evaluation_job` adds object-level scores (matching at IoU >= 0.5, the Data
+  Science Bowl 2018 average precision over IoU 0.5:0.95) and an object error map to
+  :func:`~._jobs.evaluation_job`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._jobs import (
+    EvaluationResult,
+    JobFailed,
+    SegmentProgress,
+    SegmentResult,
+    SegmentTask,
+    _guarded,
+    evaluation_job,
+    segmentation_job,
+)
+
+__all__ = [
+    "OBJECT_SCORE_KEYS",
+    "LazyFrameDone",
+    "LazyOutputs",
+    "ObjectEvaluation",
+    "ObjectsResult",
+    "frame_columns",
+    "is_lazy",
+    "object_evaluation_job",
+    "segment_objects_job",
+    "to_labels",
+]
+
+#: Keys of the object scores, in table order.
+OBJECT_SCORE_KEYS = ("object_precision", "object_recall", "object_f1", "dsb_ap")
+
+
+# ---------------------------------------------------------------------------- helpers
+def is_lazy(data: Any) -> bool:
+    """True for layer data that is not a numpy array (dask, zarr, a multiscale list)."""
+    return not isinstance(data, np.ndarray)
+
+
+def frame_columns(n_leading: int) -> list[str]:
+    """Names of the frame columns of a measurement table (as ``measure_nuclei`` names them)."""
+    if n_leading == 0:
+        return []
+    return ["frame"] if n_leading == 1 else [f"frame_{i}" for i in range(n_leading)]
+
+
+def _frames(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    return list(np.ndindex(*shape[:-2])) if len(shape) > 2 else [()]
+
+
+def to_labels(array: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Instance labels of a labels array; a 0/1 mask becomes its connected parts per frame.
+
+    Returns
+    -------
+    numpy.ndarray
+        Integer labels (ids unique within each frame).
+    bool
+        True when ``array`` was a mask (touching nuclei then count as one object).
+    """
+    from scipy import ndimage as ndi
+
+    array = np.asarray(array)
+    if array.dtype.kind == "f":
+        array = np.rint(array).astype(np.int64)
+    if array.dtype == bool or (array.size and int(array.max()) <= 1):
+        out = np.zeros(array.shape, np.int32)
+        for index in _frames(array.shape):
+            out[index] = ndi.label(array[index] > 0, structure=np.ones((3, 3), bool))[0]
+        return out, True
+    if array.dtype.kind == "i" and array.size and array.min() < 0:
+        array = np.where(array < 0, 0, array)
+    return array, False
+
+
+# -------------------------------------------------------------------- lazy outputs
+_TEMPORARY_ROOT: list[Path] = []
+
+
+def temporary_root() -> Path:
+    """The plugin's temporary folder for lazy results (removed when Python exits)."""
+    if not _TEMPORARY_ROOT:
+        root = Path(tempfile.mkdtemp(prefix="napari-unet-nuclei-"))
+        atexit.register(shutil.rmtree, root, True)
+        _TEMPORARY_ROOT.append(root)
+    return _TEMPORARY_ROOT[0]
+
+
+def _free_name(folder: Path, stem: str, suffix: str) -> Path:
+    """``folder/stem+suffix``, or ``stem_2+suffix``... when taken (nothing is overwritten)."""
+    path, number = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        number += 1
+        path = folder / f"{stem}_{number}{suffix}"
+    return path
+
+
+def _safe_stem(name: str) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return stem or "image"
+
+
+class _GatedReader:
+    """Array-like over a zarr array that reads only finished frames (others are zeros)."""
+
+    def __init__(self, array: Any, done: np.ndarray, which: str, threshold: float | None):
+        self.array = array
+        self.done = done
+        self.which = which
+        self.threshold = 0.5 if threshold is None else float(threshold)
+        self.shape = tuple(int(n) for n in array.shape)
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(np.uint8 if which == "mask" else array.dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = tuple(key) + (slice(None),) * (self.ndim - len(key))
+        leading = self.ndim - 2
+        ranges = [
+            range(*k.indices(n)) if isinstance(k, slice) else range(int(k), int(k) + 1)
+            for k, n in zip(key[:leading], self.shape[:leading])
+        ]
+        spatial = key[leading:]
+        sizes = [len(range(*k.indices(n))) for k, n in zip(spatial, self.shape[leading:])]
+        out = np.zeros([len(r) for r in ranges] + sizes, self.dtype)
+        for position in np.ndindex(*[len(r) for r in ranges]):
+            frame = tuple(r[i] for r, i in zip(ranges, position))
+            if self.done[frame]:
+                block = np.asarray(self.array[(*frame, *spatial)])
+                out[position] = (block >= self.threshold) if self.which == "mask" else block
+        squeeze = tuple(i for i, k in enumerate(key[:leading]) if not isinstance(k, slice))
+        return out.squeeze(axis=squeeze) if squeeze else out
+
+
+@dataclass
+class LazyOutputs:
+    """Zarr arrays (OME-Zarr folders) that a lazy segmentation writes frame by frame.
+
+    ``frames_done`` is set by the worker once every output of a frame is written; views
+    show the frames not done as zeros, so a cancelled frame never looks finished.
+    """
+
+    shape: tuple[int, ...]
+    probabilities_path: Path
+    probabilities: Any
+    labels_path: Path | None = None
+    labels: Any = None
+    frames_done: np.ndarray = field(default_factory=lambda: np.zeros((), bool))
+    tables: dict[tuple[int, ...], dict[str, np.ndarray]] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        shape: tuple[int, ...],
+        folder: str | Path | None = None,
+        *,
+        instances: bool = False,
+        attributes: dict[str, Any] | None = None,
+    ) -> LazyOutputs:
+        """New empty outputs for the image ``name`` of ``shape``.
+
+        Parameters
+        ----------
+        name : str
+            Image layer name (the output folders are ``<name>_prob.ome.zarr`` and
+            ``<name>_nuclei.ome.zarr``).
+        shape : tuple of int
+            ``(..., H, W)`` of the image.
+        folder : path-like, optional
+            Where to write; a fresh folder in the plugin's temporary folder when omitted.
+            Existing files are never replaced (a free name is used).
+        instances : bool
+            Also create an int32 array for the nuclei labels.
+        attributes : dict, optional
+            Stored in the OME-Zarr groups (model name, threshold...).
+        """
+        from ..zarr_io import create_ome_zarr
+
+        if folder is None:
+            folder = temporary_root() / uuid.uuid4().hex[:12]
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = _safe_stem(name)
+        shape = tuple(int(n) for n in shape)
+        attributes = {**(attributes or {}), "frames_done": 0}
+        probabilities_path = _free_name(folder, f"{stem}_prob", ".ome.zarr")
+        probabilities = create_ome_zarr(
+            probabilities_path,
+            shape,
+            np.float32,
+            attributes={**attributes, "kind": "probabilities"},
+        )
+        labels_path = labels = None
+        if instances:
+            labels_path = _free_name(folder, f"{stem}_nuclei", ".ome.zarr")
+            labels = create_ome_zarr(
+                labels_path, shape, np.int32, attributes={**attributes, "kind": "labels"}
+            )
+        return cls(
+            shape=shape,
+            probabilities_path=probabilities_path,
+            probabilities=probabilities,
+            labels_path=labels_path,
+            labels=labels,
+            frames_done=np.zeros(shape[:-2], bool),
+        )
+
+    @property
+    def n_done(self) -> int:
+        """Frames finished."""
+        return int(np.count_nonzero(self.frames_done))
+
+    def mark_done(self, index: tuple[int, ...]) -> None:
+        """Record frame ``index`` as finished (in memory and in the zarr attributes)."""
+        from ..zarr_io import ZARR_FORMAT_NAME
+
+        self.frames_done[index] = True
+        for path in (self.probabilities_path, self.labels_path):
+            if path is not None:
+                _set_attribute(path, ZARR_FORMAT_NAME, "frames_done", self.n_done)
+
+    def clear(self, index: tuple[int, ...]) -> None:
+        """Erase a frame that was not finished (a cancelled frame leaves no rows behind)."""
+        self.probabilities[index] = 0
+        if self.labels is not None:
+            self.labels[index] = 0
+
+    def view(self, which: str, threshold: float | None = None) -> Any:
+        """A dask view of the ``"probabilities"``, the ``"mask"`` at ``threshold`` or the
+        ``"labels"``.
+
+        Frames not finished read as zeros without touching the store (the worker may be
+        writing them). Each call gives new dask keys, so napari (and dask's cache) read
+        the arrays again: call it to refresh a layer.
+        """
+        import dask.array as da
+
+        array = self.labels if which == "labels" else self.probabilities
+        reader = _GatedReader(array, self.frames_done.copy(), which, threshold)
+        return da.from_array(
+            reader,
+            chunks=tuple(array.chunks),
+            name=f"unet-nuclei-{which}-{uuid.uuid4().hex}",
+            asarray=False,
+            meta=np.empty((0,) * len(self.shape), reader.dtype),
+        )
+
+    def table(self) -> dict[str, np.ndarray] | None:
+        """The measurements of the finished frames, in frame order (None without labels)."""
+        if self.labels is None:
+            return None
+        from ..measurements import MEASUREMENT_COLUMNS, _empty_table
+
+        parts = [self.tables[index] for index in sorted(self.tables) if self.frames_done[index]]
+        if not parts:
+            names = frame_columns(len(self.shape) - 2)
+            return _empty_table([*names, *MEASUREMENT_COLUMNS])
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def _set_attribute(path: Path, key: str, name: str, value: Any) -> None:
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+    attributes = dict(group.attrs.get(key, {}))
+    attributes[name] = value
+    group.attrs[key] = attributes
+
+
+# ----------------------------------------------------------------------------- events
+@dataclass(frozen=True)
+class ObjectsResult:
+    """Nuclei labels (ids unique in the task's array) and their measurements."""
+
+    task: int
+    labels: np.ndarray
+    table: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class LazyFrameDone:
+    """A frame of a lazy task is written; ``n_done`` frames of ``n_frames`` are finished."""
+
+    task: int
+    frame: int
+    n_frames: int
+
+
+def _measure(labels: np.ndarray, image: Any, index: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Measurements of one 2-D frame, with its frame columns in front."""
+    from ..measurements import measure_nuclei
+
+    table = measure_nuclei(labels, np.asarray(image))
+    count = table["label"].size
+    front = {
+        name: np.full(count, value, np.int64)
+        for name, value in zip(frame_columns(len(index)), index)
+    }
+    return {**front, **table}
+
+
+def _instances_in_memory(
+    probabilities: np.ndarray,
+    image: np.ndarray,
+    config: Any,
+    stop: threading.Event,
+) -> Generator[Any, None, tuple[np.ndarray, dict[str, np.ndarray]] | None]:
+    """Labels (ids unique in the stack) and measurements of an in-memory result."""
+    from ..inference import InferenceCancelled
+    from ..instances import iter_instances
+    from ..measurements import measure_nuclei
+
+    try:
+        labels = yield from iter_instances(probabilities, config, should_stop=stop.is_set)
+    except InferenceCancelled:
+        return None
+    if stop.is_set():
+        return None
+    return labels, measure_nuclei(labels, np.asarray(image))
+
+
+def _lazy_task(
+    model: Any,
+    number: int,
+    n_tasks: int,
+    image: Any,
+    outputs: LazyOutputs,
+    *,
+    tile_size: int,
+    overlap: int,
+    device: str | None,
+    config: Any,
+    stop: threading.Event,
+) -> Generator[SegmentProgress | LazyFrameDone, None, bool]:
+    """Stream one lazy image into ``outputs``; False when cancelled."""
+    from ..events import FrameDone, TileDone
+    from ..inference import InferenceCancelled
+    from ..instances import instances_from_probabilities
+    from ..lazy import iter_predict_lazy
+
+    indices = _frames(outputs.shape)
+    offset = 0
+    current = 0
+    completed = False
+    events = iter_predict_lazy(
+        model,
+        image,
+        out=outputs.probabilities,
+        tile_size=tile_size,
+        overlap=overlap,
+        device=device,
+        should_stop=stop.is_set,
+    )
+    try:
+        for event in events:
+            if isinstance(event, TileDone):
+                inner = (event.frame + event.tiles_done / max(1, event.n_tiles)) / event.n_frames
+                yield SegmentProgress(
+                    number, n_tasks, event.frame, event.n_frames, (number + inner) / n_tasks
+                )
+            elif isinstance(event, FrameDone):
+                index = indices[event.frame]
+                if outputs.labels is not None:
+                    labels = instances_from_probabilities(
+                        np.asarray(outputs.probabilities[index]), config
+                    )
+                    count = int(labels.max())
+                    if offset:
+                        labels[labels > 0] += offset
+                    outputs.labels[index] = labels
+                    outputs.tables[index] = _measure(labels, image[index], index)
+                    offset += count
+                outputs.mark_done(index)
+                current = event.frame + 1
+                yield LazyFrameDone(number, event.frame, event.n_frames)
+                if stop.is_set():
+                    raise InferenceCancelled("Segmentation was cancelled.")
+        completed = True
+    except InferenceCancelled:
+        return False
+    finally:
+        events.close()
+        if not completed and current < len(indices):
+            outputs.clear(indices[current])  # cancelled, failed or closed mid-frame
+    return True
+
+
+# ------------------------------------------------------------------------ segmentation
+@_guarded
+def segment_objects_job(
+    model: Any,
+    tasks: Sequence[SegmentTask],
+    *,
+    tile_size: int = 512,
+    device: str | None = None,
+    instances: Any = None,
+    lazy_outputs: dict[int, LazyOutputs] | None = None,
+    stop: threading.Event,
+) -> Generator[Any, None, int]:
+    """Segment each task; split into nuclei and measure them when ``instances`` is given.
+
+    Parameters
+    ----------
+    model : NucleiModel
+    tasks : sequence of SegmentTask
+        In-memory tasks (numpy) are segmented whole (:func:`~._jobs.segmentation_job`);
+        tasks listed in ``lazy_outputs`` are streamed frame by frame into their zarr arrays.
+    tile_size : int
+        Tile side of the tiled inference.
+    device : str, optional
+        Where to compute.
+    instances : InstanceConfig, optional
+        Watershed settings (threshold included); None: masks only.
+    lazy_outputs : dict of int to LazyOutputs, optional
+        Outputs of the lazy tasks, by task number.
+    stop : threading.Event
+        Set to cancel (between tiles and frames).
+
+    Yields
+    ------
+    SegmentProgress, SegmentResult, ObjectsResult, LazyFrameDone, JobFailed
+
+    Returns
+    -------
+    int
+        Tasks done (fewer when cancelled).
+    """
+    lazy_outputs = lazy_outputs or {}
+    n_tasks = len(tasks)
+    overlap = max(8, min(64, tile_size // 8))
+    for number, task in enumerate(tasks):
+        if stop.is_set():
+            return number
+        outputs = lazy_outputs.get(number)
+        if outputs is not None:
+            finished = yield from _lazy_task(
+                model,
+                number,
+                n_tasks,
+                task.image,
+                outputs,
+                tile_size=tile_size,
+                overlap=overlap,
+                device=device,
+                config=instances,
+                stop=stop,
+            )
+            if not finished:
+                return number
+            continue
+        probabilities = None
+        for event in segmentation_job(
+            model, [task], tile_size=tile_size, device=device, stop=stop
+        ):
+            if isinstance(event, JobFailed):
+                yield event
+                return number
+            if isinstance(event, SegmentProgress):
+                yield replace(
+                    event,
+                    task=number,
+                    n_tasks=n_tasks,
+                    fraction=(number + event.fraction) / n_tasks,
+                )
+            elif isinstance(event, SegmentResult):
+                probabilities = event.probabilities
+                yield SegmentResult(number, probabilities)
+        if probabilities is None or stop.is_set():
+            return number
+        if instances is not None:
+            objects = yield from _instances_in_memory(probabilities, task.image, instances, stop)
+            if objects is None:
+                return number
+            yield ObjectsResult(number, *objects)
+    return n_tasks
+
+
+# -------------------------------------------------------------------------- evaluation
+@dataclass
+class ObjectEvaluation:
+    """Pixel evaluation plus nuclei matched one to one with the ground truth.
+
+    Attributes
+    ----------
+    pixels : EvaluationResult
+        The pixel scores, error map and curve.
+    errors : numpy.ndarray
+        uint8 object error map (codes of ``object_metrics.OBJECT_ERROR_CLASSES``).
+    scores : dict
+        Over all frames: ``object_precision``, ``object_recall``, ``object_f1`` (matches at
+        IoU >= 0.5, counts pooled over frames), ``dsb_ap`` (Data Science Bowl 2018 AP over
+        IoU 0.5:0.95, averaged over frames), counts (``tp``, ``fp``, ``fn``,
+        ``n_true``, ``n_pred``, ``matched``, ``false_nuclei``, ``missed``, ``merges``,
+        ``splits``).
+    frame_scores : list of dict
+        The same per frame (flattened leading axes).
+    truth_was_mask, prediction_was_mask : bool
+        A 0/1 mask was turned into its connected parts (touching nuclei are one object).
+    """
+
+    pixels: EvaluationResult
+    errors: np.ndarray
+    scores: dict[str, float]
+    frame_scores: list[dict[str, float]]
+    truth_was_mask: bool = False
+    prediction_was_mask: bool = False
+
+
+def _pooled(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Scores over several frames: counts summed, AP averaged."""
+    total = {
+        key: sum(part[key] for part in parts)
+        for key in (
+            "tp",
+            "fp",
+            "fn",
+            "n_true",
+            "n_pred",
+            "matched",
+            "false_nuclei",
+            "missed",
+            "merges",
+            "splits",
+        )
+    }
+    tp, n_true, n_pred = total["tp"], total["n_true"], total["n_pred"]
+    return {
+        **total,
+        "object_precision": tp / n_pred if n_pred else 1.0,
+        "object_recall": tp / n_true if n_true else 1.0,
+        "object_f1": 2 * tp / (n_true + n_pred) if n_true + n_pred else 1.0,
+        "dsb_ap": float(np.mean([part["dsb_ap"] for part in parts])),
+    }
+
+
+def object_frame_scores(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Object error map and scores of one 2-D frame (IoU >= 0.5; DSB AP over 0.5:0.95)."""
+    from ..object_metrics import dsb_average_precision, object_error_map
+
+    errors = object_error_map(predicted, truth)
+    scores = {
+        "tp": errors.match.tp,
+        "fp": errors.match.fp,
+        "fn": errors.match.fn,
+        "n_true": int(errors.match.true_ids.size),
+        "n_pred": int(errors.match.pred_ids.size),
+        **errors.counts(),
+        "dsb_ap": dsb_average_precision(predicted, truth),
+    }
+    return errors.map, _pooled([scores])
+
+
+@_guarded
+def object_evaluation_job(
+    truth: np.ndarray,
+    *,
+    prediction: np.ndarray | None = None,
+    instances: Any = None,
+    stop: threading.Event,
+    **inputs: Any,
+) -> Generator[Any, None, ObjectEvaluation | None]:
+    """:func:`~._jobs.evaluation_job`, then nuclei matched one to one with the truth.
+
+    Parameters
+    ----------
+    truth : numpy.ndarray
+        Ground-truth instance labels (a 0/1 mask is split into its connected parts).
+    prediction : numpy.ndarray, optional
+        Labels to score as they are (a 0/1 mask is split into connected parts); when
+        omitted, the model's mask is split into nuclei with the seeded watershed.
+    instances : InstanceConfig, optional
+        Watershed settings for a model's prediction (its threshold is replaced by the
+        evaluation threshold).
+    stop : threading.Event
+        Set to cancel.
+    **inputs
+        The other arguments of :func:`~._jobs.evaluation_job`.
+
+    Returns
+    -------
+    ObjectEvaluation or None
+        None when cancelled or failed.
+    """
+    from ..inference import InferenceCancelled
+    from ..instances import InstanceConfig, iter_instances
+
+    pixels = yield from evaluation_job(truth, prediction=prediction, stop=stop, **inputs)
+    if pixels is None or stop.is_set():
+        return None
+    truth_labels, truth_was_mask = to_labels(truth)
+    prediction_was_mask = False
+    if prediction is not None:
+        predicted, prediction_was_mask = to_labels(prediction)
+    else:
+        config = replace(instances or InstanceConfig(), threshold=float(pixels.threshold))
+        try:
+            predicted = yield from iter_instances(
+                pixels.probabilities, config, should_stop=stop.is_set
+            )
+        except InferenceCancelled:
+            return None
+    maps = np.zeros(truth_labels.shape, np.uint8)
+    frame_scores = []
+    for index in _frames(truth_labels.shape):
+        if stop.is_set():
+            return None
+        maps[index], scores = object_frame_scores(predicted[index], truth_labels[index])
+        frame_scores.append(scores)
+    return ObjectEvaluation(
+        pixels=pixels,
+        errors=maps,
+        scores=_pooled(frame_scores),
+        frame_scores=frame_scores,
+        truth_was_mask=truth_was_mask,
+        prediction_was_mask=prediction_was_mask,
+    )

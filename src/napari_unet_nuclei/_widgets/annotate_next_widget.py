@@ -1,0 +1,453 @@
+"""The *Annotate next* dock widget: which frames or tiles should the user label next?"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import napari
+import numpy as np
+from magicgui.widgets import (
+    Container,
+    FloatSlider,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+from napari.qt.threading import thread_worker
+from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
+
+from ._jobs import JobFailed, _guarded
+from ._layers import (
+    OWNER_KEY,
+    current_frame_index,
+    find_owned_layer,
+    frame_count,
+    labelled_frames,
+    unique_layer_name,
+    worker_copy,
+)
+from ._notify import error_sentence, report_error, report_info
+from ._warmup import warm_up_engine
+from .model_picker import ModelPicker
+from .model_registry import registry_for, unwrap_viewer
+
+__all__ = ["AnnotateNextWidget", "RankingEntry", "ranking_job", "viewer_camera"]
+
+PROGRESS_STEPS = 1000
+TILES_ROLE = "annotate next tiles"
+COLUMNS = ("rank", "frame or tile", "score")
+
+
+@dataclass(frozen=True)
+class RankingEntry:
+    """One row of the ranking table.
+
+    Parameters
+    ----------
+    rank : int
+        1 for the first frame or tile to annotate.
+    frame : tuple of int
+        Index over the layer's leading (frame) axes; ``()`` for a 2-D image.
+    score : float
+        Uncertainty score in [0, 1].
+    tile : tuple of int, optional
+        ``(y, x, h, w)`` in pixels of the frame, for a tile.
+    """
+
+    rank: int
+    frame: tuple[int, ...]
+    score: float
+    tile: tuple[int, int, int, int] | None = None
+
+    def describe(self) -> str:
+        """Text of the table's "frame or tile" column."""
+        frame = ", ".join(str(i) for i in self.frame)
+        if self.tile is None:
+            return f"frame {frame}" if frame else "image"
+        y, x, h, w = self.tile
+        where = f"frame {frame}: " if frame else ""
+        return f"{where}y {y}, x {x} ({h} x {w})"
+
+
+@_guarded
+def ranking_job(
+    model: Any,
+    data: Any,
+    *,
+    mode: str,
+    tile: int = 256,
+    diversity: float = 0.5,
+    labelled: Sequence[int] = (),
+    tile_size: int = 512,
+    stop: threading.Event,
+) -> Generator[Any, None, Any]:
+    """Rank frames (``mode="frames"``) or tiles (``"tiles"``) with the uncertainty engine.
+
+    Returns
+    -------
+    FrameRanking, list of TileScore, or None
+        None when ``stop`` was set before the end.
+    """
+    from ..inference import InferenceCancelled
+    from ..uncertainty import iter_rank_frames, iter_rank_tiles
+
+    overlap = max(8, min(64, tile_size // 8))
+    if mode == "frames":
+        events = iter_rank_frames(
+            model,
+            data,
+            diversity=diversity,
+            labelled=labelled,
+            tile_size=tile_size,
+            overlap=overlap,
+            should_stop=stop.is_set,
+        )
+    else:
+        events = iter_rank_tiles(
+            model, data, tile=tile, tile_size=tile_size, overlap=overlap, should_stop=stop.is_set
+        )
+    try:
+        return (yield from events)
+    except InferenceCancelled:
+        return None
+
+
+def viewer_camera(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, else ``viewer.camera``)."""
+    scene = getattr(viewer, "scene", None)
+    camera = getattr(scene, "camera", None)
+    return camera if camera is not None else viewer.camera
+
+
+class _RankingTable(QTableWidget):
+    """Read-only table of the ranking: rank, frame or tile, score."""
+
+    def __init__(self) -> None:
+        super().__init__(0, len(COLUMNS))
+        self.setHorizontalHeaderLabels(list(COLUMNS))
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.verticalHeader().setVisible(False)
+        header = self.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.setMinimumHeight(180)
+
+    def show_entries(self, entries: Sequence[RankingEntry]) -> None:
+        self.setRowCount(len(entries))
+        for row, entry in enumerate(entries):
+            for column, text in enumerate(
+                (str(entry.rank), entry.describe(), f"{entry.score:.4f}")
+            ):
+                self.setItem(row, column, QTableWidgetItem(text))
+
+
+class AnnotateNextWidget(Container):
+    """Rank frames of a stack, or tiles of a large image, by the model's uncertainty.
+
+    *Rank frames* scores every frame (test-time-augmented uncertainty, ordered with a
+    diversity term so that near-duplicates do not fill the top; see
+    :mod:`napari_unet_nuclei.uncertainty`); frames holding labels in the optional
+    *annotated in* layer are left out. *Rank tiles* scores tiles of the current frame and
+    outlines the top ones in a shapes layer the plugin owns (``<image> annotate next``).
+    Clicking a row of the table moves the viewer to that frame, or centres and zooms on
+    that tile.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        Injected by napari.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        warm_up_engine()
+        viewer = unwrap_viewer(viewer)
+        self._viewer = viewer
+        self.registry = registry_for(viewer)
+        self.worker: Any = None
+        self.entries: list[RankingEntry] = []
+        self.runs_started = 0
+        self._stop = threading.Event()
+        self._busy = False
+        self._closed = False
+        self._run: dict[str, Any] = {}
+
+        self.model = ModelPicker(self.registry, label="model")
+        self.image_layer = create_widget(annotation=napari.layers.Image, label="image")
+        self.labels_layer = create_widget(
+            annotation=Optional[napari.layers.Labels],
+            label="annotated in",
+            options={"tooltip": "Frames holding labels in this layer are not ranked"},
+        )
+        self.diversity = FloatSlider(
+            value=0.5,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            label="diversity",
+            tooltip="0: most uncertain first; higher: favour frames like many not yet annotated",
+        )
+        self.tile = SpinBox(value=256, min=16, max=8192, step=16, label="tile side")
+        self.top_tiles = SpinBox(value=10, min=1, max=1000, label="tiles outlined")
+        self.frames_button = PushButton(text="Rank frames")
+        self.tiles_button = PushButton(text="Rank tiles")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=PROGRESS_STEPS, label="progress")
+        self.status = Label(value="Pick a model and an image, then rank frames or tiles.")
+        self.extend(
+            [
+                self.model,
+                self.image_layer,
+                self.labels_layer,
+                self.diversity,
+                self.tile,
+                self.top_tiles,
+                Container(
+                    widgets=[self.frames_button, self.tiles_button, self.cancel_button],
+                    layout="horizontal",
+                    labels=False,
+                    label="",
+                ),
+                self.progress,
+                self.status,
+            ]
+        )
+        self.table = _RankingTable()
+        self.native.layout().addWidget(self.table)
+
+        self.frames_button.changed.connect(self._on_frames_clicked)
+        self.tiles_button.changed.connect(self._on_tiles_clicked)
+        self.cancel_button.changed.connect(self._on_cancel_clicked)
+        self.table.cellClicked.connect(self._on_cell_clicked)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.native.destroyed.connect(self._on_destroyed)
+
+    @property
+    def running(self) -> bool:
+        """Whether a ranking is in progress."""
+        return self._busy
+
+    def _set_running(self, running: bool) -> None:
+        self._busy = running
+        if not self._closed:
+            self.frames_button.enabled = not running
+            self.tiles_button.enabled = not running
+            self.cancel_button.enabled = running
+
+    # ------------------------------------------------------------------------ run
+    def _annotated_frames(self, layer: Any) -> list[int]:
+        labels = self.labels_layer.value
+        if labels is None:
+            return []
+        if tuple(labels.data.shape) != tuple(layer.data.shape):
+            raise ValueError(
+                f"the labels '{labels.name}' (shape {tuple(labels.data.shape)}) do not match "
+                f"the image '{layer.name}' (shape {tuple(layer.data.shape)})"
+            )
+        return [int(i) for i in np.flatnonzero(labelled_frames(labels.data))]
+
+    def run(self, mode: str = "frames") -> Any:
+        """Start ranking frames (``"frames"``) or tiles (``"tiles"``); return the worker.
+
+        Returns None (and shows a notification) when the inputs are not usable.
+        """
+        if self._busy:
+            return None
+        doing = "Ranking frames" if mode == "frames" else "Ranking tiles"
+        try:
+            name = self.model.model_name
+            if name is None:
+                raise ValueError("pick a model first (train one or load a .pt file)")
+            model = self.registry.get(name)
+            layer = self.image_layer.value
+            if layer is None:
+                raise ValueError("there is no image layer to rank")
+            if layer.rgb:
+                raise ValueError(f"'{layer.name}' is an RGB image; give a grey image")
+            labelled: list[int] = []
+            # Multiscale layers: full resolution; lazy arrays are read frame by frame.
+            source = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+            if mode == "frames":
+                data = worker_copy(source)
+                labelled = self._annotated_frames(layer)
+                if len(labelled) >= frame_count(tuple(data.shape)):
+                    raise ValueError("every frame is annotated already; nothing left to rank")
+                frame: tuple[int, ...] = ()
+            else:
+                frame = current_frame_index(self._viewer, layer)
+                data = np.array(source[frame] if frame else source, copy=True)
+        except (ValueError, KeyError) as error:
+            message = error_sentence(error, doing)
+            self.status.value = message
+            report_error(message)
+            return None
+        self._stop = threading.Event()
+        self._run = {"mode": mode, "layer": layer, "frame": frame, "model": name}
+        self.progress.value = 0
+        where = f" of frame {', '.join(map(str, frame))}" if frame else ""
+        self.status.value = f"{doing}{where} of '{layer.name}' with {name}..."
+        worker = thread_worker(ranking_job, start_thread=False, ignore_errors=True)(
+            model,
+            data,
+            mode=mode,
+            tile=int(self.tile.value),
+            diversity=float(self.diversity.value),
+            labelled=labelled,
+            stop=self._stop,
+        )
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(self._on_returned)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.runs_started += 1
+        self._set_running(True)
+        worker.start()
+        return worker
+
+    def cancel(self, message: str = "Ranking cancelled.") -> None:
+        """Stop between network tiles; the previous ranking stays in the table."""
+        if self.worker is not None and self._busy:
+            self._stop.set()
+            self.worker.quit()
+            if not self._closed:
+                self.status.value = message
+
+    def _on_frames_clicked(self, _value: Any = None) -> None:
+        self.run("frames")
+
+    def _on_tiles_clicked(self, _value: Any = None) -> None:
+        self.run("tiles")
+
+    def _on_cancel_clicked(self, _value: Any = None) -> None:
+        self.cancel()
+
+    # -------------------------------------------------------------------- results
+    def _on_yielded(self, event: Any) -> None:
+        from ..uncertainty import RankingProgress
+
+        if self._closed or self._stop.is_set():
+            return
+        if isinstance(event, JobFailed):
+            message = error_sentence(event.message, "Ranking")
+            self.status.value = message
+            report_error(message)
+        elif isinstance(event, RankingProgress):
+            self.progress.value = int(round(PROGRESS_STEPS * min(1.0, event.fraction)))
+            if event.n_frames > 1:
+                self.status.value = f"Scoring frame {event.frame + 1}/{event.n_frames}..."
+
+    def _on_returned(self, result: Any) -> None:
+        if self._closed or result is None or self._stop.is_set():
+            return
+        layer = self._run["layer"]
+        if layer not in self._viewer.layers:
+            return
+        if self._run["mode"] == "frames":
+            self.entries = [
+                RankingEntry(rank, score.index, score.score)
+                for rank, score in enumerate(result.ranked, start=1)
+            ]
+            left_out = len(result.scores) - len(result.order)
+            note = f" ({left_out} annotated frame(s) left out)" if left_out else ""
+            self.status.value = (
+                f"Ranked {len(self.entries)} frame(s) of '{layer.name}'{note}; click a row to "
+                "go there."
+            )
+        else:
+            frame = self._run["frame"]
+            self.entries = [
+                RankingEntry(rank, frame, tile.score, (tile.y, tile.x, tile.height, tile.width))
+                for rank, tile in enumerate(result, start=1)
+            ]
+            self._outline_tiles(layer, self.entries[: int(self.top_tiles.value)])
+            self.status.value = (
+                f"Ranked {len(self.entries)} tile(s) of '{layer.name}'; the top "
+                f"{min(len(self.entries), int(self.top_tiles.value))} are outlined. Click a "
+                "row to go there."
+            )
+        self.progress.value = PROGRESS_STEPS
+        self.table.show_entries(self.entries)
+
+    def _on_finished(self) -> None:
+        self._set_running(False)
+
+    def _on_layer_removed(self, event: Any) -> None:
+        if self._busy and event.value is self._run.get("layer"):
+            message = f"Ranking stopped: the layer '{event.value.name}' was removed."
+            self.cancel(message)
+            report_info(message)
+
+    def _on_destroyed(self, *_args: Any) -> None:
+        self._closed = True
+        self.cancel()
+
+    # -------------------------------------------------------------------- shapes
+    def _outline_tiles(self, layer: Any, entries: Sequence[RankingEntry]) -> Any:
+        """Put rectangles around ``entries`` into the plugin's shapes layer for ``layer``."""
+        rectangles = []
+        for entry in entries:
+            y, x, h, w = entry.tile
+            corners = np.array([[y, x], [y, x + w], [y + h, x + w], [y + h, x]], float)
+            if entry.frame:
+                leading = np.tile(np.array(entry.frame, float), (4, 1))
+                corners = np.hstack([leading, corners])
+            rectangles.append(corners)
+        ndim = len(entries[0].frame) + 2 if entries else 2
+        owner = {"role": TILES_ROLE, "source": layer.name, "model": self._run.get("model")}
+        existing = find_owned_layer(self._viewer, TILES_ROLE, layer.name)
+        if existing is not None:
+            self._viewer.layers.remove(existing)
+        scale = tuple(layer.scale)[-ndim:]
+        translate = tuple(layer.translate)[-ndim:]
+        return self._viewer.add_shapes(
+            rectangles,
+            ndim=ndim,
+            shape_type="rectangle",
+            edge_color="yellow",
+            edge_width=max(1.0, float(self.tile.value) / 64),
+            face_color="transparent",
+            name=unique_layer_name(self._viewer, f"{layer.name} annotate next"),
+            metadata={OWNER_KEY: owner},
+            features={"rank": [e.rank for e in entries], "score": [e.score for e in entries]},
+            text={"string": "{rank}", "color": "yellow", "anchor": "upper_left"},
+            scale=scale,
+            translate=translate,
+        )
+
+    # ----------------------------------------------------------------------- jump
+    def _on_cell_clicked(self, row: int, _column: int) -> None:
+        self.jump_to(row)
+
+    def jump_to(self, row: int) -> None:
+        """Show the frame (or centre and zoom on the tile) of table row ``row``."""
+        if not 0 <= row < len(self.entries):
+            return
+        entry = self.entries[row]
+        layer = self._run.get("layer")
+        if layer is None or layer not in self._viewer.layers:
+            report_info("The ranked image layer was removed; rank again.")
+            return
+        ndim = layer.data.ndim
+        offset = self._viewer.dims.ndim - ndim
+        for axis, value in enumerate(entry.frame):
+            self._viewer.dims.set_current_step(offset + axis, int(value))
+        if entry.tile is None:
+            return
+        y, x, h, w = entry.tile
+        centre = np.array([*entry.frame, y + h / 2.0, x + w / 2.0], float)
+        world = np.asarray(layer.data_to_world(centre), float)
+        scale = np.abs(np.asarray(layer.scale, float)[-2:])
+        camera = viewer_camera(self._viewer)
+        self._viewer.reset_view()
+        extent = self._viewer.layers.extent.world
+        size = np.maximum(extent[1][-2:] - extent[0][-2:], 1e-9)
+        tile_world = np.maximum(np.array([h, w], float) * scale, 1e-9)
+        camera.zoom = float(camera.zoom * np.min(size / tile_world))
+        camera.center = tuple(world[-2:])

@@ -1,0 +1,166 @@
+"""Precision and runtime choice, ONNX Runtime against PyTorch, balanced tiles, grad mode."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unet_nuclei.acceleration import (
+    cpu_supports_bf16,
+    make_runner,
+    onnxruntime_available,
+    resolve_backend,
+    resolve_precision,
+)
+from napari_unet_nuclei.events import TrainingStarted
+from napari_unet_nuclei.inference import (
+    TileGrid,
+    balanced_tile_size,
+    iter_predict,
+    predict_logits,
+    tile_positions,
+)
+from napari_unet_nuclei.model import create_model
+from napari_unet_nuclei.training import TrainingConfig, train
+
+CPU = torch.device("cpu")
+needs_onnxruntime = pytest.mark.skipif(
+    not onnxruntime_available(), reason="onnx/onnxruntime not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(1)
+    return create_model(features=4, depth=2)
+
+
+@pytest.fixture(scope="module")
+def kromp_crop(kromp_root) -> np.ndarray:
+    path = sorted((kromp_root / "images").glob("*.tif"))[0]
+    return tifffile.imread(path)[:300, :420]
+
+
+def test_precision_choice() -> None:
+    assert resolve_precision("auto", CPU) == "fp32"  # inference keeps float32 masks
+    assert resolve_precision("auto", CPU, training=True) == (
+        "bf16" if cpu_supports_bf16() else "fp32"
+    )
+    assert resolve_precision("bf16", CPU) == "bf16"
+    with pytest.raises(ValueError, match="CUDA"):
+        resolve_precision("fp16", CPU)
+    with pytest.raises(ValueError, match="choose one of"):
+        resolve_precision("int8", CPU)
+    with pytest.raises(ValueError, match="choose one of"):
+        resolve_backend("tensorrt", CPU, "fp32")
+
+
+def test_backend_choice() -> None:
+    expected = "onnxruntime" if onnxruntime_available() else "torch"
+    assert resolve_backend("auto", CPU, "fp32") == expected
+    assert resolve_backend("auto", CPU, "bf16") == "torch"  # ONNX Runtime runs float32 only
+    assert resolve_backend("torch", CPU, "fp32") == "torch"
+
+
+@needs_onnxruntime
+@pytest.mark.parametrize("tile_size", [128, 512])
+def test_onnxruntime_equals_torch_on_real_image(model, kromp_crop, tile_size: int) -> None:
+    reference = predict_logits(
+        model, kromp_crop, backend="torch", precision="fp32", tile_size=tile_size
+    )
+    fast = predict_logits(model, kromp_crop, backend="onnxruntime", tile_size=tile_size)
+    assert fast.shape == reference.shape == kromp_crop.shape
+    assert np.abs(fast - reference).max() < 1e-4 * max(1.0, np.abs(reference).max())
+
+
+@needs_onnxruntime
+def test_onnxruntime_tiny_image_keeps_shape(model) -> None:
+    image = np.random.default_rng(0).integers(0, 255, (7, 9)).astype(np.uint8)
+    deep = create_model(features=4, depth=4)  # 7 x 9 is smaller than 2**4
+    for net in (model, deep):
+        reference = predict_logits(net, image, backend="torch", precision="fp32")
+        fast = predict_logits(net, image, backend="onnxruntime")
+        assert fast.shape == (7, 9)
+        np.testing.assert_allclose(fast, reference, atol=1e-4)
+
+
+@needs_onnxruntime
+def test_onnxruntime_session_follows_new_weights(kromp_crop) -> None:
+    torch.manual_seed(2)
+    model = create_model(features=4, depth=2)
+    before = predict_logits(model, kromp_crop, backend="onnxruntime")
+    torch.manual_seed(3)
+    other = create_model(features=4, depth=2)
+    model.network.load_state_dict(other.network.state_dict())  # in place, same module
+    after = predict_logits(model, kromp_crop, backend="onnxruntime")
+    expected = predict_logits(other, kromp_crop, backend="torch", precision="fp32")
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, expected, atol=1e-4)
+
+
+def test_bf16_is_close_to_fp32(model, kromp_crop) -> None:
+    reference = predict_logits(model, kromp_crop, backend="torch", precision="fp32")
+    half = predict_logits(model, kromp_crop, backend="torch", precision="bf16")
+    assert half.dtype == np.float32
+    # bfloat16 keeps 8 bits of mantissa: logits agree to a few percent of their range.
+    assert np.abs(half - reference).max() < 0.05 * np.abs(reference).max() + 0.05
+
+
+def test_runner_keeps_batch_shape(model) -> None:
+    run = make_runner(model.network.eval(), CPU, "fp32", "torch")
+    tiles = np.random.default_rng(0).normal(size=(3, 64, 48)).astype(np.float32)
+    logits = run(tiles)
+    assert logits.shape == (3, 64, 48) and logits.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("length", "max_tile", "overlap", "multiple"),
+    [
+        (2048, 512, 64, 16),
+        (1360, 512, 64, 16),
+        (1024, 512, 64, 8),
+        (300, 128, 48, 4),
+        (528, 512, 64, 16),
+    ],
+)
+def test_balanced_tiles_cover_with_as_few_tiles(
+    length: int, max_tile: int, overlap: int, multiple: int
+) -> None:
+    side = balanced_tile_size(length, max_tile, overlap, multiple)
+    assert side % multiple == 0 and side <= max_tile
+    balanced = tile_positions(length, side, overlap, multiple)
+    fixed = tile_positions(length, max_tile, overlap, multiple)
+    assert len(balanced) <= len(fixed)
+    assert balanced[0] == 0 and balanced[-1] + side == length
+    assert all(b - a <= side - overlap for a, b in itertools.pairwise(balanced))
+    assert len(balanced) * side <= len(fixed) * max_tile
+
+
+def test_2048_needs_fewer_computed_pixels() -> None:
+    grid = TileGrid.for_frame(2048, 2048, 512, 64, 16)
+    fixed = tile_positions(2048, 512, 64, 16)
+    assert len(grid.rows) == len(fixed) == 5
+    assert grid.tile_h * len(grid.rows) < 0.95 * 512 * len(fixed)  # 2320 instead of 2560
+    assert grid.window.min() > 0
+
+
+def test_abandoned_prediction_leaves_grad_mode_alone(model, kromp_crop) -> None:
+    events = iter_predict(model, kromp_crop, tile_size=128, overlap=32)
+    next(events)  # suspended in the middle of the tiles, as a cancelled worker is
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    events.close()
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
+def test_training_reports_its_precision(lab_arrays) -> None:
+    images, labels = lab_arrays[0][:4, 0], lab_arrays[1][:4, 0]
+    config = TrainingConfig(features=4, depth=2, epochs=1, steps_per_epoch=2, batch_size=2)
+    started = next(e for e in train(images, labels, config) if isinstance(e, TrainingStarted))
+    assert started.precision == ("bf16-mixed" if cpu_supports_bf16() else "fp32")
+    fp32 = TrainingConfig(**{**config.__dict__, "precision": "fp32"})
+    started = next(e for e in train(images, labels, fp32) if isinstance(e, TrainingStarted))
+    assert started.precision == "fp32"
