@@ -164,3 +164,25 @@ def test_training_reports_its_precision(lab_arrays) -> None:
     fp32 = TrainingConfig(**{**config.__dict__, "precision": "fp32"})
     started = next(e for e in train(images, labels, fp32) if isinstance(e, TrainingStarted))
     assert started.precision == "fp32"
+
+
+def test_training_precision_holds_across_epochs(lab_arrays, monkeypatch) -> None:
+    """Regression: the epoch's validation scores once overwrote the compute precision, so
+    from the second epoch on the CPU trained in emulated float16, ten times slower."""
+    import napari_unet_nuclei.training as training
+
+    seen: list[str] = []
+    real_autocast = training.autocast
+
+    def recording_autocast(device, precision):
+        seen.append(precision)
+        return real_autocast(device, precision)
+
+    monkeypatch.setattr(training, "autocast", recording_autocast)
+    images, labels = lab_arrays[0][:6, 0], lab_arrays[1][:6, 0]
+    config = TrainingConfig(
+        features=4, depth=2, epochs=3, steps_per_epoch=2, batch_size=2, precision="fp32"
+    )
+    for _ in train(images, labels, config):
+        pass
+    assert seen == ["fp32"] * 6

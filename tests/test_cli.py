@@ -115,6 +115,38 @@ def test_segment_writes_one_mask_per_input(trained_model, kromp_root, tmp_path) 
     assert not list(out.glob(".*partial"))
 
 
+def test_segment_backends_and_precisions(trained_model, kromp_root, tmp_path) -> None:
+    """``--backend``/``--precision`` reach the engine: float32 runtimes give the same mask."""
+    source = sorted((kromp_root / "images").glob("*.tif"))[0]
+    image = tifffile.imread(source)[:400, :500]
+    tifffile.imwrite(tmp_path / "crop.tif", image)
+    masks = {}
+    for flags in (["--backend", "torch", "--precision", "fp32"], ["--backend", "onnxruntime"]):
+        out = tmp_path / flags[1]
+        argv = ["segment", "--model", trained_model, str(tmp_path / "crop.tif"), "--out", str(out)]
+        assert main([*argv, *flags]) == 0
+        masks[flags[1]] = tifffile.imread(out / "crop.tif")
+    assert masks["torch"].shape == image.shape
+    assert masks["torch"].sum() > 0
+    # Float32 in both runtimes: at most a handful of pixels exactly at the threshold differ.
+    assert (masks["torch"] != masks["onnxruntime"]).mean() < 1e-4
+    assert (
+        main(
+            [
+                "segment",
+                "--model",
+                trained_model,
+                str(source),
+                "--out",
+                str(tmp_path / "x"),
+                "--precision",
+                "fp16",
+            ]
+        )
+        != 0
+    )  # float16 needs CUDA: refused with a sentence
+
+
 def test_folder_dataset_and_fine_tuning(trained_model, kromp_root, tmp_path) -> None:
     data = tmp_path / "data"
     for sub in ("images", "masks"):

@@ -111,6 +111,10 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     """Autocast context for a resolved precision (a no-op for ``"fp32"``)."""
     if precision == "fp32":
         return contextlib.nullcontext()
+    if precision not in ("bf16", "fp16"):
+        raise ValueError(
+            f"Expected a resolved precision 'fp32', 'bf16' or 'fp16', got {precision!r}."
+        )
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
 

@@ -123,6 +123,9 @@ class SegmentOptions:
         Tiled inference settings.
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``...
+    precision, backend : str
+        Numeric precision and runtime, as in
+        :func:`~napari_unet_nuclei.inference.iter_predict`.
     threads : int, optional
         torch threads per task (set on dask workers so they share the CPU cores).
     lazy_bytes : int
@@ -137,8 +140,10 @@ class SegmentOptions:
     measure: bool = False
     tile_size: int = 512
     overlap: int = 64
-    batch_size: int = 4
+    batch_size: int = 1
     device: str = "auto"
+    precision: str = "auto"
+    backend: str = "auto"
     threads: int | None = None
     lazy_bytes: int = 512 << 20
 
@@ -650,6 +655,8 @@ def iter_segment_image(
                 overlap=options.overlap,
                 batch_size=options.batch_size,
                 device=options.device,
+                precision=options.precision,
+                backend=options.backend,
                 should_stop=should_stop,
             )
             if options.instances:

@@ -66,6 +66,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     train.add_argument("--init", help="fine-tune this model file instead of starting from scratch")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     train.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: fp16 mixed precision on CUDA, bf16 on CPUs with native bfloat16, "
+        "else fp32 (default auto)",
+    )
+    train.add_argument(
         "--val-fraction", type=float, default=0.1, help="validation share without --split"
     )
     train.add_argument(
@@ -138,6 +145,19 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     segment.add_argument("--tile-size", type=int, default=512, help="tile side (default 512)")
     segment.add_argument("--device", default="auto")
+    segment.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: fp16 on CUDA, fp32 on CPU; bf16 is faster on CPUs with native bfloat16 "
+        "but its masks differ slightly (default auto)",
+    )
+    segment.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnxruntime"],
+        help="auto: ONNX Runtime for fp32 on the CPU when installed, else PyTorch",
+    )
 
     evaluate = sub.add_parser(
         "evaluate", help="precision, recall, F1, IoU and AP against ground truth"
@@ -266,6 +286,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         else AugmentationConfig(intensity=args.augment_intensity, affine=args.augment_affine),
         seed=args.seed,
         device=args.device,
+        precision=args.precision,
         validation_fraction=args.val_fraction,
         name=Path(args.out).stem,
     )
@@ -320,6 +341,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         measure=args.measure,
         tile_size=args.tile_size,
         device=args.device,
+        precision=args.precision,
+        backend=args.backend,
     )
     bar = None
     finished = None

@@ -27,6 +27,7 @@ __all__ = [
     "TileGrid",
     "balanced_tile_size",
     "check_image",
+    "dihedral_runner",
     "iter_predict",
     "predict",
     "predict_logits",
@@ -99,6 +100,26 @@ def balanced_tile_size(length: int, max_tile: int, overlap: int, multiple: int =
     n_tiles = int(np.ceil((length - max_tile) / step)) + 1
     side = -(-(length + (n_tiles - 1) * overlap) // n_tiles)
     return min(max_tile, max(multiple, -(-side // multiple) * multiple))
+
+
+def dihedral_runner(run: Runner) -> Runner:
+    """Test-time augmentation: the mean logits over the 8 flips and 90-degree rotations.
+
+    Costs 8 network passes per tile; the averaged logits are smoother and usually a
+    little more accurate at nucleus borders.
+    """
+
+    def run_all(tiles: np.ndarray) -> np.ndarray:
+        total = np.zeros(tiles.shape, np.float32)
+        for flip in (False, True):
+            flipped = tiles[:, :, ::-1] if flip else tiles
+            for turns in range(4):
+                logits = run(np.ascontiguousarray(np.rot90(flipped, turns, axes=(1, 2))))
+                logits = np.rot90(logits, -turns, axes=(1, 2))
+                total += logits[:, :, ::-1] if flip else logits
+        return total / 8
+
+    return run_all
 
 
 def whole_frame_logits(run: Runner, frame: np.ndarray, multiple: int) -> np.ndarray:
@@ -241,6 +262,7 @@ def iter_predict(
     device: str | torch.device | None = None,
     precision: str = "auto",
     backend: str = "auto",
+    test_time_augmentation: bool = False,
     out: Any = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Generator[TileDone | FrameDone, None, Any]:
@@ -269,6 +291,9 @@ def iter_predict(
     backend : str
         ``"auto"``, ``"torch"`` or ``"onnxruntime"`` (CPU, float32; see
         :mod:`napari_unet_nuclei.acceleration`).
+    test_time_augmentation : bool
+        Average the logits over the 8 flips and 90-degree rotations of each tile
+        (8 times slower; see :func:`dihedral_runner`).
     out : array-like, optional
         Array of the image's shape to write results into (e.g. a zarr array); a new
         float32 numpy array when omitted.
@@ -297,6 +322,8 @@ def iter_predict(
     backend = resolve_backend(backend, device, precision)
     network = model.network.to(device).eval()
     run = make_runner(network, device, precision, backend)
+    if test_time_augmentation:
+        run = dihedral_runner(run)
     multiple = model.config.size_multiple
     frame_indices = list(np.ndindex(*shape[:-2])) if len(shape) > 2 else [()]
     n_frames = len(frame_indices)
@@ -374,7 +401,8 @@ def predict(
         Called with each progress event.
     **options
         Passed to :func:`iter_predict` (``tile_size``, ``overlap``, ``batch_size``,
-        ``device``, ``precision``, ``backend``, ``out``, ``should_stop``).
+        ``device``, ``precision``, ``backend``, ``test_time_augmentation``, ``out``,
+        ``should_stop``).
 
     Returns
     -------

@@ -334,7 +334,8 @@ def train(
         warnings.warn(label_message, ImageWarning, stacklevel=2)
     rng = np.random.default_rng(config.seed)
     device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device, training=True)
+    # Not named `precision`: that is a validation score below.
+    compute_precision = resolve_precision(config.precision, device, training=True)
 
     if init_model is not None:
         model = init_model.copy()
@@ -418,7 +419,7 @@ def train(
     optimizer = torch.optim.AdamW(
         network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler("cuda", enabled=compute_precision == "fp16")
     yield TrainingStarted(
         n_train_images=len(train_data.images),
         n_val_images=len(val_data.images),
@@ -426,7 +427,7 @@ def train(
         total_steps=total_steps,
         time_budget=config.time_budget,
         device=str(device),
-        precision={"fp16": "fp16-mixed", "bf16": "bf16-mixed"}.get(precision, "fp32"),
+        precision={"fp16": "fp16-mixed", "bf16": "bf16-mixed"}.get(compute_precision, "fp32"),
     )
 
     start = time.perf_counter()
@@ -460,7 +461,7 @@ def train(
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
-            with autocast(device, precision):
+            with autocast(device, compute_precision):
                 logits = network(x)
             loss = _loss(logits.float(), y, w, config.dice_weight)
             if not torch.isfinite(loss):
