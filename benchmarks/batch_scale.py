@@ -4,7 +4,7 @@
    ``paper_42_37``) segmented with ``segment_files`` in this process, on a LocalCluster
    of 1 worker and of 2 workers (torch threads per worker = CPU cores / workers). Reports
    images/s (wall clock, cluster start included) and checks that the three runs write
-   identical masks and summaries. The model is the default architecture (F=16, depth 3)
+   identical masks and summaries. The model is the default architecture (F=8, depth 4)
    trained for ``--train-budget`` seconds on the ``paper_42_37`` training images, or
    ``--model``.
 2. Memory: an 8192 x 8192 synthetic nuclei image is written to a zarr array on disk chunk by
@@ -102,7 +102,7 @@ def memory_child(args: argparse.Namespace) -> None:
         json.dumps(
             {
                 "mode": args.mode,
-                "model": "tiny F=4 depth 2" if args.model == "tiny" else "default F=16 depth 3",
+                "model": "tiny F=4 depth 2" if args.model == "tiny" else "default F=8 depth 4",
                 "size": list(source.shape),
                 "seconds": round(time.perf_counter() - start, 1),
                 "baseline_rss_mb": round(baseline),

@@ -78,8 +78,6 @@ def peak_memory_mb(kind: str, features: int, model_path: Path | None = None) -> 
 
 def memory_probe(kind: str, features: int, model_path: str | None) -> None:
     """Run one measured path once and print its peak RSS rise in MB (``--memory-probe``)."""
-    import resource
-
     if kind.startswith("train-"):
         if kind == "train-engine":
             paper = load_dataset(KROMP)
@@ -97,8 +95,21 @@ def memory_probe(kind: str, features: int, model_path: str | None) -> None:
         paths = inference_paths(model, image)
         base = psutil.Process().memory_info().rss
         paths[kind]()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print((peak - base) / 2**20)
+    print((peak_rss_bytes() - base) / 2**20)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak RSS: ``VmHWM`` on Linux (``ru_maxrss`` is inherited across fork
+    and exec there, so a child would report its parent's peak), else ``ru_maxrss``."""
+    import resource
+
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def mosaic_image() -> np.ndarray:
@@ -164,20 +175,28 @@ def inference_rows(
     return rows
 
 
-def mask_agreement(model: Any, images: list[np.ndarray]) -> dict[str, float]:
+def mask_agreement(model: Any, images: list[np.ndarray]) -> dict[str, dict[str, float]]:
+    """IoU of each fast path's masks with the naive float32 reference's masks."""
     reference = copy.deepcopy(model.network).to(memory_format=torch.contiguous_format).eval()
-    intersection = union = 0
-    per_image = []
+    paths: dict[str, dict[str, Any]] = {"predict default": {}}
+    if cpu_supports_bf16():
+        paths["predict torch bf16"] = {"backend": "torch", "precision": "bf16"}
+    counts = {name: [0, 0, []] for name in paths}
     for image in images:
         truth = naive_logits(reference, normalize_frame(image, model.normalization)) >= 0
-        mask = predict(model, image) >= 0.5
-        inter, uni = int((truth & mask).sum()), int((truth | mask).sum())
-        intersection, union = intersection + inter, union + uni
-        per_image.append(inter / uni if uni else 1.0)
+        for name, options in paths.items():
+            mask = predict(model, image, **options) >= 0.5
+            inter, uni = int((truth & mask).sum()), int((truth | mask).sum())
+            counts[name][0] += inter
+            counts[name][1] += uni
+            counts[name][2].append(inter / uni if uni else 1.0)
     return {
-        "iou_pooled": intersection / union if union else 1.0,
-        "iou_min_image": float(min(per_image)),
-        "n_images": len(images),
+        name: {
+            "iou_pooled": inter / uni if uni else 1.0,
+            "iou_min_image": float(min(per_image)),
+            "n_images": len(images),
+        }
+        for name, (inter, uni, per_image) in counts.items()
     }
 
 
@@ -377,11 +396,11 @@ def print_width(features: int, rows: dict[str, Any]) -> None:
         print(
             f"{name:<30} {row['megapixels_per_s']:7.2f} {row['x_reference']:6.2f} {row['peak_rss_mb']:8.0f}"
         )
-    agreement = rows["mask_agreement"]
-    print(
-        f"mask IoU default vs fp32 reference on {agreement['n_images']} paper_42_37 test images: "
-        f"pooled {agreement['iou_pooled']:.4f}, worst image {agreement['iou_min_image']:.4f}"
-    )
+    for name, agreement in rows["mask_agreement"].items():
+        print(
+            f"mask IoU {name} vs fp32 reference on {agreement['n_images']} paper_42_37 test "
+            f"images: pooled {agreement['iou_pooled']:.4f}, worst {agreement['iou_min_image']:.4f}"
+        )
     print(f"{'training (batch 8 x 256 x 256)':<36} {'samples/s':>9} {'peak MB':>8}")
     for name, row in rows["training"].items():
         if isinstance(row, dict):

@@ -46,10 +46,9 @@ def kromp_crop(kromp_root) -> np.ndarray:
 
 
 def test_precision_choice() -> None:
-    assert resolve_precision("auto", CPU) == "fp32"  # inference keeps float32 masks
-    assert resolve_precision("auto", CPU, training=True) == (
-        "bf16" if cpu_supports_bf16() else "fp32"
-    )
+    native = "bf16" if cpu_supports_bf16() else "fp32"
+    assert resolve_precision("auto", CPU) == native
+    assert resolve_precision("auto", CPU, training=True) == native
     assert resolve_precision("bf16", CPU) == "bf16"
     with pytest.raises(ValueError, match="CUDA"):
         resolve_precision("fp16", CPU)

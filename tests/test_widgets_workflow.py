@@ -394,3 +394,24 @@ def test_closing_the_viewer_stops_training(qtbot, lab_viewer) -> None:
     lab_viewer.close()
     qtbot.waitUntil(lambda: not train.running, timeout=10_000)
     assert worker.abort_requested
+
+
+def test_segment_reads_the_layer_without_copying_it(qtbot, lab_viewer, tiny_model) -> None:
+    """The GUI path costs no more than the engine: the worker gets a read-only view of the
+    image layer, not a copy, and the result equals the engine's own prediction."""
+    from napari_unet_nuclei.inference import predict
+
+    viewer = lab_viewer
+    segment = add_widgets(viewer)["Segment"]
+    segment.registry.add(tiny_model, "tiny")
+    layer = viewer.layers["lab"]
+    tasks, lazy = segment._make_tasks([layer])
+    assert not lazy and len(tasks) == 1
+    assert np.shares_memory(tasks[0].image, layer.data)
+    assert not tasks[0].image.flags.writeable
+    segment.image_layer.value = layer
+    segment.run()
+    wait_done(qtbot, segment)
+    np.testing.assert_allclose(
+        viewer.layers["lab probabilities"].data, predict(tiny_model, layer.data), atol=1e-6
+    )

@@ -149,8 +149,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--precision",
         default="auto",
         choices=["auto", "fp32", "bf16", "fp16"],
-        help="auto: fp16 on CUDA, fp32 on CPU; bf16 is faster on CPUs with native bfloat16 "
-        "but its masks differ slightly (default auto)",
+        help="auto: fp16 on CUDA, bf16 on CPUs with native bfloat16, else fp32 (default auto)",
     )
     segment.add_argument(
         "--backend",

@@ -285,9 +285,8 @@ def iter_predict(
     device : str or torch.device, optional
         Where to compute; automatic when omitted.
     precision : str
-        ``"auto"`` (float16 mixed precision on CUDA, float32 elsewhere), ``"fp32"``,
-        ``"bf16"`` (faster on CPUs with native bfloat16, masks differ slightly) or
-        ``"fp16"`` (CUDA).
+        ``"auto"`` (float16 mixed precision on CUDA, bfloat16 on CPUs that compute it
+        natively, float32 elsewhere), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA).
     backend : str
         ``"auto"``, ``"torch"`` or ``"onnxruntime"`` (CPU, float32; see
         :mod:`napari_unet_nuclei.acceleration`).
