@@ -48,3 +48,36 @@ def lab_arrays(lab_npz: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(X, Y, names) of the lab's 128x128 dataset."""
     with np.load(lab_npz, allow_pickle=False) as data:
         return data["X"], data["Y"], data["names"]
+
+
+@pytest.fixture(scope="session")
+def kromp_tiny_model(kromp_root):
+    """A tiny U-Net (F=4, depth 2) trained for 40 steps on 256 x 256 crops of four real
+    Kromp images, on one torch thread (the same weights on every machine)."""
+    import tifffile
+    import torch
+
+    from napari_unet_nuclei.training import TrainingConfig, train_model
+
+    names = ("Ganglioneuroblastoma_0", "normal_16", "Neuroblastoma_10", "otherspecimen_9")
+    crop = (slice(256, 512), slice(256, 512))
+    images = [tifffile.imread(kromp_root / "images" / f"{n}.tif")[crop] for n in names]
+    labels = [tifffile.imread(kromp_root / "masks" / f"{n}.tif")[crop] for n in names]
+    config = TrainingConfig(
+        features=4,
+        depth=2,
+        epochs=1,
+        steps_per_epoch=40,
+        batch_size=4,
+        patch_size=128,
+        learning_rate=1e-2,
+        validation_fraction=0.0,
+        device="cpu",
+        seed=0,
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_model(images, labels, config)
+    finally:
+        torch.set_num_threads(before)

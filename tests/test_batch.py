@@ -31,7 +31,6 @@ from napari_unet_nuclei.lazy import (
 )
 from napari_unet_nuclei.model_io import save_model
 from napari_unet_nuclei.normalization import normalize_frame
-from napari_unet_nuclei.training import TrainingConfig, train_model
 from napari_unet_nuclei.zarr_io import create_ome_zarr
 
 #: Three small real images (430 x 550, 763 x 1014, 1024 x 1024).
@@ -48,25 +47,9 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def model(kromp_root):
-    """A tiny U-Net trained for 40 steps on 256 x 256 crops of four real images."""
-    names = ("Ganglioneuroblastoma_0", "normal_16", "Neuroblastoma_10", "otherspecimen_9")
-    crop = (slice(256, 512), slice(256, 512))
-    images = [tifffile.imread(kromp_root / "images" / f"{n}.tif")[crop] for n in names]
-    labels = [tifffile.imread(kromp_root / "masks" / f"{n}.tif")[crop] for n in names]
-    config = TrainingConfig(
-        features=4,
-        depth=2,
-        epochs=1,
-        steps_per_epoch=40,
-        batch_size=4,
-        patch_size=128,
-        learning_rate=1e-2,
-        validation_fraction=0.0,
-        device="cpu",
-        seed=0,
-    )
-    return train_model(images, labels, config)
+def model(kromp_tiny_model):
+    """A tiny U-Net trained for 40 steps on 256 x 256 crops of four real images (conftest)."""
+    return kromp_tiny_model
 
 
 @pytest.fixture(scope="module")

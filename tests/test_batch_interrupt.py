@@ -18,7 +18,6 @@ import torch
 
 from napari_unet_nuclei.cli import main
 from napari_unet_nuclei.model_io import save_model
-from napari_unet_nuclei.training import TrainingConfig, train_model
 
 pytestmark = pytest.mark.skipif(
     not hasattr(signal, "SIGKILL"), reason="needs POSIX signals (SIGKILL)"
@@ -29,31 +28,9 @@ NAMES = ("Ganglioneuroblastoma_9", "otherspecimen_3", "otherspecimen_9")
 
 
 @pytest.fixture(scope="module")
-def model_path(kromp_root, tmp_path_factory) -> str:
-    """A tiny U-Net (F=4, depth 2, 20 steps on real crops) saved as a model file."""
-    names = ("Ganglioneuroblastoma_0", "normal_16", "otherspecimen_9")
-    crop = (slice(256, 512), slice(256, 512))
-    images = [tifffile.imread(kromp_root / "images" / f"{n}.tif")[crop] for n in names]
-    labels = [tifffile.imread(kromp_root / "masks" / f"{n}.tif")[crop] for n in names]
-    config = TrainingConfig(
-        features=4,
-        depth=2,
-        epochs=1,
-        steps_per_epoch=20,
-        batch_size=4,
-        patch_size=128,
-        learning_rate=1e-2,
-        validation_fraction=0.0,
-        device="cpu",
-        seed=0,
-    )
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model = train_model(images, labels, config)
-    finally:
-        torch.set_num_threads(before)
-    return str(save_model(model, tmp_path_factory.mktemp("model") / "tiny.pt"))
+def model_path(kromp_tiny_model, tmp_path_factory) -> str:
+    """The tiny U-Net of conftest (F=4, depth 2, 40 steps on real crops) as a model file."""
+    return str(save_model(kromp_tiny_model, tmp_path_factory.mktemp("model") / "tiny.pt"))
 
 
 def _command() -> list[str]:

@@ -24,27 +24,9 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def model(kromp_root):
-    """A tiny U-Net (F=4, depth 2) trained for 40 steps on 256 x 256 crops of real images."""
-    from napari_unet_nuclei.training import TrainingConfig, train_model
-
-    names = ("Ganglioneuroblastoma_0", "normal_16", "Neuroblastoma_10", "otherspecimen_9")
-    crop = (slice(256, 512), slice(256, 512))
-    images = [tifffile.imread(kromp_root / "images" / f"{n}.tif")[crop] for n in names]
-    labels = [tifffile.imread(kromp_root / "masks" / f"{n}.tif")[crop] for n in names]
-    config = TrainingConfig(
-        features=4,
-        depth=2,
-        epochs=1,
-        steps_per_epoch=40,
-        batch_size=4,
-        patch_size=128,
-        learning_rate=1e-2,
-        validation_fraction=0.0,
-        device="cpu",
-        seed=0,
-    )
-    return train_model(images, labels, config)
+def model(kromp_tiny_model):
+    """A tiny U-Net (F=4, depth 2) trained for 40 steps on real crops (conftest)."""
+    return kromp_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -592,7 +592,8 @@ def export_bioimageio(
         "fluorescence microscopy, trained with napari-unet-nuclei."
     )
     image = _test_image(model, test_image)
-    probabilities = predict(model, image, device="cpu").astype(np.float32)
+    # float32: other tools reproduce the test output with the float32 weights.
+    probabilities = predict(model, image, device="cpu", precision="fp32").astype(np.float32)
 
     with tempfile.TemporaryDirectory(prefix="bioimageio-") as folder:
         root = Path(folder)
