@@ -81,3 +81,15 @@ def kromp_tiny_model(kromp_root):
         return train_model(images, labels, config)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: faster on a shared 2-core machine, and the same
+    numbers everywhere."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,7 +9,6 @@ import dask.array as da
 import numpy as np
 import pytest
 import tifffile
-import torch
 import zarr
 
 from napari_unet_nuclei.batch import (
@@ -38,12 +37,8 @@ KROMP_NAMES = ("Ganglioneuroblastoma_9", "otherspecimen_3", "otherspecimen_9")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One thread: faster on a shared 2-core machine, and the same numbers everywhere."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test of this module on one torch thread (conftest)."""
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import dask.array as da
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 pytestmark = pytest.mark.gui
 
@@ -15,12 +14,8 @@ IMAGE = "Ganglioneuroblastoma_9"  # 430 x 550, the smallest real image
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One thread: faster on a shared 2-core machine, and the same numbers everywhere."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test of this module on one torch thread (conftest)."""
 
 
 @pytest.fixture(scope="module")

@@ -373,12 +373,19 @@ class SegmentWidget(Container):
         self.registry.store_probabilities(model_name, layer, CachedProbabilities(full, done))
         self._outputs[id(layer)] = (weakref.ref(layer), model_name)
         self._lazy.pop(id(layer), None)
-        extra = {"model": model_name}
+        self._put_probabilities_and_nuclei(
+            layer, full, _mask(full, self.threshold.value), {"model": model_name}
+        )
+
+    def _put_probabilities_and_nuclei(
+        self, layer: Any, probabilities: Any, mask: Any, extra: dict[str, Any]
+    ) -> None:
+        """Create or update the plugin-owned ``<image> probabilities`` and ``<image> nuclei``."""
         put_output_layer(
             self._viewer,
             "probabilities",
             layer.name,
-            full,
+            probabilities,
             "image",
             name=f"{layer.name} probabilities",
             extra=extra,
@@ -390,7 +397,7 @@ class SegmentWidget(Container):
             self._viewer,
             "nuclei",
             layer.name,
-            _mask(full, self.threshold.value),
+            mask,
             "labels",
             name=f"{layer.name} nuclei",
             extra=extra,
@@ -465,27 +472,11 @@ class SegmentWidget(Container):
         extra = {"model": model_name, "store": str(outputs.probabilities_path)}
         self._lazy[id(layer)] = (weakref.ref(layer), outputs, model_name)
         self._outputs.pop(id(layer), None)
-        put_output_layer(
-            self._viewer,
-            "probabilities",
-            layer.name,
+        self._put_probabilities_and_nuclei(
+            layer,
             outputs.view("probabilities"),
-            "image",
-            name=f"{layer.name} probabilities",
-            extra=extra,
-            colormap="magma",
-            contrast_limits=(0.0, 1.0),
-            visible=False,
-        )
-        put_output_layer(
-            self._viewer,
-            "nuclei",
-            layer.name,
             outputs.view("mask", self.threshold.value),
-            "labels",
-            name=f"{layer.name} nuclei",
-            extra=extra,
-            opacity=0.5,
+            extra,
         )
         if outputs.labels is not None:
             target = put_output_layer(
