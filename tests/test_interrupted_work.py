@@ -184,8 +184,8 @@ def nan_after(monkeypatch, n_steps: int) -> None:
     real_loss = training._loss
     calls = []
 
-    def loss(logits, target, weight, dice_weight):
-        value = real_loss(logits, target, weight, dice_weight)
+    def loss(logits, target, weight, dice_weight, *kind):
+        value = real_loss(logits, target, weight, dice_weight, *kind)
         if logits.requires_grad:  # a training step, not validation
             calls.append(1)
             if len(calls) > n_steps:

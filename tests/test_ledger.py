@@ -62,7 +62,9 @@ def test_held_out_scores_match_the_engine_metrics(two_models, held_out) -> None:
     images, labels, names = held_out
     scores = score_held_out(model, images, labels, names=names)
     probabilities = [predict(model, image) for image in images]
-    expected = sum(confusion_counts(p >= 0.5, t) for p, t in zip(probabilities, labels))
+    # At the model's default threshold (calibrated on its validation images).
+    cut = model.threshold
+    expected = sum(confusion_counts(p >= cut, t) for p, t in zip(probabilities, labels))
     assert scores.counts == {
         "tp": expected.tp,
         "fp": expected.fp,
@@ -82,7 +84,7 @@ def test_held_out_scores_match_the_engine_metrics(two_models, held_out) -> None:
     for m in maps:
         m[:64] = True
     half = score_held_out(model, images, labels, maps)
-    top = sum(confusion_counts(p[:64] >= 0.5, t[:64]) for p, t in zip(probabilities, labels))
+    top = sum(confusion_counts(p[:64] >= cut, t[:64]) for p, t in zip(probabilities, labels))
     assert half.counts["tp"] == top.tp and half.annotated_pixels == 3 * 64 * 128
     assert half.fingerprint != scores.fingerprint
     with pytest.raises(ValueError, match="No held-out images"):

@@ -43,6 +43,20 @@ def test_registry_threshold_is_clipped_and_signalled() -> None:
     assert seen == [0.99, 0.2] and registry.threshold == 0.2
 
 
+def test_registry_adopts_the_threshold_of_each_new_model(small_model) -> None:
+    from napari_unet_nuclei._widgets.model_registry import ModelRegistry
+
+    registry = ModelRegistry()
+    seen: list[float] = []
+    registry.threshold_changed.connect(seen.append)
+    calibrated = small_model.copy()
+    calibrated.threshold = 0.42
+    registry.add(small_model)  # 0.5, as the registry starts: no signal
+    registry.set_threshold(0.6)  # the user moves the slider
+    registry.add(calibrated)
+    assert registry.threshold == 0.42 and seen == [0.6, 0.42]
+
+
 def test_registry_caches_probabilities_per_model_and_layer() -> None:
     from napari_unet_nuclei._widgets.model_registry import CachedProbabilities, ModelRegistry
 

@@ -304,6 +304,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"precision {summary['best_val_precision']:.4f}  recall {summary['best_val_recall']:.4f}  "
         f"F1 {summary['best_val_f1']:.4f}  IoU {summary['best_val_iou']:.4f}"
     )
+    calibration = summary.get("threshold_calibration")
+    if calibration:
+        print(
+            f"default threshold {calibration['threshold']:.2f} (validation F1 "
+            f"{calibration['val_f1']:.4f}; {calibration['val_f1_at_0.5']:.4f} at 0.50)"
+        )
     return 0
 
 

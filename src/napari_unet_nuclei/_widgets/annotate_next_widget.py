@@ -18,9 +18,9 @@ from magicgui.widgets import (
     SpinBox,
     create_widget,
 )
-from napari.qt.threading import thread_worker
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
+from ._background_job import BackgroundJobMixin
 from ._jobs import JobFailed, _guarded
 from ._layers import (
     OWNER_KEY,
@@ -148,7 +148,7 @@ class _RankingTable(QTableWidget):
                 self.setItem(row, column, QTableWidgetItem(text))
 
 
-class AnnotateNextWidget(Container):
+class AnnotateNextWidget(BackgroundJobMixin, Container):
     """Rank frames of a stack, or tiles of a large image, by the model's uncertainty.
 
     *Rank frames* scores every frame (test-time-augmented uncertainty, ordered with a
@@ -164,6 +164,8 @@ class AnnotateNextWidget(Container):
     viewer : napari.viewer.Viewer
         Injected by napari.
     """
+
+    job_title = "Ranking"
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
@@ -234,12 +236,10 @@ class AnnotateNextWidget(Container):
         """Whether a ranking is in progress."""
         return self._busy
 
-    def _set_running(self, running: bool) -> None:
-        self._busy = running
-        if not self._closed:
-            self.frames_button.enabled = not running
-            self.tiles_button.enabled = not running
-            self.cancel_button.enabled = running
+    def _enable_controls(self, running: bool) -> None:
+        self.frames_button.enabled = not running
+        self.tiles_button.enabled = not running
+        self.cancel_button.enabled = running
 
     # ------------------------------------------------------------------------ run
     def _annotated_frames(self, layer: Any) -> list[int]:
@@ -293,7 +293,9 @@ class AnnotateNextWidget(Container):
         self.progress.value = 0
         where = f" of frame {', '.join(map(str, frame))}" if frame else ""
         self.status.value = f"{doing}{where} of '{layer.name}' with {name}..."
-        worker = thread_worker(ranking_job, start_thread=False, ignore_errors=True)(
+        self.runs_started += 1
+        return self._start_worker(
+            ranking_job,
             model,
             data,
             mode=mode,
@@ -302,14 +304,6 @@ class AnnotateNextWidget(Container):
             labelled=labelled,
             stop=self._stop,
         )
-        worker.yielded.connect(self._on_yielded)
-        worker.returned.connect(self._on_returned)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self.runs_started += 1
-        self._set_running(True)
-        worker.start()
-        return worker
 
     def cancel(self, message: str = "Ranking cancelled.") -> None:
         """Stop between network tiles; the previous ranking stays in the table."""
@@ -335,9 +329,7 @@ class AnnotateNextWidget(Container):
         if self._closed or self._stop.is_set():
             return
         if isinstance(event, JobFailed):
-            message = error_sentence(event.message, "Ranking")
-            self.status.value = message
-            report_error(message)
+            self._on_errored(event.message)
         elif isinstance(event, RankingProgress):
             self.progress.value = int(round(PROGRESS_STEPS * min(1.0, event.fraction)))
             if event.n_frames > 1:
@@ -375,18 +367,11 @@ class AnnotateNextWidget(Container):
         self.progress.value = PROGRESS_STEPS
         self.table.show_entries(self.entries)
 
-    def _on_finished(self) -> None:
-        self._set_running(False)
-
     def _on_layer_removed(self, event: Any) -> None:
         if self._busy and event.value is self._run.get("layer"):
             message = f"Ranking stopped: the layer '{event.value.name}' was removed."
             self.cancel(message)
             report_info(message)
-
-    def _on_destroyed(self, *_args: Any) -> None:
-        self._closed = True
-        self.cancel()
 
     # -------------------------------------------------------------------- shapes
     def _outline_tiles(self, layer: Any, entries: Sequence[RankingEntry]) -> Any:

@@ -18,11 +18,11 @@ from magicgui.widgets import (
     PushButton,
     create_widget,
 )
-from napari.qt.threading import thread_worker
 
+from ._background_job import BackgroundJobMixin
 from ._jobs import EvaluationResult, JobFailed, SegmentProgress, evaluation_job
 from ._layers import OWNER_KEY, current_frame_index, put_output_layer, worker_copy
-from ._notify import error_sentence, relay_warnings, report_error
+from ._notify import error_sentence, report_error
 from ._object_jobs import ObjectEvaluation, object_evaluation_job
 from ._warmup import warm_up_engine
 from .error_legend import ErrorLegend, ObjectErrorLegend, error_colormap, object_error_colormap
@@ -82,7 +82,7 @@ class PredictionSource:
         return f"{self.kind}: {self.name}"
 
 
-class EvaluateWidget(Container):
+class EvaluateWidget(BackgroundJobMixin, Container):
     """Compare a model (or a labels layer) with ground-truth labels.
 
     Shows an error overlay ``<image> errors`` (true positives, wrongly added and missed
@@ -102,6 +102,8 @@ class EvaluateWidget(Container):
     viewer : napari.viewer.Viewer
         Injected by napari.
     """
+
+    job_title = "Evaluation"
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
@@ -197,11 +199,9 @@ class EvaluateWidget(Container):
         """Whether an evaluation is in progress."""
         return self._busy
 
-    def _set_running(self, running: bool) -> None:
-        self._busy = running
-        if not self._closed:
-            self.evaluate_button.enabled = not running
-            self.cancel_button.enabled = running
+    def _enable_controls(self, running: bool) -> None:
+        self.evaluate_button.enabled = not running
+        self.cancel_button.enabled = running
 
     # ----------------------------------------------------------------- evaluation
     def _job_inputs(self) -> dict[str, Any]:
@@ -267,18 +267,7 @@ class EvaluateWidget(Container):
         self.progress.value = 0
         self.status.value = f"Evaluating {self.source.value}..."
         job = object_evaluation_job if self.objects.value else evaluation_job
-        worker = thread_worker(job, start_thread=False, ignore_errors=True)(
-            stop=self._stop, **inputs
-        )
-        worker.yielded.connect(self._on_yielded)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        relay_warnings(worker)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self._set_running(True)
-        worker.start()
-        return worker
+        return self._start_worker(job, stop=self._stop, **inputs)
 
     def cancel(self, message: str = "Evaluation cancelled.") -> None:
         """Stop the evaluation (between tiles)."""
@@ -397,16 +386,6 @@ class EvaluateWidget(Container):
             current = {**(current or {}), **objects.frame_scores[frame]}
             overall = {**overall, **objects.scores}
         self.table.show_scores(current, overall)
-
-    def _on_errored(self, error: Exception | str) -> None:
-        if self._closed:
-            return
-        message = error_sentence(error, "Evaluation")
-        self.status.value = message
-        report_error(message)
-
-    def _on_finished(self) -> None:
-        self._set_running(False)
 
     # ---------------------------------------------------------------------- events
     def _on_show_errors_changed(self, visible: bool) -> None:

@@ -66,6 +66,8 @@ class ModelRegistry:
     def add(self, model: NucleiModel, name: str | None = None) -> str:
         """Register a model under a unique name and return that name.
 
+        The shared threshold becomes the model's default threshold.
+
         Parameters
         ----------
         model : NucleiModel
@@ -86,6 +88,9 @@ class ModelRegistry:
             unique = f"{base} ({number})"
         self._models[unique] = model
         self.models_changed.emit()
+        # A new model brings its own default threshold (calibrated on its validation
+        # images when it was trained).
+        self.set_threshold(model.threshold)
         return unique
 
     def get(self, name: str) -> NucleiModel:

@@ -26,8 +26,8 @@ from magicgui.widgets import (
     SpinBox,
     create_widget,
 )
-from napari.qt.threading import thread_worker
 
+from ._background_job import BackgroundJobMixin
 from ._jobs import JobFailed, SegmentProgress, SegmentResult, SegmentTask
 from ._layers import (
     OWNER_KEY,
@@ -38,7 +38,7 @@ from ._layers import (
     put_output_layer,
     read_only_view,
 )
-from ._notify import error_sentence, relay_warnings, report_error, report_info
+from ._notify import error_sentence, report_error, report_info
 from ._object_jobs import (
     LazyFrameDone,
     LazyOutputs,
@@ -88,7 +88,7 @@ def ask_csv_path(parent: Any = None, suggested: str = "") -> str:
     return path
 
 
-class SegmentWidget(Container):
+class SegmentWidget(BackgroundJobMixin, Container):
     """Segment nuclei with a session model; outputs ``<image> probabilities`` and ``<image> nuclei``.
 
     The outputs are replaced when the widget runs again; layers the plugin did not create
@@ -108,6 +108,8 @@ class SegmentWidget(Container):
     viewer : napari.viewer.Viewer
         Injected by napari.
     """
+
+    job_title = "Segmentation"
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
@@ -201,11 +203,9 @@ class SegmentWidget(Container):
         """Whether a segmentation is in progress."""
         return self._busy
 
-    def _set_running(self, running: bool) -> None:
-        self._busy = running
-        if not self._closed:
-            self.run_button.enabled = not running
-            self.cancel_button.enabled = running
+    def _enable_controls(self, running: bool) -> None:
+        self.run_button.enabled = not running
+        self.cancel_button.enabled = running
 
     # ---------------------------------------------------------------------- tasks
     def _target_layers(self) -> list[Any]:
@@ -285,7 +285,9 @@ class SegmentWidget(Container):
         self._run_lazy, self._run_threshold = outputs, self.threshold.value
         self.progress.value = 0
         self.status.value = f"Segmenting {len(tasks)} image(s) with {name}..."
-        worker = thread_worker(segment_objects_job, start_thread=False, ignore_errors=True)(
+        self.runs_started += 1
+        return self._start_worker(
+            segment_objects_job,
             model,
             tasks,
             tile_size=self.tile_size.value,
@@ -293,16 +295,6 @@ class SegmentWidget(Container):
             lazy_outputs=outputs,
             stop=self._stop,
         )
-        worker.yielded.connect(self._on_yielded)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        relay_warnings(worker)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self.runs_started += 1
-        self._set_running(True)
-        worker.start()
-        return worker
 
     def cancel(self, message: str = "Segmentation cancelled.") -> None:
         """Stop between tiles; outputs of the images already done are kept."""
@@ -504,13 +496,6 @@ class SegmentWidget(Container):
                 "adjust the masks."
             )
 
-    def _on_errored(self, error: Exception | str) -> None:
-        if self._closed:
-            return
-        message = error_sentence(error, "Segmentation")
-        self.status.value = message
-        report_error(message)
-
     def _on_finished(self) -> None:
         self._set_running(False)
         if not self._closed:
@@ -530,10 +515,6 @@ class SegmentWidget(Container):
             message = f"Segmentation stopped: the layer '{event.value.name}' was removed."
             self.cancel(message)
             report_info(message)
-
-    def _on_destroyed(self, *_args: Any) -> None:
-        self._closed = True
-        self.cancel()
 
     # ------------------------------------------------------------------ threshold
     def apply_threshold(self, threshold: float | None = None) -> int:

@@ -17,10 +17,10 @@ from magicgui.widgets import (
     PushButton,
     create_widget,
 )
-from napari.qt.threading import thread_worker
 from qtpy.QtCore import QTimer
 from superqt import QCollapsible
 
+from ._background_job import BackgroundJobMixin
 from ._jobs import JobFailed
 from ._layers import (
     current_frame_index,
@@ -31,7 +31,6 @@ from ._layers import (
 )
 from ._notify import (
     error_sentence,
-    relay_warnings,
     report_error,
     report_info,
     report_warning,
@@ -78,7 +77,7 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-class TrainWidget(Container):
+class TrainWidget(BackgroundJobMixin, Container):
     """Train a new U-Net, or fine-tune a session model, on painted labels.
 
     Frame ``i`` of the labels layer goes with frame ``i`` of the image layer; only frames
@@ -102,6 +101,8 @@ class TrainWidget(Container):
     viewer : napari.viewer.Viewer
         Injected by napari.
     """
+
+    job_title = "Training"
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
@@ -206,10 +207,7 @@ class TrainWidget(Container):
         """Whether a training run is in progress."""
         return self._busy
 
-    def _set_running(self, running: bool) -> None:
-        self._busy = running
-        if self._closed:
-            return
+    def _enable_controls(self, running: bool) -> None:
         self.start_button.enabled = not running
         self.cancel_button.enabled = running
         self.load_button.enabled = not running
@@ -285,7 +283,8 @@ class TrainWidget(Container):
         self.status.value = f"Preparing {what} on {len(layers.images)} frame(s){project_part}..."
         if rgb_note:
             report_info(rgb_note)
-        worker = thread_worker(round_job, start_thread=False, ignore_errors=True)(
+        return self._start_worker(
+            round_job,
             layers,
             config,
             project_folder=str(self.project.folder) if self.project is not None else None,
@@ -294,14 +293,6 @@ class TrainWidget(Container):
             started_from=init_name,
             stop=self._stop,
         )
-        worker.yielded.connect(self._on_yielded)
-        worker.errored.connect(self._on_errored)
-        relay_warnings(worker)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self._set_running(True)
-        worker.start()
-        return worker
 
     def _layer_training_data(
         self, image_layer: Any, labels_layer: Any, shapes_layer: Any
@@ -436,6 +427,8 @@ class TrainWidget(Container):
         best_text = (
             f", best validation F1 {best:.3f}" if isinstance(best, float) and best == best else ""
         )
+        if event.model.summary.get("threshold_calibration"):
+            best_text += f", threshold {event.model.threshold:.2f}"
         reasons = {
             "completed": "done",
             "time_budget": "time budget reached",
@@ -453,11 +446,8 @@ class TrainWidget(Container):
             (report_warning if event.reason == "diverged" else report_info)(event.message)
 
     def _on_errored(self, error: Exception | str) -> None:
-        if self._closed or self._discard:
-            return
-        message = error_sentence(error, "Training")
-        self.status.value = message
-        report_error(message)
+        if not self._discard:
+            super()._on_errored(error)
 
     def _on_finished(self) -> None:
         self._run_layers = ()
