@@ -121,6 +121,53 @@ def test_rgb_layer_is_segmented_as_grey(qtbot, viewer, lab_arrays, tiny_model, n
     assert any("converted to grey" in m for m in notes["info"]) and not notes["error"]
 
 
+def test_rgb_layer_is_evaluated_as_grey(qtbot, viewer, lab_arrays, tiny_model, notes) -> None:
+    from napari_unet_nuclei._widgets.evaluate_widget import PredictionSource
+    from napari_unet_nuclei.inference import predict
+    from napari_unet_nuclei.metrics import segmentation_scores
+
+    evaluate = widget(viewer, "Evaluate")
+    evaluate.registry.add(tiny_model, "tiny")
+    pixels = rgb_of(lab_arrays[0][2, 0])
+    truth = lab_arrays[1][2, 0].astype(np.int32)
+    evaluate.image_layer.value = viewer.add_image(pixels, name="colour", rgb=True)
+    evaluate.truth_layer.value = viewer.add_labels(truth, name="colour truth")
+    evaluate.source.value = PredictionSource("model", "tiny")
+    assert evaluate.evaluate() is not None
+    wait_done(qtbot, evaluate)
+    grey = np.rint(pixels.astype(np.float32) @ np.float32([0.299, 0.587, 0.114]))
+    expected = segmentation_scores(
+        predict(tiny_model, grey.astype(np.uint8)) >= evaluate.registry.threshold, truth > 0
+    )
+    assert evaluate.last_result.scores["f1"] == pytest.approx(expected["f1"], abs=1e-6)
+    assert any("converted to grey" in m for m in notes["info"]) and not notes["error"]
+
+
+def test_rgb_layer_is_ranked_as_grey(qtbot, viewer, lab_arrays, tiny_model, notes) -> None:
+    ranking = widget(viewer, "Annotate next")
+    ranking.registry.add(tiny_model, "tiny")
+    ranking.image_layer.value = viewer.add_image(
+        rgb_of(lab_arrays[0][3, 0]), name="colour", rgb=True
+    )
+    ranking.tile.value = 64
+    assert ranking.run("tiles") is not None
+    wait_done(qtbot, ranking)
+    assert len(ranking.entries) == 4 and not notes["error"]
+    assert any("converted to grey" in m for m in notes["info"])
+
+
+def test_every_image_layer_includes_rgb_ones(qtbot, viewer, lab_arrays, tiny_model) -> None:
+    segment = widget(viewer, "Segment")
+    segment.registry.add(tiny_model, "tiny")
+    viewer.add_image(rgb_of(lab_arrays[0][4, 0]), name="colour", rgb=True)
+    segment.scope.value = "every image layer"
+    segment.tile_size.value = 128
+    segment.run()
+    wait_done(qtbot, segment)
+    assert viewer.layers["lab nuclei"].data.shape == (N_FRAMES, 128, 128)
+    assert viewer.layers["colour nuclei"].data.shape == (128, 128)
+
+
 # ------------------------------------------------------------------------- label values
 def test_empty_labels_train_only_when_ticked_and_then_warn(qtbot, viewer, notes) -> None:
     train = widget(viewer, "Train")

@@ -210,3 +210,50 @@ def test_rounds_ledger_rollback_compare_and_worse_round_warning(
     assert train.compare_rounds([2]) == ["round 2 (held-out)"]
     assert "round 1 (held-out)" not in evaluate.pr_plot.curves
     assert not shown["error"]
+
+
+def test_stored_images_are_listed_and_removed_after_confirmation(
+    make_napari_viewer, lab_stack, tmp_path, shown, monkeypatch
+) -> None:
+    from napari_unet_nuclei._widgets import train_widget
+    from napari_unet_nuclei.project import TrainingProject
+
+    images, labels = lab_stack
+    folder = tmp_path / "project"
+    viewer, train = make_train(make_napari_viewer, images, labels)
+    panel = train.project_panel
+    assert not panel.remove_button.enabled  # no project yet
+    train.open_project(folder)
+    for frame, role in ((1, "train"), (3, "train"), (5, "held-out")):
+        viewer.dims.set_current_step(0, frame)
+        assert train.add_to_training_set(role=role) is not None
+    box = panel.stored.native
+    assert [box.itemText(i) for i in range(1, box.count())] == [  # 0: "-----" (none)
+        "lab [1] (train)",
+        "lab [3] (train)",
+        "lab [5] (held-out)",
+    ]
+
+    # The user says No: nothing is removed.
+    answers = []
+    monkeypatch.setattr(
+        train_widget, "confirm_removal", lambda name, parent=None: answers.append(name) or False
+    )
+    panel.stored.value = "lab [3]"
+    panel.remove_button.native.click()
+    assert answers == ["lab [3]"] and len(TrainingProject.open(folder).entries) == 3
+
+    # Yes: the entry and its files go; the list and the summary follow.
+    monkeypatch.setattr(train_widget, "confirm_removal", lambda name, parent=None: True)
+    panel.remove_button.native.click()
+    project = TrainingProject.open(folder)
+    assert project.names("train") == ["lab [1]"] and project.names("held-out") == ["lab [5]"]
+    assert len(list((folder / "images").glob("*.tif"))) == 2
+    assert [value for value in panel.stored.choices if value] == ["lab [1]", "lab [5]"]
+    assert panel.summary.value.startswith("1 training image(s)")
+    assert "Removed 'lab [3]'" in train.status.value and not shown["error"]
+
+    # A name that is not (or no longer) there: one sentence, nothing else changes.
+    assert train.remove_from_project("lab [3]") is False
+    assert "No image named 'lab [3]'" in shown["error"][-1]
+    assert len(TrainingProject.open(folder).entries) == 2

@@ -27,6 +27,8 @@ from ._layers import (
     current_frame_index,
     find_owned_layer,
     frame_count,
+    grey_layer_data,
+    grey_shape,
     labelled_frames,
     unique_layer_name,
     worker_copy,
@@ -246,10 +248,10 @@ class AnnotateNextWidget(BackgroundJobMixin, Container):
         labels = self.labels_layer.value
         if labels is None:
             return []
-        if tuple(labels.data.shape) != tuple(layer.data.shape):
+        if tuple(labels.data.shape) != grey_shape(layer):
             raise ValueError(
                 f"the labels '{labels.name}' (shape {tuple(labels.data.shape)}) do not match "
-                f"the image '{layer.name}' (shape {tuple(layer.data.shape)})"
+                f"the image '{layer.name}' (shape {grey_shape(layer)})"
             )
         return [int(i) for i in np.flatnonzero(labelled_frames(labels.data))]
 
@@ -269,11 +271,20 @@ class AnnotateNextWidget(BackgroundJobMixin, Container):
             layer = self.image_layer.value
             if layer is None:
                 raise ValueError("there is no image layer to rank")
-            if layer.rgb:
-                raise ValueError(f"'{layer.name}' is an RGB image; give a grey image")
             labelled: list[int] = []
-            # Multiscale layers: full resolution; lazy arrays are read frame by frame.
-            source = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+            # Multiscale layers: full resolution; lazy arrays are read frame by frame;
+            # RGB is ranked as grey, as Segment and Train see it.
+            if getattr(layer, "multiscale", False):
+                if layer.rgb:
+                    raise ValueError(
+                        f"'{layer.name}' is a multiscale RGB image; split its channels "
+                        "(right-click > Split RGB) and rank the nuclear channel"
+                    )
+                source = layer.data[0]
+            else:
+                source, rgb_note = grey_layer_data(layer)
+                if rgb_note:
+                    report_info(rgb_note)
             if mode == "frames":
                 data = worker_copy(source)
                 labelled = self._annotated_frames(layer)

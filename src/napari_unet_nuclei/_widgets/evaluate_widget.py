@@ -21,8 +21,15 @@ from magicgui.widgets import (
 
 from ._background_job import BackgroundJobMixin
 from ._jobs import EvaluationResult, JobFailed, SegmentProgress, evaluation_job
-from ._layers import OWNER_KEY, current_frame_index, put_output_layer, worker_copy
-from ._notify import error_sentence, report_error
+from ._layers import (
+    OWNER_KEY,
+    current_frame_index,
+    grey_layer_data,
+    grey_shape,
+    put_output_layer,
+    worker_copy,
+)
+from ._notify import error_sentence, report_error, report_info
 from ._object_jobs import ObjectEvaluation, object_evaluation_job
 from ._warmup import warm_up_engine
 from .error_legend import ErrorLegend, ObjectErrorLegend, error_colormap, object_error_colormap
@@ -214,10 +221,10 @@ class EvaluateWidget(BackgroundJobMixin, Container):
         if source.kind == "model":
             if image_layer is None:
                 raise ValueError("pick the image layer the model should segment")
-            if tuple(image_layer.data.shape) != truth.shape:
+            if grey_shape(image_layer) != truth.shape:
                 raise ValueError(
                     f"the ground truth (shape {truth.shape}) does not match the image "
-                    f"'{image_layer.name}' (shape {tuple(image_layer.data.shape)})"
+                    f"'{image_layer.name}' (shape {grey_shape(image_layer)})"
                 )
             inputs["model"] = self.registry.get(source.name)
             inputs["threshold"] = self.registry.threshold
@@ -229,7 +236,10 @@ class EvaluateWidget(BackgroundJobMixin, Container):
             ):
                 inputs["probabilities"] = np.array(cached.probabilities, copy=True)
             else:
-                inputs["image"] = worker_copy(image_layer.data)
+                image, rgb_note = grey_layer_data(image_layer)
+                if rgb_note:
+                    report_info(rgb_note)
+                inputs["image"] = worker_copy(image)
         else:
             layer = next((lay for lay in self._viewer.layers if lay.name == source.name), None)
             if layer is None:

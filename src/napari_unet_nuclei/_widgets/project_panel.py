@@ -1,4 +1,5 @@
-"""The Train widget's project section: folder, *Add to training set*, ledger and rollback.
+"""The Train widget's project section: folder, *Add to training set*, stored images,
+ledger and rollback.
 
 Only the controls live here; :class:`~napari_unet_nuclei._widgets.train_widget.TrainWidget`
 does the work (it knows the layers, the session's models and the training job).
@@ -9,11 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
-from qtpy.QtWidgets import QFileDialog
+from qtpy.QtWidgets import QFileDialog, QMessageBox
 
 from .ledger_table import LedgerTable
 
-__all__ = ["ADD_AS_HELD_OUT", "ADD_AS_TRAIN", "ProjectPanel", "ask_project_folder"]
+__all__ = [
+    "ADD_AS_HELD_OUT",
+    "ADD_AS_TRAIN",
+    "ProjectPanel",
+    "ask_project_folder",
+    "confirm_removal",
+]
 
 ADD_AS_TRAIN, ADD_AS_HELD_OUT = "training image", "held-out image"
 
@@ -23,6 +30,17 @@ def ask_project_folder(parent: Any = None) -> str:
     return QFileDialog.getExistingDirectory(
         parent, "Open or create a training project (pick an empty folder to create one)"
     )
+
+
+def confirm_removal(name: str, parent: Any = None) -> bool:
+    """Ask before deleting a stored image's files from the project."""
+    answer = QMessageBox.question(
+        parent,
+        "Remove from project",
+        f"Remove '{name}' and its stored files from the project? The ledger keeps the "
+        "rounds already trained with it.",
+    )
+    return answer == QMessageBox.StandardButton.Yes
 
 
 class ProjectPanel(Container):
@@ -43,6 +61,13 @@ class ProjectPanel(Container):
         self.add_button = PushButton(text="Add to training set")
         self.use_project = CheckBox(text="train on the project set too", value=True)
         self.summary = Label(value="")
+        self.stored = ComboBox(
+            choices=[],
+            label="stored image",
+            tooltip="the images in the project, with their role",
+            nullable=True,
+        )
+        self.remove_button = PushButton(text="Remove from project...")
         self.rollback_button = PushButton(text="Roll back to selected round")
         self.compare_button = PushButton(text="Compare selected rounds")
         self.extend(
@@ -54,6 +79,8 @@ class ProjectPanel(Container):
                 self.add_button,
                 self.use_project,
                 self.summary,
+                self.stored,
+                self.remove_button,
             ]
         )
         self.table = LedgerTable()
@@ -67,11 +94,17 @@ class ProjectPanel(Container):
         self.native.layout().addWidget(self.buttons.native)
         self.set_project_open(False)
 
+    def show_entries(self, entries: list[Any]) -> None:
+        """List the project's stored images (``ProjectEntry``) in the *stored image* box."""
+        self.stored.choices = [(f"{e.name} ({e.role})", e.name) for e in entries]
+
     def set_project_open(self, is_open: bool) -> None:
         """Enable the controls that need a project."""
         for widget in (
             self.add_button,
             self.use_project,
+            self.stored,
+            self.remove_button,
             self.rollback_button,
             self.compare_button,
         ):

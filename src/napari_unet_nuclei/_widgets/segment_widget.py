@@ -213,9 +213,7 @@ class SegmentWidget(BackgroundJobMixin, Container):
             return [
                 layer
                 for layer in self._viewer.layers
-                if isinstance(layer, napari.layers.Image)
-                and OWNER_KEY not in layer.metadata
-                and not layer.rgb
+                if isinstance(layer, napari.layers.Image) and OWNER_KEY not in layer.metadata
             ]
         layer = self.image_layer.value
         return [] if layer is None else [layer]

@@ -40,7 +40,7 @@ from .annotated_regions import annotated_regions
 from .loss_plot import LossPlot
 from .model_picker import ModelPicker, ask_model_path
 from .model_registry import registry_for, unwrap_viewer
-from .project_panel import ADD_AS_HELD_OUT, ProjectPanel, ask_project_folder
+from .project_panel import ADD_AS_HELD_OUT, ProjectPanel, ask_project_folder, confirm_removal
 from .round_job import (
     DataGathered,
     JobNotice,
@@ -190,6 +190,7 @@ class TrainWidget(BackgroundJobMixin, Container):
         self.annotated_layer.changed.connect(self._on_data_choice_changed)
         self.project_panel.open_button.changed.connect(self._on_open_project_clicked)
         self.project_panel.add_button.changed.connect(self._on_add_clicked)
+        self.project_panel.remove_button.changed.connect(self._on_remove_clicked)
         self.project_panel.rollback_button.changed.connect(self._on_rollback_clicked)
         self.project_panel.compare_button.changed.connect(self._on_compare_clicked)
         self.empty_frames_background.changed.connect(self._on_data_choice_changed)
@@ -549,6 +550,7 @@ class TrainWidget(BackgroundJobMixin, Container):
             report_error(error_sentence(error, "Reading the project"))
             return
         self.project_panel.summary.value = self.project.describe()
+        self.project_panel.show_entries(self.project.entries)
         regressions = [r.number for r in self.ledger.rounds if self.ledger.is_regression(r.number)]
         self.ledger_table.set_rounds(self.ledger.rounds, regressions)
 
@@ -614,6 +616,33 @@ class TrainWidget(BackgroundJobMixin, Container):
             f"annotated px) in {self.project.folder.name}: {self.project.describe()}"
         )
         return entry
+
+    def remove_from_project(self, name: str | None = None) -> bool:
+        """Remove a stored image and its files from the project (no question asked).
+
+        By default the panel's *stored image*. The ledger keeps the rounds trained with it;
+        the next round is trained (and, for a held-out image, scored) without it. Returns
+        True when it was removed.
+        """
+        from ..project import ProjectError
+
+        try:
+            if self.project is None:
+                raise ValueError("open or create a project folder first")
+            name = name if name is not None else self.project_panel.stored.value
+            if not name:
+                raise ValueError("pick a stored image first")
+            self.project.remove(name)
+        except (ValueError, KeyError, OSError, ProjectError) as error:
+            message = error_sentence(error, "Removing from the project")
+            self.status.value = message
+            report_error(message)
+            return False
+        self.refresh_project()
+        self.status.value = (
+            f"Removed '{name}' from {self.project.folder.name}: {self.project.describe()}"
+        )
+        return True
 
     def rollback(self, number: int | None = None) -> str | None:
         """Register round ``number``'s exact model as the session's current model.
@@ -707,6 +736,13 @@ class TrainWidget(BackgroundJobMixin, Container):
 
     def _on_add_clicked(self, _value: Any = None) -> None:
         self.add_to_training_set()
+
+    def _on_remove_clicked(self, _value: Any = None) -> None:
+        name = self.project_panel.stored.value
+        if not name:
+            self.remove_from_project()  # explains what to pick
+        elif confirm_removal(name, self.native):
+            self.remove_from_project(name)
 
     def _on_rollback_clicked(self, _value: Any = None) -> None:
         self.rollback()
