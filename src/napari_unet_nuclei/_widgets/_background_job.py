@@ -60,12 +60,16 @@ class BackgroundJobMixin:
     def _on_returned(self, result: Any) -> None:
         """Return value of the job (GUI thread)."""
 
-    def _on_errored(self, error: BaseException | str) -> None:
-        if self._closed:
-            return
-        message = error_sentence(error, self.job_title)
+    def _report_failure(self, error: BaseException | str, doing: str) -> None:
+        """Say in the status line and in an error notification, in one sentence, why
+        ``doing`` (e.g. "Segmentation") failed."""
+        message = error_sentence(error, doing)
         self.status.value = message  # type: ignore[attr-defined]
         report_error(message)
+
+    def _on_errored(self, error: BaseException | str) -> None:
+        if not self._closed:
+            self._report_failure(error, self.job_title)
 
     def _on_finished(self) -> None:
         self._set_running(False)

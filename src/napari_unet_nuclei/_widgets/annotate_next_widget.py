@@ -33,7 +33,7 @@ from ._layers import (
     unique_layer_name,
     worker_copy,
 )
-from ._notify import error_sentence, report_error, report_info
+from ._notify import report_info
 from ._warmup import warm_up_engine
 from .model_picker import ModelPicker
 from .model_registry import registry_for, unwrap_viewer
@@ -295,9 +295,7 @@ class AnnotateNextWidget(BackgroundJobMixin, Container):
                 frame = current_frame_index(self._viewer, layer)
                 data = np.array(source[frame] if frame else source, copy=True)
         except (ValueError, KeyError) as error:
-            message = error_sentence(error, doing)
-            self.status.value = message
-            report_error(message)
+            self._report_failure(error, doing)
             return None
         self._stop = threading.Event()
         self._run = {"mode": mode, "layer": layer, "frame": frame, "model": name}

@@ -29,7 +29,7 @@ from ._layers import (
     put_output_layer,
     worker_copy,
 )
-from ._notify import error_sentence, report_error, report_info
+from ._notify import report_info
 from ._object_jobs import ObjectEvaluation, object_evaluation_job
 from ._warmup import warm_up_engine
 from .error_legend import ErrorLegend, ObjectErrorLegend, error_colormap, object_error_colormap
@@ -262,9 +262,7 @@ class EvaluateWidget(BackgroundJobMixin, Container):
         try:
             inputs = self._job_inputs()
         except (ValueError, KeyError) as error:
-            message = error_sentence(error, "Evaluation")
-            self.status.value = message
-            report_error(message)
+            self._report_failure(error, "Evaluation")
             return None
         image_layer = self.image_layer.value
         self._run = {

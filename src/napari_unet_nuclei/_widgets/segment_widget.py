@@ -38,7 +38,7 @@ from ._layers import (
     put_output_layer,
     read_only_view,
 )
-from ._notify import error_sentence, report_error, report_info
+from ._notify import report_info
 from ._object_jobs import (
     LazyFrameDone,
     LazyOutputs,
@@ -274,9 +274,7 @@ class SegmentWidget(BackgroundJobMixin, Container):
                 for number, data in lazy.items()
             }
         except (ValueError, KeyError, OSError) as error:
-            message = error_sentence(error, "Segmentation")
-            self.status.value = message
-            report_error(message)
+            self._report_failure(error, "Segmentation")
             return None
         self._stop = threading.Event()
         self._tasks, self._task_layers, self._run_model = tasks, layers, name
@@ -587,9 +585,7 @@ class SegmentWidget(BackgroundJobMixin, Container):
                 raise ValueError("no measurements yet: tick 'Instances' and Segment first")
             written = write_measurements_csv(_features_table(layer), Path(path))
         except (OSError, ValueError) as error:
-            message = error_sentence(error, "Saving the measurements")
-            self.status.value = message
-            report_error(message)
+            self._report_failure(error, "Saving the measurements")
             return None
         self.status.value = f"Saved {len(layer.features)} nuclei of '{layer.name}' to {written}."
         return written

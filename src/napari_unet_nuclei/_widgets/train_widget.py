@@ -262,9 +262,7 @@ class TrainWidget(BackgroundJobMixin, Container):
             init_model = self.registry.get(init_name) if init_name is not None else None
             config = self.settings.config()
         except (ValueError, KeyError) as error:
-            message = error_sentence(error, "Training")
-            self.status.value = message
-            report_error(message)
+            self._report_failure(error, "Training")
             return None
         self._stop = threading.Event()
         self._discard = False
@@ -606,9 +604,7 @@ class TrainWidget(BackgroundJobMixin, Container):
                 crop_to_annotated=self.project_panel.crop.value,
             )
         except (ValueError, OSError, ProjectError) as error:
-            message = error_sentence(error, "Adding to the training set")
-            self.status.value = message
-            report_error(message)
+            self._report_failure(error, "Adding to the training set")
             return None
         self.refresh_project()
         self.status.value = (
@@ -634,9 +630,7 @@ class TrainWidget(BackgroundJobMixin, Container):
                 raise ValueError("pick a stored image first")
             self.project.remove(name)
         except (ValueError, KeyError, OSError, ProjectError) as error:
-            message = error_sentence(error, "Removing from the project")
-            self.status.value = message
-            report_error(message)
+            self._report_failure(error, "Removing from the project")
             return False
         self.refresh_project()
         self.status.value = (
