@@ -303,9 +303,7 @@ def test_nan_loss_in_napari_warns_and_keeps_the_last_good_model(
 
 
 @pytest.mark.gui
-def test_cancelled_batch_over_layers_keeps_whole_outputs_only(
-    qtbot, lab_viewer, lab_arrays
-) -> None:
+def test_cancelled_batch_over_layers_keeps_finished_frames(qtbot, lab_viewer, lab_arrays) -> None:
     from napari_unet_nuclei.inference import predict as engine_predict
 
     segment = lab_viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")[1]
@@ -318,14 +316,25 @@ def test_cancelled_batch_over_layers_keeps_whole_outputs_only(
     segment.scope.value = "every image layer"
     segment.tile_size.value = 64
     segment.run()
+    # The first layer is done whole; frames of the second show up as they finish.
     qtbot.waitUntil(
-        lambda: "lab nuclei" in [layer.name for layer in viewer.layers], timeout=60_000
+        lambda: "big probabilities" in [layer.name for layer in viewer.layers], timeout=60_000
     )
-    qtbot.waitUntil(lambda: segment.progress.value > 0, timeout=30_000)
     segment.cancel()
     qtbot.waitUntil(lambda: not segment.running, timeout=30_000)
-    names = [layer.name for layer in viewer.layers]
-    assert "big nuclei" not in names and "big probabilities" not in names  # absent
     expected = engine_predict(model, viewer.layers["lab"].data, tile_size=64, overlap=8)
     np.testing.assert_allclose(viewer.layers["lab probabilities"].data, expected, atol=1e-5)
+    done = segment.registry.cached_probabilities("tiny", big).frames_done
+    assert 1 <= done.sum() < 48
+    probabilities = viewer.layers["big probabilities"].data
+    nuclei = viewer.layers["big nuclei"].data
+    assert probabilities.shape == nuclei.shape == (48, 512, 512)
+    first = int(np.flatnonzero(done)[0])
+    np.testing.assert_allclose(
+        probabilities[first],
+        engine_predict(model, big.data[first], tile_size=64, overlap=8),
+        atol=1e-5,
+    )
+    assert not probabilities[~done].any() and not nuclei[~done].any()  # untouched frames
+    assert f"{int(done.sum())} of 48 frame(s) of 'big' finished and kept" in segment.status.value
     assert big.data.shape == (48, 512, 512)  # the user's layer is untouched

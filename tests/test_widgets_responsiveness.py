@@ -86,17 +86,11 @@ def test_window_responds_during_stack_segmentation(qtbot, lab_viewer) -> None:
     stack = np.tile(lab_viewer.layers["lab"].data, (1, 3, 3))  # 79 frames of 384 x 384
     segment.image_layer.value = lab_viewer.add_image(stack, name="stack")
     segment.scope.value = "all frames"
-    # What is measured is the computation: creating the result layers at the end costs
-    # napari (vispy visuals) 0.1-0.3 s whoever adds them, so the ticks stop at the first
-    # result.
-    first_result: list[float] = []
-    apply_result = segment._apply_result
-
-    def timed_apply_result(*args):
-        first_result.append(time.perf_counter())
-        return apply_result(*args)
-
-    segment._apply_result = timed_apply_result
+    # Adding a layer costs napari 0.1-0.3 s on the GUI thread (vispy visuals), whoever
+    # adds it: the two output layers appear with the first finished frame. Gaps spanning
+    # such an insertion are napari's, not a freeze of the plugin's, and are left out.
+    insertions: list[float] = []
+    lab_viewer.layers.events.inserting.connect(lambda _e: insertions.append(time.perf_counter()))
     with Heartbeat() as beat:
         started = time.perf_counter()
         segment.run()
@@ -107,11 +101,15 @@ def test_window_responds_during_stack_segmentation(qtbot, lab_viewer) -> None:
         cancelled = time.perf_counter()
         segment.cancel()
         qtbot.waitUntil(lambda: not segment.running, timeout=10_000)
-    computed_until = min([cancelled, *first_result])
-    ticks = [t for t in beat.ticks if t <= computed_until] + [computed_until]
-    worked = computed_until - started
-    max_gap = float(np.max(np.diff(ticks)))
+    # Finished frames were shown (and kept when cancelled).
+    assert "stack probabilities" in lab_viewer.layers and "stack nuclei" in lab_viewer.layers
+    gaps = [
+        later - earlier
+        for earlier, later in zip(beat.ticks, beat.ticks[1:])
+        if not any(earlier <= t <= later for t in insertions)
+    ]
+    worked = cancelled - started
     assert segment.progress.value > 0
     assert worked >= MIN_WORK_S
-    print(f"max gap {max_gap:.3f} s over {worked:.1f} s of work")
-    assert max_gap < MAX_GAP_S, f"the GUI froze for {max_gap:.3f} s"
+    print(f"max gap {max(gaps):.3f} s over {worked:.1f} s of work")
+    assert max(gaps) < MAX_GAP_S, f"the GUI froze for {max(gaps):.3f} s"

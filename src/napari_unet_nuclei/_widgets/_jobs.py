@@ -170,6 +170,16 @@ class SegmentResult:
     probabilities: np.ndarray
 
 
+@dataclass(frozen=True)
+class SegmentFrame:
+    """One finished frame of a stack task, so the widget can show it before the rest."""
+
+    task: int
+    frame: int  # flat index over the leading axes
+    n_frames: int
+    probabilities: np.ndarray  # (H, W) float32, a copy
+
+
 @_guarded
 def segmentation_job(
     model: Any,
@@ -178,27 +188,32 @@ def segmentation_job(
     tile_size: int = 512,
     device: str | None = None,
     stop: threading.Event,
-) -> Generator[SegmentProgress | SegmentResult, None, int]:
+) -> Generator[SegmentProgress | SegmentFrame | SegmentResult, None, int]:
     """Segment each task with :func:`napari_unet_nuclei.inference.iter_predict`.
+
+    Stacks yield each finished frame (:class:`SegmentFrame`) before the whole result.
 
     Returns
     -------
     int
         The number of tasks done (fewer when ``stop`` was set).
     """
-    from ..events import TileDone
-    from ..inference import InferenceCancelled, iter_predict
+    from ..events import FrameDone, TileDone
+    from ..inference import InferenceCancelled, check_image, iter_predict
 
     n_tasks = len(tasks)
     overlap = max(8, min(64, tile_size // 8))
     try:
         for number, task in enumerate(tasks):
+            out = np.empty(check_image(task.image), np.float32)
+            frames = out.reshape(-1, *out.shape[-2:])
             events = iter_predict(
                 model,
                 task.image,
                 tile_size=tile_size,
                 overlap=overlap,
                 device=device,
+                out=out,
                 should_stop=stop.is_set,
             )
             while True:
@@ -216,6 +231,10 @@ def segmentation_job(
                     ) / event.n_frames
                     yield SegmentProgress(
                         number, n_tasks, event.frame, event.n_frames, (number + inner) / n_tasks
+                    )
+                elif isinstance(event, FrameDone) and event.n_frames > 1:
+                    yield SegmentFrame(
+                        number, event.frame, event.n_frames, frames[event.frame].copy()
                     )
             yield SegmentResult(number, probabilities)
     except InferenceCancelled:

@@ -27,6 +27,7 @@ import numpy as np
 from ._jobs import (
     EvaluationResult,
     JobFailed,
+    SegmentFrame,
     SegmentProgress,
     SegmentResult,
     SegmentTask,
@@ -440,7 +441,7 @@ def segment_objects_job(
 
     Yields
     ------
-    SegmentProgress, SegmentResult, ObjectsResult, LazyFrameDone, JobFailed
+    SegmentProgress, SegmentFrame, SegmentResult, ObjectsResult, LazyFrameDone, JobFailed
 
     Returns
     -------
@@ -484,6 +485,8 @@ def segment_objects_job(
                     n_tasks=n_tasks,
                     fraction=(number + event.fraction) / n_tasks,
                 )
+            elif isinstance(event, SegmentFrame):
+                yield replace(event, task=number)
             elif isinstance(event, SegmentResult):
                 probabilities = event.probabilities
                 yield SegmentResult(number, probabilities)

@@ -9,7 +9,9 @@ owns, shown as dask-backed layers that fill in as frames finish.
 from __future__ import annotations
 
 import threading
+import time
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import napari
@@ -28,7 +30,7 @@ from magicgui.widgets import (
 )
 
 from ._background_job import BackgroundJobMixin
-from ._jobs import JobFailed, SegmentProgress, SegmentResult, SegmentTask
+from ._jobs import JobFailed, SegmentFrame, SegmentProgress, SegmentResult, SegmentTask
 from ._layers import (
     OWNER_KEY,
     current_frame_index,
@@ -56,7 +58,19 @@ __all__ = ["ALL_FRAMES", "ALL_LAYERS", "CURRENT_FRAME", "SegmentWidget", "full_r
 CURRENT_FRAME = "current frame"
 ALL_FRAMES = "all frames"
 ALL_LAYERS = "every image layer"
+#: Finished frames of a stack are drawn at most this often (seconds) while it runs.
+FRAME_REFRESH_S = 0.5
 PROGRESS_STEPS = 1000
+
+
+@dataclass
+class _PartialStack:
+    """Outputs of a stack being segmented: the frames finished so far."""
+
+    probabilities: np.ndarray
+    done: np.ndarray  # bool per frame
+    mask: np.ndarray
+    threshold: float  # of ``mask``
 
 
 def _mask(probabilities: np.ndarray, threshold: float) -> np.ndarray:
@@ -127,6 +141,9 @@ class SegmentWidget(BackgroundJobMixin, Container):
         self._run_model: str | None = None
         self._outputs: dict[int, tuple[weakref.ref, str]] = {}
         self._lazy: dict[int, tuple[weakref.ref, LazyOutputs, str]] = {}
+        # Stack tasks of the running job: probabilities and finished frames so far.
+        self._partial: dict[int, _PartialStack] = {}
+        self._last_frame_shown = 0.0
         self._run_lazy: dict[int, LazyOutputs] = {}
         self._run_threshold = self.registry.threshold
         self._last_instances: weakref.ref | None = None
@@ -278,6 +295,7 @@ class SegmentWidget(BackgroundJobMixin, Container):
             return None
         self._stop = threading.Event()
         self._tasks, self._task_layers, self._run_model = tasks, layers, name
+        self._partial, self._last_frame_shown = {}, 0.0
         self._run_lazy, self._run_threshold = outputs, self.threshold.value
         self.progress.value = 0
         self.status.value = f"Segmenting {len(tasks)} image(s) with {name}..."
@@ -322,7 +340,10 @@ class SegmentWidget(BackgroundJobMixin, Container):
             self.status.value = (
                 f"Segmenting '{layer}' ({event.task + 1}/{event.n_tasks}){frames}..."
             )
+        elif isinstance(event, SegmentFrame):
+            self._apply_frame(self._tasks[event.task], self._task_layers[event.task], event)
         elif isinstance(event, SegmentResult):
+            self._partial.pop(event.task, None)
             self._apply_result(
                 self._tasks[event.task], self._task_layers[event.task], event.probabilities
             )
@@ -337,6 +358,52 @@ class SegmentWidget(BackgroundJobMixin, Container):
                 f"'{self._tasks[event.task].layer_name}': {outputs.n_done} of "
                 f"{event.n_frames} frame(s) written to {outputs.probabilities_path.parent}"
             )
+
+    def _apply_frame(self, task: SegmentTask, layer: Any, event: SegmentFrame) -> None:
+        """Show a finished frame of a stack while the others are computed.
+
+        The outputs are redrawn at most every :data:`FRAME_REFRESH_S` seconds (and at the
+        first frame), so that many small frames do not keep the GUI thread busy.
+        """
+        if task.frame is not None or layer not in self._viewer.layers:
+            return
+        shape = grey_shape(layer)
+        if len(shape) < 3 or tuple(event.probabilities.shape) != shape[-2:]:
+            return
+        threshold = float(self.threshold.value)
+        partial = self._partial.get(event.task)
+        first = partial is None
+        if first:
+            partial = _PartialStack(
+                np.zeros(shape, np.float32),
+                np.zeros(shape[:-2], bool),
+                np.zeros(shape, np.uint8),
+                threshold,
+            )
+            self._partial[event.task] = partial
+        flat = (-1, *shape[-2:])
+        partial.probabilities.reshape(flat)[event.frame] = event.probabilities
+        partial.done.reshape(-1)[event.frame] = True
+        if partial.threshold != threshold:  # the slider moved during the run
+            partial.mask[...] = _mask(partial.probabilities, threshold)
+            partial.threshold = threshold
+        else:
+            partial.mask.reshape(flat)[event.frame] = _mask(event.probabilities, threshold)
+        model_name = self._run_model
+        self.registry.store_probabilities(
+            model_name, layer, CachedProbabilities(partial.probabilities, partial.done)
+        )
+        self._outputs[id(layer)] = (weakref.ref(layer), model_name)
+        self._lazy.pop(id(layer), None)
+        now = time.perf_counter()
+        if first or now - self._last_frame_shown >= FRAME_REFRESH_S:
+            self._last_frame_shown = now
+            self._show_partial(layer, partial)
+
+    def _show_partial(self, layer: Any, partial: _PartialStack) -> None:
+        self._put_probabilities_and_nuclei(
+            layer, partial.probabilities, partial.mask, {"model": self._run_model}
+        )
 
     def _apply_result(self, task: SegmentTask, layer: Any, probabilities: np.ndarray) -> None:
         if layer not in self._viewer.layers:
@@ -504,6 +571,17 @@ class SegmentWidget(BackgroundJobMixin, Container):
                         f"'{self._tasks[number].layer_name}' finished (kept in "
                         f"{outputs.probabilities_path.parent})."
                     )
+            for number, partial in self._partial.items():
+                layer = self._task_layers[number]
+                if layer in self._viewer.layers:
+                    # Cancelled mid-stack: draw the frames finished since the last redraw.
+                    self._show_partial(layer, partial)
+                    done = partial.done
+                    self.status.value = (
+                        f"Segmentation cancelled: {int(done.sum())} of {done.size} frame(s) of "
+                        f"'{layer.name}' finished and kept."
+                    )
+        self._partial = {}
         self._task_layers = []
 
     def _on_layer_removed(self, event: Any) -> None:
