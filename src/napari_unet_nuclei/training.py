@@ -305,13 +305,15 @@ def _recalibrate_batchnorm(
 
 def _validate(
     network: torch.nn.Module, val: _Split, device: torch.device
-) -> tuple[float, float, float, float, float]:
-    """Per-image mean loss, precision, recall, F1 and IoU at threshold 0.5 (tiled, any size)."""
+) -> tuple[float, float, float, float, float, list[np.ndarray]]:
+    """Per-image mean loss, precision, recall, F1 and IoU at threshold 0.5 (tiled, any size),
+    and the logits of each validation image (kept for the threshold calibration)."""
     network.eval()
-    losses, scores = [], []
+    losses, scores, all_logits = [], [], []
     with torch.inference_mode():
         for image, mask, weight in zip(val.images, val.masks, val.weights):
             logits = normalized_frame_logits(network, image, device)
+            all_logits.append(logits)
             valid = np.ones(mask.shape, bool) if weight is None else weight
             losses.append(
                 float(
@@ -327,22 +329,16 @@ def _validate(
             scores.append((counts.precision, counts.recall, counts.f1, counts.iou))
     network.train()
     mean = np.mean(scores, axis=0) if scores else [math.nan] * 4
-    return (float(np.mean(losses)) if losses else math.nan, *map(float, mean))
+    return (float(np.mean(losses)) if losses else math.nan, *map(float, mean), all_logits)
 
 
-def _calibrate_threshold(
-    network: torch.nn.Module, val: _Split, device: torch.device
-) -> dict[str, float]:
+def _calibrate_threshold(logits: list[np.ndarray], val: _Split) -> dict[str, float]:
     """The default threshold that maximises the per-image mean validation F1.
 
-    Ties go to the threshold nearest 0.5, and 0.5 stays unless another one gains at
-    least 0.0005 F1, so that a flat curve does not move it.
+    ``logits`` are those of the validation images under the kept weights. Ties go to the
+    threshold nearest 0.5, and 0.5 stays unless another one gains at least 0.0005 F1, so
+    that a flat curve does not move it.
     """
-    network.eval()
-    logits = []
-    with torch.inference_mode():
-        for image in val.images:
-            logits.append(normalized_frame_logits(network, image, device))
 
     def mean_f1(probability: float) -> float:
         cut = math.log(probability / (1.0 - probability))
@@ -529,6 +525,7 @@ def train(
     best_state = copy.deepcopy(network.state_dict())
     last_good_state = best_state
     best_f1, best_epoch = -math.inf, 0
+    best_logits: list[np.ndarray] = []
     history: list[dict[str, float]] = []
     global_step, epoch, reason, message = 0, 0, "completed", ""
 
@@ -610,7 +607,7 @@ def train(
             device,
             config.seed + epoch,
         )
-        val_loss, precision, recall, f1, iou = _validate(network, val_data, device)
+        val_loss, precision, recall, f1, iou, val_logits = _validate(network, val_data, device)
         last_good_state = copy.deepcopy(network.state_dict())
         if raw_state is not None:
             network.load_state_dict(raw_state)
@@ -635,6 +632,7 @@ def train(
         if score >= best_f1:
             best_f1, best_epoch = score, epoch
             best_state = last_good_state
+            best_logits = val_logits
             if not math.isnan(f1):
                 yield BestModel(epoch, f1)
         if reason == "completed" and config.time_budget and elapsed >= config.time_budget:
@@ -644,7 +642,7 @@ def train(
     network.eval()
     calibration = None
     if config.calibrate_threshold and val_data.images and best_epoch > 0:
-        calibration = _calibrate_threshold(network, val_data, device)
+        calibration = _calibrate_threshold(best_logits, val_data)
         model.threshold = calibration["threshold"]
     model.network = network.cpu().to(memory_format=torch.contiguous_format)
     elapsed = time.perf_counter() - start
