@@ -10,27 +10,47 @@ notifications, and ``_on_finished`` re-enables the controls.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from napari.qt.threading import thread_worker
 
 from ._notify import error_sentence, relay_warnings, report_error
+from ._warmup import warm_up_engine
+from .model_registry import registry_for, unwrap_viewer
 
 
 class BackgroundJobMixin:
     """Mixin for a magicgui ``Container`` that runs long jobs off the GUI thread.
 
-    The widget provides ``status`` (a text widget), ``_enable_controls(running)``, which
-    switches its Run/Cancel buttons, and ``cancel()``, which sets the job's stop flag; it
-    connects ``self.native.destroyed`` to :meth:`_on_destroyed`. Subclasses override the
-    ``_on_*`` hooks they need.
+    The widget calls :meth:`_attach_to_viewer` first thing after ``Container.__init__``
+    and provides ``status`` (a text widget), ``_enable_controls(running)``, which switches
+    its Run/Cancel buttons, and ``cancel()``, which sets the job's stop flag. Subclasses
+    override the ``_on_*`` hooks they need.
     """
 
     job_title: ClassVar[str] = "The job"
     worker: Any = None
     _busy: bool = False
     _closed: bool = False
+
+    def _attach_to_viewer(self, viewer: Any) -> Any:
+        """Start importing the engine in the background, take the viewer's shared model
+        registry, set up the job state and stop the job when the widget is destroyed.
+
+        Returns the viewer (unwrapped when napari hands over a proxy).
+        """
+        warm_up_engine()
+        viewer = unwrap_viewer(viewer)
+        self._viewer = viewer
+        self.registry = registry_for(viewer)
+        self.worker = None
+        self._stop = threading.Event()
+        self._busy = False
+        self._closed = False
+        self.native.destroyed.connect(self._on_destroyed)  # type: ignore[attr-defined]
+        return viewer
 
     def _start_worker(self, job: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Start ``job(*args, **kwargs)`` in a thread worker wired to this widget's hooks."""

@@ -34,9 +34,7 @@ from ._layers import (
     worker_copy,
 )
 from ._notify import report_info
-from ._warmup import warm_up_engine
 from .model_picker import ModelPicker
-from .model_registry import registry_for, unwrap_viewer
 
 __all__ = ["AnnotateNextWidget", "RankingEntry", "ranking_job", "viewer_camera"]
 
@@ -171,16 +169,9 @@ class AnnotateNextWidget(BackgroundJobMixin, Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
-        warm_up_engine()
-        viewer = unwrap_viewer(viewer)
-        self._viewer = viewer
-        self.registry = registry_for(viewer)
-        self.worker: Any = None
+        viewer = self._attach_to_viewer(viewer)
         self.entries: list[RankingEntry] = []
         self.runs_started = 0
-        self._stop = threading.Event()
-        self._busy = False
-        self._closed = False
         self._run: dict[str, Any] = {}
 
         self.model = ModelPicker(self.registry, label="model")
@@ -231,7 +222,6 @@ class AnnotateNextWidget(BackgroundJobMixin, Container):
         self.cancel_button.changed.connect(self._on_cancel_clicked)
         self.table.cellClicked.connect(self._on_cell_clicked)
         viewer.layers.events.removed.connect(self._on_layer_removed)
-        self.native.destroyed.connect(self._on_destroyed)
 
     @property
     def running(self) -> bool:

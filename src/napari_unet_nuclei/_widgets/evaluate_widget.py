@@ -31,10 +31,9 @@ from ._layers import (
 )
 from ._notify import report_info
 from ._object_jobs import ObjectEvaluation, object_evaluation_job
-from ._warmup import warm_up_engine
 from .error_legend import ErrorLegend, ObjectErrorLegend, error_colormap, object_error_colormap
 from .metrics_table import SCORE_ROWS, MetricsTable
-from .model_registry import CachedProbabilities, registry_for, unwrap_viewer
+from .model_registry import CachedProbabilities
 from .pr_plot import PrecisionRecallPlot
 
 __all__ = ["EvaluateWidget", "PredictionSource"]
@@ -114,16 +113,9 @@ class EvaluateWidget(BackgroundJobMixin, Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
-        warm_up_engine()
-        viewer = unwrap_viewer(viewer)
-        self._viewer = viewer
-        self.registry = registry_for(viewer)
-        self.worker: Any = None
+        viewer = self._attach_to_viewer(viewer)
         self.last_result: EvaluationResult | None = None
         self.last_objects: ObjectEvaluation | None = None
-        self._stop = threading.Event()
-        self._busy = False
-        self._closed = False
         self._known_models = self.registry.names()
         self._run: dict[str, Any] = {}
 
@@ -179,7 +171,6 @@ class EvaluateWidget(BackgroundJobMixin, Container):
         self.registry.threshold_changed.connect(self._on_threshold_changed)
         viewer.dims.events.current_step.connect(self._on_current_step)
         viewer.layers.events.removed.connect(self._on_layer_removed)
-        self.native.destroyed.connect(self._on_destroyed)
 
     # -------------------------------------------------------------------- choices
     def _source_choices(self, _widget: Any = None) -> list[tuple[str, PredictionSource]]:
@@ -314,9 +305,15 @@ class EvaluateWidget(BackgroundJobMixin, Container):
             self.registry.store_probabilities(
                 source.name, image_layer, CachedProbabilities(result.probabilities, done)
             )
-        self._show_error_layer(owner_name, result)
+        self._show_overlay(owner_name, "errors", result.errors, result.source, error_colormap())
         if objects is not None:
-            self._show_object_layer(owner_name, objects)
+            self._show_overlay(
+                owner_name,
+                "object errors",
+                objects.errors,
+                objects.pixels.source,
+                object_error_colormap(),
+            )
         self.object_legend.setVisible(objects is not None)
         self._update_table()
         if result.curve is not None:
@@ -337,36 +334,23 @@ class EvaluateWidget(BackgroundJobMixin, Container):
                 f"{note if objects.truth_was_mask else ''}."
             )
 
-    def _show_object_layer(self, owner_name: str, objects: ObjectEvaluation) -> None:
+    def _show_overlay(
+        self, owner_name: str, role: str, data: np.ndarray, prediction: str, colormap: Any
+    ) -> None:
+        """Put an error overlay (``role``: "errors" or "object errors") on top, shown
+        when *show errors* is ticked."""
         layer = put_output_layer(
             self._viewer,
-            "object errors",
+            role,
             owner_name,
-            objects.errors,
+            data,
             "labels",
-            name=f"{owner_name} object errors",
-            extra={"prediction": objects.pixels.source},
-            colormap=object_error_colormap(),
+            name=f"{owner_name} {role}",
+            extra={"prediction": prediction},
+            colormap=colormap,
             opacity=0.7,
         )
-        layer.colormap = object_error_colormap()
-        layer.visible = self.show_errors.value
-        layers = self._viewer.layers
-        layers.move(layers.index(layer), len(layers))
-
-    def _show_error_layer(self, owner_name: str, result: EvaluationResult) -> None:
-        layer = put_output_layer(
-            self._viewer,
-            "errors",
-            owner_name,
-            result.errors,
-            "labels",
-            name=f"{owner_name} errors",
-            extra={"prediction": result.source},
-            colormap=error_colormap(),
-            opacity=0.7,
-        )
-        layer.colormap = error_colormap()
+        layer.colormap = colormap
         layer.visible = self.show_errors.value
         layers = self._viewer.layers
         layers.move(layers.index(layer), len(layers))

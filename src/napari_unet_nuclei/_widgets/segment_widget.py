@@ -49,9 +49,8 @@ from ._object_jobs import (
     is_lazy,
     segment_objects_job,
 )
-from ._warmup import warm_up_engine
 from .model_picker import ModelPicker
-from .model_registry import CachedProbabilities, registry_for, unwrap_viewer
+from .model_registry import CachedProbabilities
 
 __all__ = ["ALL_FRAMES", "ALL_LAYERS", "CURRENT_FRAME", "SegmentWidget", "full_resolution"]
 
@@ -127,15 +126,8 @@ class SegmentWidget(BackgroundJobMixin, Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
-        warm_up_engine()
-        viewer = unwrap_viewer(viewer)
-        self._viewer = viewer
-        self.registry = registry_for(viewer)
-        self.worker: Any = None
+        viewer = self._attach_to_viewer(viewer)
         self.runs_started = 0
-        self._stop = threading.Event()
-        self._busy = False
-        self._closed = False
         self._tasks: list[SegmentTask] = []
         self._task_layers: list[Any] = []
         self._run_model: str | None = None
@@ -213,7 +205,6 @@ class SegmentWidget(BackgroundJobMixin, Container):
         self.threshold.changed.connect(self._on_threshold_changed)
         self.registry.threshold_changed.connect(self._on_shared_threshold_changed)
         viewer.layers.events.removed.connect(self._on_layer_removed)
-        self.native.destroyed.connect(self._on_destroyed)
 
     @property
     def running(self) -> bool:
@@ -389,12 +380,7 @@ class SegmentWidget(BackgroundJobMixin, Container):
             partial.threshold = threshold
         else:
             partial.mask.reshape(flat)[event.frame] = _mask(event.probabilities, threshold)
-        model_name = self._run_model
-        self.registry.store_probabilities(
-            model_name, layer, CachedProbabilities(partial.probabilities, partial.done)
-        )
-        self._outputs[id(layer)] = (weakref.ref(layer), model_name)
-        self._lazy.pop(id(layer), None)
+        self._remember_probabilities(layer, partial.probabilities, partial.done)
         now = time.perf_counter()
         if first or now - self._last_frame_shown >= FRAME_REFRESH_S:
             self._last_frame_shown = now
@@ -425,12 +411,17 @@ class SegmentWidget(BackgroundJobMixin, Container):
                 full, done = np.zeros(shape, np.float32), np.zeros(shape[:-2], bool)
             full[task.frame] = probabilities
             done[task.frame] = True
-        self.registry.store_probabilities(model_name, layer, CachedProbabilities(full, done))
-        self._outputs[id(layer)] = (weakref.ref(layer), model_name)
-        self._lazy.pop(id(layer), None)
+        self._remember_probabilities(layer, full, done)
         self._put_probabilities_and_nuclei(
             layer, full, _mask(full, self.threshold.value), {"model": model_name}
         )
+
+    def _remember_probabilities(self, layer: Any, full: np.ndarray, done: np.ndarray) -> None:
+        """Cache the run's in-memory probabilities of ``layer`` for the threshold slider."""
+        model_name = self._run_model
+        self.registry.store_probabilities(model_name, layer, CachedProbabilities(full, done))
+        self._outputs[id(layer)] = (weakref.ref(layer), model_name)
+        self._lazy.pop(id(layer), None)
 
     def _put_probabilities_and_nuclei(
         self, layer: Any, probabilities: Any, mask: Any, extra: dict[str, Any]

@@ -35,11 +35,9 @@ from ._notify import (
     report_info,
     report_warning,
 )
-from ._warmup import warm_up_engine
 from .annotated_regions import annotated_regions
 from .loss_plot import LossPlot
 from .model_picker import ModelPicker, ask_model_path
-from .model_registry import registry_for, unwrap_viewer
 from .project_panel import ADD_AS_HELD_OUT, ProjectPanel, ask_project_folder, confirm_removal
 from .round_job import (
     DataGathered,
@@ -106,17 +104,10 @@ class TrainWidget(BackgroundJobMixin, Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
-        warm_up_engine()
-        viewer = unwrap_viewer(viewer)
-        self._viewer = viewer
-        self.registry = registry_for(viewer)
-        self.worker: Any = None
+        viewer = self._attach_to_viewer(viewer)
         self.last_result: TrainingFinished | None = None
         self.current_model_name: str | None = None
-        self._stop = threading.Event()
-        self._busy = False
         self._discard = False
-        self._closed = False
         self._run_layers: tuple[Any, ...] = ()
         self._phase = "idle"
         self.project: TrainingProject | None = None
@@ -200,7 +191,6 @@ class TrainWidget(BackgroundJobMixin, Container):
         self.save_button.changed.connect(self._on_save_clicked)
         self.load_button.changed.connect(self._on_load_clicked)
         viewer.layers.events.removed.connect(self._on_layer_removed)
-        self.native.destroyed.connect(self._on_destroyed)
 
     # --------------------------------------------------------------------- state
     @property
