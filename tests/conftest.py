@@ -51,6 +51,23 @@ def lab_arrays(lab_npz: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="session")
+def lab_split(lab_arrays, splits) -> tuple[list, list, list, list]:
+    """``lab_70_9`` of the 128x128 data as lists of 2-D frames: (x_train, y_train,
+    x_test, y_test)."""
+    x, y, names = lab_arrays
+    index = {str(n): i for i, n in enumerate(names)}
+    split = splits["lab_70_9"]
+    train = [index[n] for n in split["train"]]
+    test = [index[n] for n in split["test"]]
+    return (
+        [x[i, 0] for i in train],
+        [y[i, 0] for i in train],
+        [x[i, 0] for i in test],
+        [y[i, 0] for i in test],
+    )
+
+
+@pytest.fixture(scope="session")
 def kromp_tiny_model(kromp_root):
     """A tiny U-Net (F=4, depth 2) trained for 40 steps on 256 x 256 crops of four real
     Kromp images, on one torch thread (the same weights on every machine)."""

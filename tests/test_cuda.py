@@ -14,20 +14,16 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @pytest.fixture(scope="module")
-def lab_split(lab_arrays, splits):
-    x, y, names = lab_arrays
-    x, y = x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:])  # (N, 1, H, W) -> (N, H, W)
-    index = {str(n): i for i, n in enumerate(names)}
-    train = [index[n] for n in splits["lab_70_9"]["train"]]
-    test = [index[n] for n in splits["lab_70_9"]["test"]]
-    return x[train], y[train], x[test], y[test]
+def lab_stacks(lab_split):
+    """``lab_70_9`` as (N, H, W) arrays: x_train, y_train, x_test, y_test."""
+    return tuple(np.stack(part) for part in lab_split)
 
 
 @pytest.fixture(scope="module")
-def cuda_model(lab_split):
+def cuda_model(lab_stacks):
     from napari_unet_nuclei.training import TrainingConfig, train
 
-    x_train, y_train, x_test, y_test = lab_split
+    x_train, y_train, x_test, y_test = lab_stacks
     config = TrainingConfig(features=8, depth=4, epochs=6, steps_per_epoch=30, seed=0)
     events = list(
         train(
@@ -45,7 +41,7 @@ def test_auto_device_and_precision_on_cuda(cuda_model):
     assert started.precision == "fp16-mixed"
 
 
-def test_cuda_training_learns_and_returns_a_cpu_model(cuda_model, lab_split):
+def test_cuda_training_learns_and_returns_a_cpu_model(cuda_model, lab_stacks):
     from napari_unet_nuclei.events import EpochEnd, TrainingFinished
 
     finished = cuda_model[-1]
@@ -58,12 +54,12 @@ def test_cuda_training_learns_and_returns_a_cpu_model(cuda_model, lab_split):
     assert all(p.device.type == "cpu" for p in parameters)
 
 
-def test_cuda_inference_matches_cpu(cuda_model, lab_split):
+def test_cuda_inference_matches_cpu(cuda_model, lab_stacks):
     from napari_unet_nuclei.inference import predict
     from napari_unet_nuclei.metrics import segmentation_scores
 
     model = cuda_model[-1].model
-    _, _, x_test, _ = lab_split
+    _, _, x_test, _ = lab_stacks
     cpu = predict(model, x_test, device="cpu", precision="fp32", backend="torch")
     gpu32 = predict(model, x_test, device="cuda", precision="fp32")
     gpu16 = predict(model, x_test, device="cuda")  # auto: float16 autocast
@@ -91,23 +87,23 @@ def test_cuda_tiled_large_image_and_tta(cuda_model, kromp_root):
     assert tta.shape == (300, 301) and np.isfinite(tta).all()
 
 
-def test_lazy_inference_on_cuda(cuda_model, lab_split):
+def test_lazy_inference_on_cuda(cuda_model, lab_stacks):
     from napari_unet_nuclei.inference import predict
     from napari_unet_nuclei.lazy import predict_lazy
 
     model = cuda_model[-1].model
-    _, _, x_test, _ = lab_split
+    _, _, x_test, _ = lab_stacks
     lazy = np.asarray(predict_lazy(model, x_test[:3], device="cuda", precision="fp32"))
     eager = predict(model, x_test[:3], device="cuda", precision="fp32")
     assert lazy.shape == eager.shape
     assert np.abs(lazy - eager).max() < 1e-3
 
 
-def test_cuda_model_file_round_trip(cuda_model, lab_split, tmp_path):
+def test_cuda_model_file_round_trip(cuda_model, lab_stacks, tmp_path):
     from napari_unet_nuclei import load_model, predict, save_model
 
     model = cuda_model[-1].model
-    _, _, x_test, _ = lab_split
+    _, _, x_test, _ = lab_stacks
     save_model(model, tmp_path / "cuda.pt")
     loaded = load_model(tmp_path / "cuda.pt")
     a = predict(model, x_test[:2], device="cuda", precision="fp32")
@@ -117,10 +113,10 @@ def test_cuda_model_file_round_trip(cuda_model, lab_split, tmp_path):
     np.testing.assert_allclose(a, b, atol=2e-3)
 
 
-def test_fine_tuning_on_cuda_from_a_cpu_model(kromp_tiny_model, lab_split):
+def test_fine_tuning_on_cuda_from_a_cpu_model(kromp_tiny_model, lab_stacks):
     from napari_unet_nuclei.training import TrainingConfig, train_model
 
-    x_train, y_train, _, _ = lab_split
+    x_train, y_train, _, _ = lab_stacks
     tuned = train_model(
         list(x_train[:8]),
         list(y_train[:8]),

@@ -24,21 +24,6 @@ from napari_unet_nuclei.training import TrainingConfig, train, train_model
 SMALL = {"features": 4, "depth": 2, "batch_size": 4, "patch_size": 64}
 
 
-@pytest.fixture(scope="module")
-def lab_split(lab_arrays, splits):
-    X, Y, names = lab_arrays
-    index = {str(n): i for i, n in enumerate(names)}
-    split = splits["lab_70_9"]
-    train_idx = [index[n] for n in split["train"]]
-    test_idx = [index[n] for n in split["test"]]
-    return (
-        [X[i, 0] for i in train_idx],
-        [Y[i, 0] for i in train_idx],
-        [X[i, 0] for i in test_idx],
-        [Y[i, 0] for i in test_idx],
-    )
-
-
 def _run(generator):
     events = []
     while True:

@@ -26,19 +26,6 @@ SMALL = {"features": 4, "depth": 2, "batch_size": 4, "patch_size": 64}
 LEARNS = {"features": 8, "depth": 2, "batch_size": 8, "patch_size": 128}  # F1 > 0.75 in 36 steps
 
 
-@pytest.fixture(scope="module")
-def lab_split(lab_arrays, splits):
-    x, y, names = lab_arrays
-    index = {str(n): i for i, n in enumerate(names)}
-    split = splits["lab_70_9"]
-    return (
-        [x[index[n], 0] for n in split["train"]],
-        [y[index[n], 0] for n in split["train"]],
-        [x[index[n], 0] for n in split["test"]],
-        [y[index[n], 0] for n in split["test"]],
-    )
-
-
 def _lovasz_reference(scores: np.ndarray, labels: np.ndarray) -> float:
     """The Lovasz hinge written from its definition: the Lovasz extension of the Jaccard
     loss, i.e. sum_i relu(e_(i)) * (J(first i errors) - J(first i-1 errors))."""
