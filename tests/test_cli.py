@@ -210,7 +210,13 @@ def test_demo_without_viewer(tmp_path) -> None:
     for name in ("model.pt", "metrics.json", "overlay.png", "precision_recall.png"):
         assert (tmp_path / name).stat().st_size > 1000
     result = json.loads((tmp_path / "metrics.json").read_text())
-    assert len(result["images"]) == 4 and result["mean"]["f1"] > 0.5
+    before, after = result["before"], result["after"]
+    assert before["model"] == "fluo-nuclei" and len(before["images"]) == 4
+    assert before["mean"]["nuclei"] > 5 and before["mean"]["object_f1"] > 0.3
+    assert len(after["images"]) == 4 and after["mean"]["object_f1"] > 0.5
+    header = (tmp_path / "nuclei.csv").read_text().splitlines()[0]
+    assert "area" in header and "mean_intensity" in header
+    assert load_model(tmp_path / "model.pt").summary["fine_tuned_from"] == "fluo-nuclei"
     assert len(list((tmp_path / "masks").glob("*.tif"))) == 4
 
 

@@ -67,7 +67,7 @@ def test_volume_measurement() -> None:
     volume = np.zeros((6, 20, 20), np.uint8)
     volume[1:4, 5:10, 5:12] = 2
     table = measure_nuclei(volume, per_frame=False)
-    assert table["area"].tolist() == [3 * 5 * 7]
+    assert table["volume"].tolist() == [3 * 5 * 7] and "area" not in table
     assert table["centroid_z"][0] == pytest.approx(2.0)
     assert np.isnan(table["eccentricity"][0])
 

@@ -148,6 +148,7 @@ def make_runner(
     device: torch.device,
     precision: str = "fp32",
     backend: str = "torch",
+    all_channels: bool = False,
 ) -> Runner:
     """Return a function computing logits of normalised tiles with ``network``.
 
@@ -161,15 +162,19 @@ def make_runner(
         A resolved precision (see :func:`resolve_precision`).
     backend : str
         ``"torch"`` or ``"onnxruntime"`` (see :func:`resolve_backend`).
+    all_channels : bool
+        Return every output channel (nucleus logit and object maps) as ``(B, C, H, W)``
+        instead of the nucleus logit alone.
 
     Returns
     -------
     callable
         ``runner(tiles)`` with ``tiles`` a float32 array ``(B, H, W)``, returning float32
-        logits ``(B, H, W)``. Each call runs in ``torch.inference_mode()``.
+        logits ``(B, H, W)`` (``(B, C, H, W)`` with ``all_channels``). Each call runs in
+        ``torch.inference_mode()``.
     """
     if backend == "onnxruntime":
-        return _onnx_runner(network)
+        return _onnx_runner(network, all_channels)
     channels_last = device.type == "cpu"
     if channels_last:
         # oneDNN convolutions are faster in channels-last layout on CPU.
@@ -185,7 +190,9 @@ def make_runner(
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast(device, precision):
             logits = network(tensor)
-            return logits[:, 0].float().cpu().numpy()
+            if not all_channels:
+                logits = logits[:, 0]
+            return logits.float().cpu().numpy()
 
     return run
 
@@ -201,7 +208,7 @@ def _weights_version(network: torch.nn.Module) -> tuple[int, ...]:
     return tuple(t._version for t in network.state_dict(keep_vars=True).values())
 
 
-def _onnx_runner(network: torch.nn.Module) -> Runner:
+def _onnx_runner(network: torch.nn.Module, all_channels: bool = False) -> Runner:
     """ONNX Runtime session of ``network`` (exported once per set of weights, cached)."""
     import onnxruntime as ort
 
@@ -216,7 +223,8 @@ def _onnx_runner(network: torch.nn.Module) -> Runner:
 
     def run(tiles: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(tiles, np.float32)[:, None]
-        return session.run(None, {"image": batch})[0][:, 0]
+        logits = session.run(None, {"image": batch})[0]
+        return logits if all_channels else logits[:, 0]
 
     return run
 
@@ -225,7 +233,7 @@ def _onnx_session(network: torch.nn.Module, ort: Any) -> Any:
     from .portable_unet import PortableUNet
 
     config = network.config
-    portable = PortableUNet(config.features, config.depth, config.in_channels)
+    portable = PortableUNet(config.features, config.depth, config.in_channels, config.out_channels)
     portable.load_state_dict({k: v.detach().cpu() for k, v in network.state_dict().items()})
     portable.eval()
     size = portable.multiple * 4

@@ -89,8 +89,9 @@ def augment_batch(
     Parameters
     ----------
     images, masks, weights : torch.Tensor
-        Shape ``(B, 1, P, P)`` float32 on the CPU: normalised image, binary target and
-        per-pixel loss weight (0 outside annotated or padded regions).
+        float32 on the CPU: normalised image ``(B, 1, P, P)``, targets ``(B, K, P, P)``
+        (the binary nucleus mask, then any object maps) and per-pixel loss weight
+        ``(B, 1, P, P)`` (0 outside annotated or padded regions).
     config : AugmentationConfig
         Which augmentations to apply.
     generator : torch.Generator
@@ -182,4 +183,5 @@ def _random_affine(
         padding_mode="reflection",
         align_corners=False,
     )
-    return images, labels[:, :1], labels[:, 1:]
+    n_targets = masks.shape[1]
+    return images, labels[:, :n_targets], labels[:, n_targets:]

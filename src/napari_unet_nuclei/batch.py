@@ -115,7 +115,14 @@ class SegmentOptions:
     instances : bool
         Write nuclei labels (seeded watershed, one id per nucleus) instead of the mask.
     instance_config : InstanceConfig, optional
-        Watershed settings (its threshold is replaced by ``threshold``).
+        Watershed settings (its threshold is replaced by ``threshold``); by default the
+        model's own (see :func:`~napari_unet_nuclei.segmentation.default_instance_config`).
+    min_size : int, optional
+        Smallest nucleus in pixels, replacing the instance settings' ``min_size``.
+    stack_axis : {"frames", "z"}
+        What the first axis of a 3-D stack is: separate frames (nuclei labelled frame by
+        frame, ids unique in the stack) or z-slices of one volume (nuclei linked across
+        slices into 3-D objects).
     measure : bool
         Also write ``<name>_nuclei.csv`` (one row per nucleus: area, centroid, intensity,
         eccentricity); nuclei are the instance labels, or the connected parts of the mask.
@@ -137,6 +144,8 @@ class SegmentOptions:
     probabilities: bool = False
     instances: bool = False
     instance_config: InstanceConfig | None = None
+    min_size: int | None = None
+    stack_axis: str = "frames"
     measure: bool = False
     tile_size: int = 512
     overlap: int = 64
@@ -152,6 +161,10 @@ class SegmentOptions:
             raise BatchError(f"Output format must be 'tiff' or 'zarr', got {self.format!r}.")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise BatchError(f"The threshold must be in [0, 1], got {self.threshold}.")
+        if self.stack_axis not in ("frames", "z"):
+            raise BatchError(f"The stack axis must be 'frames' or 'z', got {self.stack_axis!r}.")
+        if self.min_size is not None and self.min_size < 0:
+            raise BatchError(f"The smallest nucleus size must be >= 0, got {self.min_size}.")
 
     def to_dict(self) -> dict[str, Any]:
         """The options as plain data."""
@@ -305,48 +318,100 @@ def open_image(
     BatchError
         For unreadable files and multi-channel images (keep the nuclear channel only).
     """
-    from .datasets import read_image_file, to_grey
+    from .datasets import DataError, read_image_file
 
     if not isinstance(source, BatchInput):
         item = _as_input(Path(source))
         if item is None:
             raise BatchError(f"Cannot read {source}: not a supported image file or zarr folder.")
         source = item
+    from ._file_checks import file_problem, one_line
+
     path = source.path
     if source.kind == "image":
-        yield read_image_file(path), None
+        try:
+            image = read_image_file(path)
+        except DataError as error:
+            raise BatchError(str(error)) from error
+        yield image, None
         return
     if source.kind == "zarr":
-        from .zarr_io import open_zarr_image
+        from .zarr_io import ZarrFileError, open_zarr_image
 
-        array, axes = open_zarr_image(path)
+        try:
+            array, axes = open_zarr_image(path)
+        except ZarrFileError as error:
+            raise BatchError(str(error)) from error
         yield _drop_channel(array, axes, path)
         return
+    problem = file_problem(path)
+    if problem:
+        raise BatchError(f"{path} is not a readable TIFF file: it {problem}.")
     import tifffile
 
-    try:
-        tif = tifffile.TiffFile(path)
-    except Exception as error:  # tifffile raises several types for bad files
-        raise BatchError(f"{path} is not a readable TIFF file: {error}") from error
-    try:
-        series = tif.series[0]
-        letters = series.axes
-        if "S" in letters:  # RGB(A) samples: read whole, convert to grey
-            data = series.asarray()
-            while data.ndim > 3 and data.shape[0] == 1:
-                data = data[0]
-            yield to_grey(data, name=str(path)), None
-            return
-        axes = [_TIFF_AXES.get(letter, letter.lower()) for letter in letters]
-        if series.nbytes > lazy_bytes:
-            import zarr
+    from ._file_checks import quiet_tifffile
 
-            data = zarr.open(series.aszarr(), mode="r")
-        else:
-            data = series.asarray()
+    try:
+        with quiet_tifffile():
+            tif = tifffile.TiffFile(path)
+    except Exception as error:  # tifffile raises several types for bad files
+        raise BatchError(
+            f"{path} is not a readable TIFF file ({type(error).__name__}: {one_line(error)})."
+        ) from error
+    try:
+        rgb, data, axes = _read_tiff_series(tif, path, lazy_bytes)
+        if rgb:  # RGB(A) samples: read whole, convert to grey
+            yield data, None
+            return
         yield _drop_channel(data, axes, path)
     finally:
         tif.close()
+
+
+def _read_tiff_series(tif: Any, path: Path, lazy_bytes: int) -> tuple[bool, Any, list[str]]:
+    """Check an open TIFF's header, then read its first series (lazily when large).
+
+    Returns whether it was RGB(A) turned grey, the data and the axis names; raises
+    :class:`BatchError` with one sentence for a damaged file or a declared size that does
+    not fit in memory (checked before anything is allocated).
+    """
+    from ._file_checks import one_line, quiet_tifffile, read_limit_bytes, tiff_problem, too_large
+    from .datasets import DataError, to_grey
+
+    try:
+        with quiet_tifffile():
+            problem = tiff_problem(tif, None)
+            if problem is None:
+                series = tif.series[0]
+                letters = series.axes
+                rgb = "S" in letters
+                eager = rgb or series.nbytes <= lazy_bytes
+                if eager:
+                    problem = too_large(
+                        series.shape, np.dtype(series.dtype).itemsize, read_limit_bytes()
+                    )
+            if problem is None:
+                axes = [_TIFF_AXES.get(letter, letter.lower()) for letter in letters]
+                if rgb:
+                    data = series.asarray()
+                    while data.ndim > 3 and data.shape[0] == 1:
+                        data = data[0]
+                    data = to_grey(data, name=str(path))
+                elif eager:
+                    data = series.asarray()
+                else:
+                    import zarr
+
+                    data = zarr.open(series.aszarr(), mode="r")
+    except DataError as error:  # colour samples that are not an image: to_grey says why
+        raise BatchError(str(error)) from error
+    except Exception as error:  # tifffile raises several types for bad files
+        raise BatchError(
+            f"{path} is not a readable TIFF file ({type(error).__name__}: {one_line(error)})."
+        ) from error
+    if problem is not None:
+        raise BatchError(f"{path} was refused: the file {problem}.")
+    return rgb, data, axes
 
 
 def _drop_channel(array: Any, axes: list[str] | None, path: Path) -> tuple[Any, list[str] | None]:
@@ -602,6 +667,7 @@ def iter_segment_image(
     """
     from .instances import iter_instances
     from .lazy import iter_predict_lazy
+    from .segmentation import default_instance_config, iter_predict_instances
     from .zarr_io import finish_atomic, partial_path
 
     options = options or SegmentOptions()
@@ -631,11 +697,14 @@ def iter_segment_image(
                     axes,
                     {**attrs, "kind": "probabilities"},
                 )
-            elif options.instances:
-                large = np.prod(shape) * 4 > _IN_MEMORY_BYTES
-                probabilities = _new_array(
-                    temporary if large else None, shape, np.float32, axes, {}
-                )
+            # Instances straight from the network's outputs, a frame at a time, unless one
+            # frame is too large to hold: then probabilities are streamed to a temporary
+            # zarr and split with the distance watershed.
+            frame_fits = int(np.prod(shape[-2:])) * 16 <= _IN_MEMORY_BYTES
+            direct_instances = options.instances and frame_fits
+            streamed_instances = options.instances and not frame_fits
+            if streamed_instances and not options.probabilities:
+                probabilities = _new_array(temporary, shape, np.float32, axes, {})
             mask = None
             if not options.instances:
                 mask = _new_array(
@@ -645,27 +714,51 @@ def iter_segment_image(
                     axes,
                     {**attrs, "kind": "mask"},
                 )
-            yield from iter_predict_lazy(
-                model,
-                image,
-                out=probabilities,
-                mask_out=mask,
-                threshold=threshold,
-                tile_size=options.tile_size,
-                overlap=options.overlap,
-                batch_size=options.batch_size,
-                device=options.device,
-                precision=options.precision,
-                backend=options.backend,
-                should_stop=should_stop,
-            )
+            inference = {
+                "tile_size": options.tile_size,
+                "overlap": options.overlap,
+                "batch_size": options.batch_size,
+                "device": options.device,
+                "precision": options.precision,
+                "backend": options.backend,
+                "should_stop": should_stop,
+            }
             if options.instances:
-                config = replace(options.instance_config or InstanceConfig(), threshold=threshold)
+                config = options.instance_config or default_instance_config(model)
+                config = replace(config, threshold=threshold)
+                if options.min_size is not None:
+                    config = replace(config, min_size=options.min_size)
+            if direct_instances:
+                labels = yield from iter_predict_instances(
+                    model,
+                    image,
+                    instance_config=config,
+                    stack_axis=options.stack_axis if len(shape) == 3 else "frames",
+                    probabilities_out=probabilities,
+                    **inference,
+                )
+            else:
+                yield from iter_predict_lazy(
+                    model,
+                    image,
+                    out=probabilities,
+                    mask_out=mask,
+                    threshold=threshold,
+                    **inference,
+                )
+            if streamed_instances:
+                if config.seeds in ("centre", "boundary"):
+                    config = replace(config, seeds="distance")
                 labels = np.zeros(shape, np.int32)
                 for _ in iter_instances(
                     probabilities, config, out=labels, should_stop=should_stop
                 ):
                     pass
+                if options.stack_axis == "z" and len(shape) == 3:
+                    from .stitching import stitch_slices
+
+                    labels = stitch_slices(labels)
+            if options.instances:
                 nuclei = int(labels.max())
                 foreground = int(np.count_nonzero(labels))
                 main_data = labels.astype(_labels_dtype(nuclei), copy=False)
@@ -683,7 +776,10 @@ def iter_segment_image(
                 labels_for_table = (
                     main_data if options.instances else _label_mask_stack(np.asarray(mask))
                 )
-                table = measure_nuclei(labels_for_table, np.asarray(image))
+                volume = options.instances and options.stack_axis == "z" and len(shape) == 3
+                table = measure_nuclei(
+                    labels_for_table, np.asarray(image), per_frame=False if volume else None
+                )
                 write_measurements_csv(table, paths["measurements"])
             if options.probabilities:
                 if zarr_out:
@@ -802,9 +898,10 @@ def segment_files(
 
     Parameters
     ----------
-    model : path-like or NucleiModel
-        The model file (needed with ``workers`` or ``scheduler``: each task loads it), or
-        a loaded model for a run in this process.
+    model : path-like, str or NucleiModel
+        The model file (needed with ``workers`` or ``scheduler``: each task loads it), the
+        name of a built-in model (``"fluo-nuclei"``), or a loaded model for a run in this
+        process.
     inputs : iterable
         Files, folders, globs, OME-Zarr folders (see :func:`discover_inputs`) or
         :class:`BatchInput` items.
@@ -852,9 +949,12 @@ def segment_files(
             )
         loaded, model_path = model, None
     else:
+        from .builtin_models import builtin_model_path, is_builtin_name
         from .model_io import load_model
 
         model_path = os.fspath(model)
+        if is_builtin_name(model_path) and not Path(model_path).is_file():
+            model_path = os.fspath(builtin_model_path(model_path))  # workers load the file
         loaded = load_model(model_path)  # fails early, with a clear message
     items = list(inputs)
     if all(isinstance(item, BatchInput) for item in items):

@@ -18,6 +18,8 @@ import numpy as np
 
 __all__ = ["main"]
 
+DEFAULT_MODEL = "fluo-nuclei"  # the built-in model (napari_unet_nuclei.builtin_models)
+
 
 class CommandError(Exception):
     """A user error: printed as one sentence, exit status 2."""
@@ -62,8 +64,19 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="add random rotation, zoom and shear (off by default)",
     )
+    train.add_argument(
+        "--object-maps",
+        default="centre,boundary",
+        help="maps a new network learns beside the nucleus probability to tell touching "
+        "nuclei apart: comma-separated among centre, boundary, or 'none' for the lab's "
+        "probability-only U-Net (default centre,boundary; a fine-tuned model keeps its own)",
+    )
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--init", help="fine-tune this model file instead of starting from scratch")
+    train.add_argument(
+        "--init",
+        help="fine-tune this model file or built-in model (e.g. fluo-nuclei) instead of "
+        "starting from scratch",
+    )
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     train.add_argument(
         "--precision",
@@ -86,7 +99,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "segment",
         help="write a nucleus mask (or nuclei labels) for each image, stack or OME-Zarr",
     )
-    segment.add_argument("--model", required=True)
+    segment.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model file (.pt) or built-in model name (default: {DEFAULT_MODEL}, built in)",
+    )
     segment.add_argument(
         "inputs",
         nargs="+",
@@ -110,13 +127,22 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     segment.add_argument(
         "--instances",
         action="store_true",
-        help="write nuclei labels (seeded watershed, one id per nucleus) instead of the mask",
+        help="write nuclei labels (one id per nucleus, from the model's object maps or a "
+        "seeded watershed) instead of the mask",
     )
     segment.add_argument(
         "--min-size",
         type=int,
-        default=30,
-        help="with --instances: smallest nucleus in pixels (default 30)",
+        help="with --instances: smallest nucleus in pixels (default: the model's, 30 for "
+        "models without a stored choice)",
+    )
+    segment.add_argument(
+        "--stack-axis",
+        choices=["frames", "z"],
+        default="frames",
+        help="with --instances, for 3-D stacks: 'frames' labels each frame on its own "
+        "(time points, separate images); 'z' links nuclei across slices into 3-D objects "
+        "(default frames)",
     )
     segment.add_argument(
         "--measure",
@@ -161,7 +187,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     evaluate = sub.add_parser(
         "evaluate", help="precision, recall, F1, IoU and AP against ground truth"
     )
-    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model file (.pt) or built-in model name (default: {DEFAULT_MODEL})",
+    )
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--split", help="FILE:KEY: evaluate on the key's 'test' names")
     evaluate.add_argument("--json", help="write the results to this JSON file")
@@ -173,16 +203,20 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     export = sub.add_parser(
         "export", help="export a model as a bioimage.io package, ONNX or TorchScript"
     )
-    export.add_argument("--model", required=True, help="model file (.pt) to export")
+    export.add_argument(
+        "--model", required=True, help="model file (.pt) or built-in model name to export"
+    )
     export.add_argument("--format", required=True, choices=["bioimageio", "onnx", "torchscript"])
     export.add_argument("--out", required=True, help="file to write (.zip, .onnx or .pt)")
 
     demo = sub.add_parser(
-        "demo", help="train on the built-in synthetic sample, segment, report, open napari"
+        "demo",
+        help="nuclei from the built-in model on the built-in sample, a short fine-tune, the "
+        "before/after, then napari",
     )
     demo.add_argument("--out", default="napari-unet-nuclei-demo", help="output folder")
     demo.add_argument(
-        "--time-budget", type=float, default=60.0, help="training seconds (default 60)"
+        "--time-budget", type=float, default=60.0, help="fine-tuning seconds (default 60)"
     )
     demo.add_argument("--no-viewer", action="store_true", help="do not open napari at the end")
     demo.add_argument("--seed", type=int, default=0)
@@ -256,6 +290,21 @@ def run_training(
     return model
 
 
+def _object_maps_argument(text: str) -> tuple[str, ...]:
+    from .network import OBJECT_MAPS
+
+    if text.strip().lower() in ("", "none"):
+        return ()
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [name for name in names if name not in OBJECT_MAPS]
+    if unknown or len(set(names)) != len(names):
+        raise CommandError(
+            f"--object-maps {text!r}: give distinct names among {', '.join(OBJECT_MAPS)}, "
+            "or 'none'."
+        )
+    return names
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .augmentation import AugmentationConfig
     from .datasets import select_labelled
@@ -287,6 +336,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         validation_fraction=args.val_fraction,
+        object_maps=_object_maps_argument(args.object_maps),
         name=Path(args.out).stem,
     )
     init_model = load_model(args.init) if args.init else None
@@ -335,14 +385,14 @@ def read_input_image(path: Path) -> np.ndarray:
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .batch import SegmentOptions, segment_files
     from .events import BatchFinished, BatchStarted, FrameDone, ImageDone
-    from .instances import InstanceConfig
 
     options = SegmentOptions(
         threshold=args.threshold,
         format=args.format,
         probabilities=args.probabilities,
         instances=args.instances,
-        instance_config=InstanceConfig(min_size=args.min_size),
+        min_size=args.min_size,
+        stack_axis=args.stack_axis,
         measure=args.measure,
         tile_size=args.tile_size,
         device=args.device,

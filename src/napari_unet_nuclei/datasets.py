@@ -14,15 +14,26 @@ Supported inputs (see :func:`load_dataset`):
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ._file_checks import (
+    file_problem,
+    format_bytes,
+    one_line,
+    quiet_tifffile,
+    read_json,
+    read_limit_bytes,
+    tiff_problem,
+    too_large,
+)
 from .normalization import ImageWarning
 from .safe_pickle import UnsafeFileError
 
@@ -191,6 +202,20 @@ def to_grey(image: np.ndarray, name: str = "image") -> np.ndarray:
     return luma.astype(np.float32)
 
 
+def _pillow_problem(path: Path, limit: int) -> str | None:
+    """Check a PNG/JPEG's declared size from its header, before decoding any pixel."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        width, height = image.size
+        bands = len(image.getbands())
+        mode = image.mode
+        itemsize = 2 if mode.startswith("I;16") else 4 if mode in ("I", "F") else 1
+    if width < 1 or height < 1:
+        return "holds an empty image"
+    return too_large((height, width, bands), itemsize, limit)
+
+
 def _read_raw(path: Path) -> np.ndarray:
     """Read an image file as stored, dropping leading singleton axes."""
     suffix = path.suffix.lower()
@@ -199,23 +224,39 @@ def _read_raw(path: Path) -> np.ndarray:
             f"Cannot read {str(path)!r}: unsupported file type {path.suffix!r}. Supported: "
             f"{', '.join(IMAGE_SUFFIXES)}."
         )
-    if not path.is_file():
+    problem = file_problem(path)
+    if problem == "does not exist":
         raise DataError(f"Image file {str(path)!r} not found.")
+    if problem:
+        raise DataError(f"Cannot read {str(path)!r} as an image: it {problem}.")
+    limit = read_limit_bytes()
     try:
         if suffix in _TIFF_SUFFIXES:
             import tifffile
 
-            array = tifffile.imread(path)
+            with quiet_tifffile(), tifffile.TiffFile(path) as tif:
+                problem = tiff_problem(tif, limit)
+                if problem is None:
+                    array = tif.asarray()
         else:
-            import imageio.v3 as iio
+            problem = _pillow_problem(path, limit)
+            if problem is None:
+                import imageio.v3 as iio
 
-            array = iio.imread(path)
+                array = iio.imread(path)
     except Exception as exc:  # readers raise many types for bad files
         raise DataError(
-            f"Cannot read {str(path)!r} ({type(exc).__name__}: {exc}). Check that the file is "
-            "a valid, complete image of its type."
+            f"Cannot read {str(path)!r} ({type(exc).__name__}: {one_line(exc)}). Check that "
+            "the file is a valid, complete image of its type."
         ) from exc
+    if problem is not None:
+        raise DataError(f"Cannot read {str(path)!r} as an image: the file {problem}.")
     array = np.asarray(array)
+    if array.dtype.kind not in "biuf":
+        raise DataError(
+            f"Cannot read {str(path)!r} as an image: its pixels are of type {array.dtype}, "
+            "not numbers (expected integer or floating-point grey values)."
+        )
     while array.ndim > 2 and array.shape[0] == 1:
         array = array[0]
     return array
@@ -237,7 +278,10 @@ def read_image_file(path: str | os.PathLike[str]) -> np.ndarray:
     Raises
     ------
     DataError
-        If the file is missing, unreadable, of an unsupported type or not 2-D.
+        If the file is missing, not a regular file, unreadable, of an unsupported type,
+        not 2-D or not numbers, or if its header declares more pixels than may be read
+        into memory (checked before anything is allocated). Any error of the image
+        libraries becomes this error, with one sentence naming the file.
     """
     path = Path(path)
     return to_grey(_read_raw(path), name=f"Image file {str(path)!r}")
@@ -340,7 +384,15 @@ def read_folder(path: str | os.PathLike[str]) -> list[LabelledImage]:
                 f"{str(root)!r} has no {sub}/ folder. A dataset folder must hold images/ and "
                 "masks/ with one mask per image, named like the image."
             )
-    return _read_pairs(root / "images", root / "masks")
+    try:
+        return _read_pairs(root / "images", root / "masks")
+    except DataError:
+        raise
+    except Exception as exc:  # a folder that cannot be listed, an unexpected reader error
+        raise DataError(
+            f"Cannot read the dataset folder {str(root)!r} ({type(exc).__name__}: "
+            f"{one_line(exc)})."
+        ) from exc
 
 
 def _as_stack(array: np.ndarray, what: str) -> np.ndarray:
@@ -411,17 +463,23 @@ def read_npz(path: str | os.PathLike[str]) -> list[LabelledImage]:
         which can run code): nothing is unpickled. A subclass of :class:`DataError` and of
         :class:`~napari_unet_nuclei.safe_pickle.UnsafeFileError`.
     DataError
-        If keys are missing or the shapes do not fit.
+        If the file is not a ``.npz`` (or is damaged), keys are missing, the arrays are
+        not numbers or the shapes do not fit, or if the ``.npy`` headers declare more
+        than may be read into memory (checked before anything is allocated).
     """
     path = Path(path)
+    _check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = list(data.keys())
             missing = [k for k in ("X", "Y") if k not in keys]
             if missing:
+                held = ", ".join(keys[:5]) + (
+                    f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+                )
                 raise DataError(
                     f"{str(path)!r} has no array {' or '.join(missing)} (it holds: "
-                    f"{', '.join(keys) or 'nothing'}). Save images as X and masks as Y: "
+                    f"{held or 'nothing'}). Save images as X and masks as Y: "
                     "numpy.savez(path, X=images, Y=masks, names=names)."
                 )
             images, labels = data["X"], data["Y"]
@@ -436,13 +494,107 @@ def read_npz(path: str | os.PathLike[str]) -> list[LabelledImage]:
                 "and a string array of names instead."
             ) from exc
         raise DataError(f"Cannot read {str(path)!r} as .npz ({exc}).") from exc
-    except (OSError, EOFError) as exc:
+    except Exception as exc:  # zipfile, zlib and numpy raise many types for damaged files
         raise DataError(
-            f"Cannot read {str(path)!r} as .npz ({exc}); expected a numpy.savez file."
+            f"Cannot read {str(path)!r} as .npz ({type(exc).__name__}: {one_line(exc)}); "
+            "expected a numpy.savez file."
         ) from exc
+    for array, what in ((images, "X (the images)"), (labels, "Y (the masks)")):
+        if array.dtype.kind not in "biuf":
+            raise DataError(
+                f"{str(path)!r} holds {what} of type {array.dtype}, not numbers; save numeric "
+                "arrays: numpy.savez(path, X=images, Y=masks, names=names)."
+            )
     if names is not None:
         names = np.asarray(names).reshape(-1).tolist()
-    return stack_to_items(images, labels, names)
+    return _items_of_file(path, images, labels, names)
+
+
+def _items_of_file(
+    path: Path, images: np.ndarray, labels: np.ndarray, names: Sequence[str] | None = None
+) -> list[LabelledImage]:
+    """:func:`stack_to_items`, with the file named in its errors."""
+    try:
+        return stack_to_items(images, labels, names)
+    except DataError as exc:
+        raise DataError(f"{str(path)!r} does not hold usable data: {exc}") from exc
+
+
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _npy_header(stream: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from the header of a ``.npy`` stream (no data is read)."""
+    from numpy.lib import format as npy_format
+
+    version = npy_format.read_magic(stream)
+    if version == (1, 0):
+        shape, _fortran, dtype = npy_format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, _fortran, dtype = npy_format.read_array_header_2_0(stream)
+    else:  # version 3.0 (utf-8 field names): numpy's private reader
+        shape, _fortran, dtype = npy_format._read_array_header(stream, version)
+    return tuple(int(n) for n in shape), np.dtype(dtype)
+
+
+def _check_npz(path: Path) -> None:
+    """Refuse what is not a ``.npz`` before numpy reads it: not a file, not a zip archive,
+    object arrays (pickle), and arrays whose declared size exceeds the memory limit."""
+    import zipfile
+
+    problem = file_problem(path)
+    if problem == "does not exist":
+        raise DataError(f"Dataset {str(path)!r} not found; check the path.")
+    if problem:
+        raise DataError(f"Cannot read {str(path)!r} as .npz: it {problem}.")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(6)
+    except OSError as exc:
+        raise DataError(f"Cannot read {str(path)!r} as .npz ({one_line(exc)}).") from exc
+    if head.startswith(_NPY_MAGIC):
+        raise DataError(
+            f"{str(path)!r} is a single .npy array, not a .npz archive; save images and "
+            "masks together: numpy.savez(path, X=images, Y=masks, names=names)."
+        )
+    if head[:4] not in _ZIP_MAGICS:
+        raise DataError(
+            f"{str(path)!r} is not a .npz file (numpy.savez writes a zip archive; this file "
+            "is empty or of another kind)."
+        )
+    limit = read_limit_bytes()
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                key = info.filename.removesuffix(".npy")
+                if key not in ("X", "Y", "names"):
+                    continue
+                with archive.open(info) as member:
+                    shape, dtype = _npy_header(member)
+                if dtype.hasobject:
+                    raise RefusedFileError(
+                        f"Refused {str(path)!r}: it holds Python object arrays, which can "
+                        "only be loaded with pickle (and pickle can run code). Save plain "
+                        "numeric arrays and a string array of names instead."
+                    )
+                problem = too_large(shape, dtype.itemsize, limit)
+                total += math.prod(shape) * dtype.itemsize
+                if problem is None and total > limit:
+                    problem = (
+                        f"brings the declared arrays to {format_bytes(total)}, more than the "
+                        f"{format_bytes(limit)} that may be read into memory here"
+                    )
+                if problem:
+                    raise DataError(f"Refused {str(path)!r}: its array {key} {problem}.")
+    except DataError:
+        raise
+    except Exception as exc:  # a damaged archive or .npy header
+        raise DataError(
+            f"Cannot read {str(path)!r} as .npz ({type(exc).__name__}: {one_line(exc)}); "
+            "expected a numpy.savez file."
+        ) from exc
 
 
 def read_lab_pickle(path: str | os.PathLike[str]) -> list[LabelledImage]:
@@ -469,21 +621,38 @@ def read_lab_pickle(path: str | os.PathLike[str]) -> list[LabelledImage]:
     napari_unet_nuclei.safe_pickle.UnsafeFileError
         If the file names code other than what rebuilding tensors needs (nothing is run).
     DataError
-        If the file is not such a pickle or the arrays do not fit.
+        If the file is not such a pickle (any error of the unpickler or of torch becomes
+        this error, with one sentence naming the file) or the arrays do not fit.
     """
     from .safe_pickle import UnsafeFileError, load_tensor_pickle
 
+    problem = file_problem(path)
+    if problem == "does not exist":
+        raise DataError(f"Dataset {str(path)!r} not found; check the path.")
+    if problem:
+        raise DataError(f"Cannot read {str(path)!r} as the lab's pickle: it {problem}.")
     try:
         arrays = load_tensor_pickle(path)
     except UnsafeFileError:
         raise
-    except (ValueError, OSError) as exc:
-        raise DataError(str(exc)) from exc
+    except Exception as exc:  # the unpickler and torch raise many types for damaged files
+        detail = one_line(exc, limit=400)
+        if not isinstance(exc, ValueError):
+            detail = (
+                f"Cannot read {str(path)!r} as the lab's pickle ({type(exc).__name__}: {detail})"
+            )
+        raise DataError(f"{detail}.") from exc
+    for number, array in enumerate(arrays):
+        if array.dtype.kind not in "biuf":
+            raise DataError(
+                f"{str(path)!r} holds an array of type {array.dtype} (item {number}), not "
+                "numbers; expected float tensors (X, Y)."
+            )
     if len(arrays) != 2:
         raise DataError(
             f"{str(path)!r} holds {len(arrays)} arrays; expected two, (X, Y): images and masks."
         )
-    return stack_to_items(arrays[0], arrays[1])
+    return _items_of_file(Path(path), arrays[0], arrays[1])
 
 
 def load_dataset(path: str | os.PathLike[str]) -> list[LabelledImage]:
@@ -545,12 +714,14 @@ def parse_split(spec: str) -> tuple[list[str], list[str]]:
     if not sep or not file_part or not key:
         raise DataError(f"Split {spec!r} is not of the form FILE:KEY, e.g. splits.json:lab_70_9.")
     path = Path(file_part)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"Split file {file_part!r} not found; check the path before ':{key}'.")
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"Split file {file_part!r} is not valid JSON ({exc}).") from exc
+        content = read_json(path)
+    except Exception as exc:  # not a file, not UTF-8, not JSON, nested too deeply...
+        raise DataError(
+            f"Split file {file_part!r} cannot be read as JSON: {one_line(exc)}."
+        ) from exc
     if not isinstance(content, dict):
         raise DataError(
             f"Split file {file_part!r} must hold a JSON object mapping split names to "

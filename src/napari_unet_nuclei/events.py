@@ -6,6 +6,7 @@ progress bar and a live plot. They hold plain values only.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "TrainingFinished",
     "TrainingStarted",
     "TrainingStep",
+    "run_to_end",
 ]
 
 
@@ -145,3 +147,31 @@ class BatchFinished:
     images_per_second: float
     summary_path: str
     rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_to_end(
+    generator: Generator[Any, None, Any], progress: Callable[[Any], None] | None
+) -> Any:
+    """Run an engine generator to its end, passing each event to ``progress``; return its
+    return value (what ``train_model``, ``predict`` and ``predict_instances`` do with their
+    generators).
+
+    Parameters
+    ----------
+    generator : generator
+        One of the engine's ``iter_*`` or ``train`` generators.
+    progress : callable, optional
+        Called with every yielded event.
+
+    Returns
+    -------
+    Any
+        The generator's return value.
+    """
+    while True:
+        try:
+            event = next(generator)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(event)

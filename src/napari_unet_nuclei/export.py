@@ -68,6 +68,8 @@ CONFIG_KEY = "napari_unet_nuclei"
 ARCHITECTURE_FILE = "portable_unet.py"
 #: Largest member of a package we read into memory (weights of depth 5, F=64 are ~125 MB).
 _MAX_MEMBER_BYTES = 1 << 30
+#: Largest ``rdf.yaml`` we parse (ours are a few kB).
+_MAX_RDF_BYTES = 16 << 20
 
 _CITATIONS = (
     (
@@ -111,13 +113,17 @@ def portable_network(model: NucleiModel) -> PortableUNet:
     Returns
     -------
     PortableUNet
-        In eval mode (BatchNorm uses the running statistics), on the CPU.
+        In eval mode (BatchNorm uses the running statistics), on the CPU, with one output
+        channel: the nucleus logit (an object-aware network's extra maps are left out).
     """
     from .portable_unet import PortableUNet
 
     cfg = model.config
     network = PortableUNet(cfg.features, cfg.depth, cfg.in_channels)
     state = {k: v.detach().cpu() for k, v in model.network.state_dict().items()}
+    # Exports carry the nucleus logit only (what bioimage.io consumers and the lab use);
+    # the object maps of an object-aware network stay with the plugin's own .pt file.
+    state["head.weight"], state["head.bias"] = state["head.weight"][:1], state["head.bias"][:1]
     network.load_state_dict(state, strict=True)
     return network.eval()
 
@@ -258,7 +264,9 @@ def _add_onnx_metadata(path: Path, model: NucleiModel) -> None:
     proto = onnx.load(str(path))
     metadata = {
         "napari_unet_nuclei.format": FORMAT_NAME,
-        "napari_unet_nuclei.architecture": json.dumps(model.config.to_dict()),
+        "napari_unet_nuclei.architecture": json.dumps(
+            {**model.config.to_dict(), "object_maps": []}  # the nucleus logit only
+        ),
         "napari_unet_nuclei.normalization": json.dumps(model.normalization.to_dict()),
         "napari_unet_nuclei.threshold": repr(float(model.threshold)),
         "napari_unet_nuclei.output": "logits; probability = sigmoid(logits)",
@@ -464,7 +472,8 @@ def _model_description(
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "name": model.name,
-        "architecture": cfg.to_dict(),
+        # What the package holds: the nucleus probability, without object maps.
+        "architecture": {**cfg.to_dict(), "object_maps": []},
         "normalization": norm.to_dict(),
         "threshold": float(model.threshold),
         "summary": _yaml_safe(model.summary),
@@ -601,8 +610,9 @@ def export_bioimageio(
         np.save(root / "test_output.npy", probabilities[None, None])
         tifffile.imwrite(root / "sample_input.tif", image, compression="zlib")
         tifffile.imwrite(root / "sample_output.tif", probabilities, compression="zlib")
+        # The nucleus logit only (see portable_network): the architecture described below.
         torch.save(
-            {k: v.detach().cpu().clone() for k, v in model.network.state_dict().items()},
+            {k: v.detach().cpu().clone() for k, v in portable_network(model).state_dict().items()},
             root / "weights.pt",
         )
         shutil.copyfile(Path(__file__).with_name(ARCHITECTURE_FILE), root / ARCHITECTURE_FILE)
@@ -695,6 +705,8 @@ class _Package:
         self.source = str(path)
         self.archive: zipfile.ZipFile | None = None
         self.folder: Path | None = None
+        from ._file_checks import file_problem, one_line
+
         if path.is_dir():
             self.folder = path.resolve()
             names = [p.name for p in self.folder.iterdir() if p.is_file()]
@@ -702,11 +714,14 @@ class _Package:
             self.folder = path.parent.resolve()
             names = [path.name]
         else:
+            problem = file_problem(path)
+            if problem:
+                raise BioimageioPackageError(f"{path} is not a bioimage.io package: it {problem}.")
             try:
                 self.archive = zipfile.ZipFile(path)
-            except (zipfile.BadZipFile, OSError) as error:
+            except Exception as error:  # BadZipFile, OSError, ValueError...
                 raise BioimageioPackageError(
-                    f"{path} is not a bioimage.io package (not a zip file): {error}"
+                    f"{path} is not a bioimage.io package (not a zip file): {one_line(error)}."
                 ) from error
             names = self.archive.namelist()
         rdf = [n for n in names if n in self.RDF_NAMES or n.endswith(".bioimageio.yaml")]
@@ -717,21 +732,25 @@ class _Package:
             )
         self.rdf_name = rdf[0]
 
-    def read(self, name: str) -> bytes:
-        """Return the bytes of the member ``name`` (a relative path inside the package)."""
+    def read(self, name: str, max_bytes: int = _MAX_MEMBER_BYTES) -> bytes:
+        """Return the bytes of the member ``name`` (a relative path inside the package),
+        refusing members whose declared size exceeds ``max_bytes`` before reading them."""
         missing = BioimageioPackageError(f"{self.source} lacks the file {name!r} it refers to.")
+        large = BioimageioPackageError(f"{self.source}: {name!r} is implausibly large.")
         if self.archive is not None:
             try:
                 info = self.archive.getinfo(name)
             except KeyError:
                 raise missing from None
-            if info.file_size > _MAX_MEMBER_BYTES:
-                raise BioimageioPackageError(f"{self.source}: {name!r} is implausibly large.")
+            if info.file_size > max_bytes:
+                raise large
             return self.archive.read(info)
         assert self.folder is not None
         member = (self.folder / name).resolve()
         if self.folder not in member.parents or not member.is_file():
             raise missing
+        if member.stat().st_size > max_bytes:
+            raise large
         return member.read_bytes()
 
     def close(self) -> None:
@@ -769,22 +788,38 @@ def import_bioimageio(path: str | os.PathLike, map_location: str = "cpu") -> Nuc
         file whose SHA-256 differs from the description, or that holds anything other than
         tensors). Nothing from the package is run or unpickled.
     """
+    from ._file_checks import one_line
+
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise FileNotFoundError(f"bioimage.io package not found: {path}")
+    try:
+        return _import_package(path, map_location)
+    except BioimageioPackageError:
+        raise
+    except Exception as error:  # zipfile, zlib, yaml and torch raise many types
+        raise BioimageioPackageError(
+            f"{path} is not a readable bioimage.io package ({type(error).__name__}: "
+            f"{one_line(error)})."
+        ) from error
+
+
+def _import_package(path: Path, map_location: str) -> NucleiModel:
+    """The work of :func:`import_bioimageio`, which turns any failure into one sentence."""
     import pickle
 
     import torch
     import yaml
 
+    from ._file_checks import one_line, zip_problem
     from .model_io import FORMAT_NAME, ModelFileError, model_from_dict
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"bioimage.io package not found: {path}")
     with _Package(path) as package:
         try:
-            rdf = yaml.safe_load(package.read(package.rdf_name))
+            rdf = yaml.safe_load(package.read(package.rdf_name, _MAX_RDF_BYTES))
         except yaml.YAMLError as error:
             raise BioimageioPackageError(
-                f"{path}: {package.rdf_name} is not valid YAML: {error}"
+                f"{path}: {package.rdf_name} is not valid YAML: {one_line(error)}."
             ) from error
         if not isinstance(rdf, dict) or rdf.get("type") != "model":
             raise BioimageioPackageError(f"{path} is not a bioimage.io model description.")
@@ -806,15 +841,25 @@ def import_bioimageio(path: str | os.PathLike, map_location: str = "cpu") -> Nuc
             f"{path}: the weights file {entry['source']!r} does not match its SHA-256 in the "
             "description (damaged or modified package)."
         )
+    problem = zip_problem(io.BytesIO(data)) if data[:4] == b"PK\x03\x04" else None
+    if problem:
+        raise BioimageioPackageError(
+            f"{path} was refused: its weights file {entry['source']!r} {problem}."
+        )
     try:
-        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch's note on pickle protocols, irrelevant to the user (the file is refused)
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         raise BioimageioPackageError(
             f"{path} was refused: its weights hold objects other than tensors, so they could "
             "run code when loaded."
         ) from error
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as error:
-        raise BioimageioPackageError(f"{path}: unreadable weights: {error}") from error
+    except Exception as error:  # torch's loader raises any type for damaged weights
+        raise BioimageioPackageError(
+            f"{path}: unreadable weights ({type(error).__name__}: {one_line(error)})."
+        ) from error
     try:
         return model_from_dict({**ours, "state_dict": state}, source=str(path))
     except ModelFileError as error:

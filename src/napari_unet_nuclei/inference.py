@@ -17,20 +17,23 @@ import torch
 
 from .acceleration import Runner, make_runner, resolve_backend, resolve_precision
 from .devices import resolve_device
-from .events import FrameDone, TileDone
+from .events import FrameDone, TileDone, run_to_end
 from .model import NucleiModel
 from .network import _pad_reflect
 from .normalization import normalize_frame
 
 __all__ = [
+    "FrameLogits",
     "InferenceCancelled",
     "TileGrid",
     "balanced_tile_size",
     "check_image",
     "dihedral_runner",
+    "iter_frame_logits",
     "iter_predict",
     "predict",
     "predict_logits",
+    "sigmoid",
     "threshold_mask",
     "tile_positions",
 ]
@@ -110,13 +113,14 @@ def dihedral_runner(run: Runner) -> Runner:
     """
 
     def run_all(tiles: np.ndarray) -> np.ndarray:
-        total = np.zeros(tiles.shape, np.float32)
+        total = None
         for flip in (False, True):
-            flipped = tiles[:, :, ::-1] if flip else tiles
+            flipped = tiles[..., ::-1] if flip else tiles
             for turns in range(4):
-                logits = run(np.ascontiguousarray(np.rot90(flipped, turns, axes=(1, 2))))
-                logits = np.rot90(logits, -turns, axes=(1, 2))
-                total += logits[:, :, ::-1] if flip else logits
+                logits = run(np.ascontiguousarray(np.rot90(flipped, turns, axes=(-2, -1))))
+                logits = np.rot90(logits, -turns, axes=(-2, -1))
+                logits = logits[..., ::-1] if flip else logits
+                total = logits.astype(np.float32) if total is None else total + logits
         return total / 8
 
     return run_all
@@ -129,7 +133,7 @@ def whole_frame_logits(run: Runner, frame: np.ndarray, multiple: int) -> np.ndar
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
     if pad_h or pad_w:
         frame = _pad_reflect(torch.from_numpy(frame)[None, None], pad_h, pad_w)[0, 0].numpy()
-    return run(frame[None])[0, :height, :width]
+    return run(frame[None])[0, ..., :height, :width]
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,7 @@ def _frame_logits(
     if grid.pad_h or grid.pad_w:
         frame = np.pad(frame, ((0, grid.pad_h), (0, grid.pad_w)), mode=grid.pad_mode)
     tile_h, tile_w = grid.tile_h, grid.tile_w
-    accumulated = np.zeros(frame.shape, np.float32)
+    accumulated = None  # (H, W), or (C, H, W) for a runner that returns every channel
     total_weight = np.zeros(frame.shape, np.float32)
     window = grid.window
     corners = [(y, x) for y in grid.rows for x in grid.cols]
@@ -205,12 +209,14 @@ def _frame_logits(
         chunk = corners[start : start + batch_size]
         batch = np.stack([frame[y : y + tile_h, x : x + tile_w] for y, x in chunk])
         logits = run(batch)
+        if accumulated is None:
+            accumulated = np.zeros(logits.shape[1:-2] + frame.shape, np.float32)
         for (y, x), tile_logits in zip(chunk, logits):
-            accumulated[y : y + tile_h, x : x + tile_w] += tile_logits * window
+            accumulated[..., y : y + tile_h, x : x + tile_w] += tile_logits * window
             total_weight[y : y + tile_h, x : x + tile_w] += window
         yield TileDone(frame_index, n_frames, min(start + batch_size, len(corners)), len(corners))
     np.divide(accumulated, total_weight, out=accumulated)
-    return accumulated[:height, :width]
+    return accumulated[..., :height, :width]
 
 
 def check_image(image: Any) -> tuple[int, ...]:
@@ -264,6 +270,7 @@ def iter_predict(
     backend: str = "auto",
     test_time_augmentation: bool = False,
     out: Any = None,
+    maps_out: dict[str, Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Generator[TileDone | FrameDone, None, Any]:
     """Segment an image or a stack frame by frame, yielding progress events.
@@ -296,6 +303,9 @@ def iter_predict(
     out : array-like, optional
         Array of the image's shape to write results into (e.g. a zarr array); a new
         float32 numpy array when omitted.
+    maps_out : dict of str to array-like, optional
+        For an object-aware model: arrays of the image's shape, by map name (among
+        ``model.object_maps``), that receive those maps as probabilities (or logits).
     should_stop : callable, optional
         Called between tiles; when it returns True, :class:`InferenceCancelled` is raised.
 
@@ -316,11 +326,83 @@ def iter_predict(
         raise ValueError(
             f"Output array shape {tuple(out.shape)} differs from image shape {shape}."
         )
+    maps_out = maps_out or {}
+    unknown = [name for name in maps_out if name not in model.object_maps]
+    if unknown:
+        raise ValueError(
+            f"The model predicts no {', '.join(map(repr, unknown))} map; it predicts "
+            f"{list(model.object_maps) or 'the nucleus probability only'}."
+        )
+    channels = model.config.channel_names
+    frames = iter_frame_logits(
+        model,
+        image,
+        all_channels=bool(maps_out),
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        backend=backend,
+        test_time_augmentation=test_time_augmentation,
+        should_stop=should_stop,
+    )
+    for event in frames:
+        if isinstance(event, FrameLogits):
+            frame_logits = event.logits if logits else sigmoid(event.logits)
+            if maps_out:
+                for name, values in zip(channels[1:], frame_logits[1:]):
+                    if name in maps_out:
+                        maps_out[name][event.index] = values
+                frame_logits = frame_logits[0]
+            out[event.index] = frame_logits
+            yield FrameDone(event.number, event.n_frames)
+        else:
+            yield event
+    return out
+
+
+@dataclass(frozen=True)
+class FrameLogits:
+    """The network's output for one 2-D frame of an image or stack.
+
+    ``logits`` is ``(H, W)`` (the nucleus logit) or ``(C, H, W)`` (every output channel,
+    nucleus first, when asked for ``all_channels``); ``index`` is the frame's index in the
+    stack (``()`` for a 2-D image).
+    """
+
+    index: tuple[int, ...]
+    number: int
+    n_frames: int
+    logits: np.ndarray
+
+
+def iter_frame_logits(
+    model: NucleiModel,
+    image: Any,
+    *,
+    all_channels: bool = False,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = 1,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    backend: str = "auto",
+    test_time_augmentation: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[TileDone | FrameLogits]:
+    """Tiled network output frame by frame: ``TileDone`` events, then a ``FrameLogits``.
+
+    Parameters are those of :func:`iter_predict`; with ``all_channels`` each frame's
+    logits hold every output channel of the network (see
+    :attr:`~napari_unet_nuclei.network.UNetConfig.channel_names`).
+    """
+    shape = check_image(image)
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
     backend = resolve_backend(backend, device, precision)
     network = model.network.to(device).eval()
-    run = make_runner(network, device, precision, backend)
+    run = make_runner(network, device, precision, backend, all_channels=all_channels)
     if test_time_augmentation:
         run = dihedral_runner(run)
     multiple = model.config.size_multiple
@@ -342,11 +424,7 @@ def iter_predict(
             if should_stop is not None and should_stop():
                 raise InferenceCancelled("Segmentation was cancelled.")
             yield tile_event
-        if not logits:
-            frame_logits = _sigmoid(frame_logits)
-        out[index] = frame_logits
-        yield FrameDone(number, n_frames)
-    return out
+        yield FrameLogits(index, number, n_frames, frame_logits)
 
 
 def normalized_frame_logits(
@@ -364,21 +442,14 @@ def normalized_frame_logits(
     """
     multiple = network.config.size_multiple
     run = make_runner(network, device, precision, "torch")
-    return _run(_frame_logits(run, frame, tile_size, overlap, batch_size, multiple, 0, 1), None)
+    return run_to_end(
+        _frame_logits(run, frame, tile_size, overlap, batch_size, multiple, 0, 1), None
+    )
 
 
-def _sigmoid(values: np.ndarray) -> np.ndarray:
+def sigmoid(values: np.ndarray) -> np.ndarray:
+    """Logistic function of logits, as float32 (stable for large values)."""
     return (0.5 * (1.0 + np.tanh(0.5 * values))).astype(np.float32, copy=False)
-
-
-def _run(generator: Iterator[Any], callback: Callable[[Any], None] | None) -> Any:
-    while True:
-        try:
-            event = next(generator)
-        except StopIteration as stop:
-            return stop.value
-        if callback is not None:
-            callback(event)
 
 
 def predict(
@@ -408,7 +479,7 @@ def predict(
     numpy.ndarray
         float32 probabilities in [0, 1] with the image's shape.
     """
-    return _run(iter_predict(model, image, **options), progress)
+    return run_to_end(iter_predict(model, image, **options), progress)
 
 
 def predict_logits(
@@ -422,7 +493,7 @@ def predict_logits(
 
     Same parameters as :func:`predict`.
     """
-    return _run(iter_predict(model, image, logits=True, **options), progress)
+    return run_to_end(iter_predict(model, image, logits=True, **options), progress)
 
 
 def threshold_mask(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:

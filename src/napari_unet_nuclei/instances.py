@@ -20,12 +20,17 @@ from typing import Any, Literal
 import numpy as np
 
 __all__ = [
+    "SEEDS",
     "InstanceConfig",
+    "instances_from_maps",
     "instances_from_mask",
     "instances_from_probabilities",
     "iter_instances",
     "label_stack",
 ]
+
+
+SEEDS = ("distance", "probability", "centre", "boundary")
 
 
 @dataclass(frozen=True)
@@ -36,16 +41,22 @@ class InstanceConfig:
     ----------
     threshold : float
         Probability at or above which a pixel is nucleus.
-    seeds : {"distance", "probability"}
+    seeds : {"distance", "probability", "centre", "boundary"}
         Where the seeds come from: peaks of the distance to the background (shape, the
-        default: splits touching round nuclei), or peaks of the smoothed probability (for a
-        model that predicts lower values between nuclei).
+        default for probability-only models: splits touching round nuclei where a neck
+        shows), peaks of the smoothed probability (for a model that predicts lower values
+        between nuclei), or an object-aware network's own maps: the peaks of its
+        ``"centre"`` map (predicted distance to the nucleus border) or the parts its
+        ``"boundary"`` map (where nuclei touch) leaves apart.
+    seed_threshold : float
+        ``"boundary"`` seeds: a seed is a connected region of the mask where the boundary
+        map stays below this (0-1).
     neck_ratio : float
         ``"distance"`` seeds: two touching nuclei are split when the neck between them is
         narrower than this fraction of the smaller one's width (0-1; lower splits less).
     min_peak_height : float
-        ``"probability"`` seeds: how far (in probability) a peak must rise above the saddle
-        to its neighbour.
+        ``"probability"`` and ``"centre"`` seeds: how far (in probability, or in the
+        centre map's units) a peak must rise above the saddle to its neighbour.
     sigma : float
         Gaussian smoothing (pixels) of the distance or probability map before peaks are
         sought; removes peaks from ragged borders.
@@ -56,7 +67,8 @@ class InstanceConfig:
     """
 
     threshold: float = 0.5
-    seeds: Literal["distance", "probability"] = "distance"
+    seeds: Literal["distance", "probability", "centre", "boundary"] = "distance"
+    seed_threshold: float = 0.5
     neck_ratio: float = 0.8
     min_peak_height: float = 0.1
     sigma: float = 1.0
@@ -64,9 +76,15 @@ class InstanceConfig:
     connectivity: int = 1
 
     def __post_init__(self) -> None:
-        if self.seeds not in ("distance", "probability"):
+        if self.seeds not in SEEDS:
             raise ValueError(
-                f"InstanceConfig.seeds must be 'distance' or 'probability', got {self.seeds!r}."
+                f"InstanceConfig.seeds must be one of {', '.join(map(repr, SEEDS))}, got "
+                f"{self.seeds!r}."
+            )
+        if not 0.0 < self.seed_threshold < 1.0:
+            raise ValueError(
+                f"InstanceConfig.seed_threshold must be between 0 and 1 (exclusive), got "
+                f"{self.seed_threshold}."
             )
         if not 0.0 < self.neck_ratio < 1.0:
             raise ValueError(
@@ -156,7 +174,7 @@ def instances_from_mask(
     """
     from scipy import ndimage as ndi
     from skimage.morphology import h_maxima
-    from skimage.segmentation import relabel_sequential, watershed
+    from skimage.segmentation import watershed
 
     config = config or InstanceConfig()
     mask = np.asarray(mask)
@@ -175,7 +193,7 @@ def instances_from_mask(
         return np.zeros(mask.shape, np.int32)
     landscape, height = _seed_landscape(mask, probabilities, config)
     footprint = ndi.generate_binary_structure(2, config.connectivity)
-    parts, n_parts = ndi.label(mask, structure=footprint)
+    parts, _ = ndi.label(mask, structure=footprint)
     # h-maxima part by part: the same peaks as on the whole image, without the cost of a
     # morphological reconstruction over the background.
     peaks = np.zeros(mask.shape, bool)
@@ -188,6 +206,32 @@ def instances_from_mask(
     markers, _ = ndi.label(peaks, structure=square)
     # Every connected part of the mask gets at least one seed (a part without a clear peak
     # is one nucleus).
+    markers = _add_unseeded_parts(markers, mask, footprint)
+    labels = watershed(-landscape, markers, mask=mask, connectivity=config.connectivity)
+    return _without_small(labels, config.min_size)
+
+
+def _without_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """int32 labels 1..N without the objects smaller than ``min_size`` pixels."""
+    from skimage.segmentation import relabel_sequential
+
+    if min_size > 1:
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = False
+        if small.any():
+            labels[small[labels]] = 0
+    labels, _, _ = relabel_sequential(labels)
+    return labels.astype(np.int32, copy=False)
+
+
+def _add_unseeded_parts(
+    markers: np.ndarray, mask: np.ndarray, footprint: np.ndarray
+) -> np.ndarray:
+    """Give every connected part of ``mask`` without a marker a marker of its own."""
+    from scipy import ndimage as ndi
+
+    parts, n_parts = ndi.label(mask, structure=footprint)
     if n_parts:
         seeded = np.zeros(n_parts + 1, bool)
         seeded[parts[markers > 0]] = True
@@ -195,15 +239,80 @@ def instances_from_mask(
         if unseeded.any():
             extra, _ = ndi.label(unseeded, structure=footprint)
             markers[extra > 0] = extra[extra > 0] + markers.max()
-    labels = watershed(-landscape, markers, mask=mask, connectivity=config.connectivity)
-    if config.min_size > 1:
-        sizes = np.bincount(labels.ravel())
-        small = sizes < config.min_size
-        small[0] = False
-        if small.any():
-            labels[small[labels]] = 0
-    labels, _, _ = relabel_sequential(labels)
-    return labels.astype(np.int32, copy=False)
+    return markers
+
+
+def instances_from_maps(
+    probabilities: np.ndarray,
+    maps: dict[str, np.ndarray],
+    config: InstanceConfig | None = None,
+) -> np.ndarray:
+    """Instance labels from an object-aware network's outputs (one 2-D frame).
+
+    The nucleus mask is ``probabilities >= config.threshold`` (holes and specks removed as
+    in :func:`instances_from_mask`). Seeds come from the network's own maps:
+
+    - ``"centre"``: the peaks of the predicted centre map (distance to the nucleus
+      border, 1 at the centre) that rise at least ``config.min_peak_height`` above the
+      saddle to a neighbouring peak; each nucleus then grows over the descending centre
+      map (watershed) inside the mask;
+    - ``"boundary"``: connected regions of the mask where the predicted boundary map
+      (where nuclei touch) stays below ``config.seed_threshold``; each grows over the
+      rising boundary map inside the mask.
+
+    A part of the mask without a seed is one nucleus. With ``seeds`` ``"distance"`` or
+    ``"probability"`` the maps are ignored (:func:`instances_from_mask`).
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        2-D nucleus probabilities.
+    maps : dict of str to numpy.ndarray
+        The network's object maps as probabilities in [0, 1], by name.
+    config : InstanceConfig, optional
+        Threshold, seeds, ``min_size``...
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 labels: 0 = background, 1..N = nuclei (consecutive).
+    """
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    config = config or InstanceConfig()
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    if config.seeds not in ("centre", "boundary"):
+        return instances_from_probabilities(probabilities, config)
+    if config.seeds not in maps:
+        raise ValueError(
+            f"InstanceConfig(seeds={config.seeds!r}) needs the network's {config.seeds!r} map, "
+            f"but it predicts {sorted(maps) or 'no object maps'}; use seeds='distance'."
+        )
+    landscape = np.asarray(maps[config.seeds], dtype=np.float32)
+    if landscape.shape != probabilities.shape:
+        raise ValueError(
+            f"The {config.seeds!r} map has shape {landscape.shape}, the probabilities "
+            f"{probabilities.shape}; give maps of one frame."
+        )
+    mask = _clean_mask(probabilities >= config.threshold, config)
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    footprint = ndi.generate_binary_structure(2, config.connectivity)
+    if config.seeds == "centre":
+        from skimage.morphology import h_maxima
+
+        inside = np.where(mask, landscape, 0).astype(np.float32)
+        cores = h_maxima(inside, config.min_peak_height, footprint=np.ones((3, 3), bool))
+        cores = cores.astype(bool) & mask
+        flood, joins = -landscape, np.ones((3, 3), bool)  # a peak's plateau is one seed
+    else:
+        cores = (landscape < config.seed_threshold) & mask
+        flood, joins = landscape, footprint
+    markers, _ = ndi.label(cores, structure=joins)
+    markers = _add_unseeded_parts(markers, mask, footprint)
+    labels = watershed(flood, markers, mask=mask, connectivity=config.connectivity)
+    return _without_small(labels, config.min_size)
 
 
 def instances_from_probabilities(
@@ -234,6 +343,8 @@ def iter_instances(
     probabilities: Any,
     config: InstanceConfig | None = None,
     *,
+    maps: dict[str, Any] | None = None,
+    stack_axis: str = "frames",
     out: Any = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Generator[Any, None, Any]:
@@ -241,7 +352,8 @@ def iter_instances(
 
     Ids are unique across the whole stack (frame ``k`` continues after the last id of
     frame ``k - 1``), so the result is one napari labels layer whose features table has
-    one row per nucleus.
+    one row per nucleus. With ``stack_axis="z"`` the nuclei of consecutive slices are
+    then linked into 3-D objects (:func:`~napari_unet_nuclei.stitching.stitch_slices`).
 
     Parameters
     ----------
@@ -249,6 +361,11 @@ def iter_instances(
         ``(..., H, W)`` probabilities; numpy, zarr or dask (read one frame at a time).
     config : InstanceConfig, optional
         Watershed settings.
+    maps : dict of str to array-like, optional
+        An object-aware network's maps, of the probabilities' shape, by name (see
+        :func:`instances_from_maps`); needed for ``"centre"`` or ``"boundary"`` seeds.
+    stack_axis : {"frames", "z"}
+        What the leading axis of a 3-D stack is.
     out : array-like, optional
         Integer array of the same shape to write into (e.g. zarr); a new int32 numpy array
         when omitted.
@@ -271,6 +388,8 @@ def iter_instances(
     shape = tuple(probabilities.shape)
     if len(shape) < 2:
         raise ValueError(f"Expected a 2-D map or a stack (..., H, W), got shape {shape}.")
+    if stack_axis not in ("frames", "z"):
+        raise ValueError(f"stack_axis must be 'frames' or 'z', got {stack_axis!r}.")
     if out is None:
         out = np.zeros(shape, np.int32)
     elif tuple(out.shape) != shape:
@@ -280,8 +399,13 @@ def iter_instances(
     limit = np.iinfo(out.dtype).max if np.issubdtype(out.dtype, np.integer) else 2**31 - 1
     indices = list(np.ndindex(*shape[:-2])) if len(shape) > 2 else [()]
     offset = 0
+    frame_maps = maps or {}
     for number, index in enumerate(indices):
-        labels = instances_from_probabilities(np.asarray(probabilities[index]), config)
+        labels = instances_from_maps(
+            np.asarray(probabilities[index]),
+            {name: np.asarray(values[index]) for name, values in frame_maps.items()},
+            config,
+        )
         count = int(labels.max())
         if offset + count > limit:
             raise ValueError(
@@ -295,6 +419,10 @@ def iter_instances(
         yield FrameDone(number, len(indices))
         if should_stop is not None and should_stop():
             raise InferenceCancelled("Instance labelling was cancelled.")
+    if stack_axis == "z" and len(shape) == 3:
+        from .stitching import stitch_slices
+
+        out[...] = stitch_slices(np.asarray(out))
     return out
 
 

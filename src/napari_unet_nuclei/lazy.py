@@ -301,7 +301,7 @@ def iter_predict_lazy(
     """
     from .acceleration import make_runner, resolve_backend, resolve_precision
     from .devices import resolve_device
-    from .inference import InferenceCancelled, _sigmoid
+    from .inference import InferenceCancelled, sigmoid
 
     shape = tuple(int(n) for n in image.shape)
     if len(shape) < 2:
@@ -318,9 +318,9 @@ def iter_predict_lazy(
     threshold = float(model.threshold if threshold is None else threshold)
     targets: list[tuple[Any, Callable[[np.ndarray], np.ndarray]]] = []
     if out is not None:
-        targets.append((out, (lambda rows: rows) if logits else _sigmoid))
+        targets.append((out, (lambda rows: rows) if logits else sigmoid))
     if mask_out is not None:
-        targets.append((mask_out, lambda rows: (_sigmoid(rows) >= threshold).astype(np.uint8)))
+        targets.append((mask_out, lambda rows: (sigmoid(rows) >= threshold).astype(np.uint8)))
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
     run = make_runner(

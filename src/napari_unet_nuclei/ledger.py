@@ -13,7 +13,6 @@ Plain numpy/torch, no Qt: the widget runs the scoring in a worker thread.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import time
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._file_checks import one_line, read_json
 from .annotations import annotated_pixel_count
 from .project import ProjectError, atomic_write_json, sample_sha256
 
@@ -383,12 +383,14 @@ class Ledger:
         return self.folder / LEDGER_NAME
 
     def _read(self) -> list[LedgerRound]:
-        if not self.path.exists():
+        if not self.path.exists() and not self.path.is_symlink():
             return []
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ProjectError(f"{self.path} is damaged and cannot be read: {error}") from error
+            data = read_json(self.path)
+        except Exception as error:  # not a file, too large, not UTF-8, not JSON, too deep
+            raise ProjectError(
+                f"{self.path} is damaged and cannot be read as a ledger: {one_line(error)}."
+            ) from error
         if not isinstance(data, dict) or data.get("format") != LEDGER_FORMAT:
             raise ProjectError(f"{self.path} is not a napari-unet-nuclei ledger.")
         version = data.get("format_version")
@@ -398,10 +400,18 @@ class Ledger:
                 f"reads (up to {LEDGER_VERSION}); update napari-unet-nuclei."
             )
         try:
-            return [LedgerRound.from_dict(item) for item in data.get("rounds", [])]
-        except (KeyError, TypeError, ValueError) as error:
+            rounds = data.get("rounds", [])
+            if not isinstance(rounds, list):
+                raise TypeError("'rounds' is not a list")
+            parsed = [LedgerRound.from_dict(item) for item in rounds]
+            for item in parsed:  # parse the stored curves now: the widgets draw them later
+                if item.held_out is not None:
+                    item.held_out.precision_recall_curve()
+            return parsed
+        except Exception as error:  # a missing key, a wrong type, an infinite number...
             raise ProjectError(
-                f"{self.path} is damaged: a round is incomplete ({error})."
+                f"{self.path} is damaged: a round is incomplete or malformed "
+                f"({type(error).__name__}: {one_line(error)})."
             ) from error
 
     def reload(self) -> None:

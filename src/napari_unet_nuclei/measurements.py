@@ -16,6 +16,7 @@ import numpy as np
 
 __all__ = [
     "MEASUREMENT_COLUMNS",
+    "MeasurementsFileError",
     "measure_nuclei",
     "read_measurements_csv",
     "to_layer_features",
@@ -33,7 +34,7 @@ MEASUREMENT_COLUMNS: tuple[str, ...] = (
     "eccentricity",
 )
 
-_INTEGER_COLUMNS = ("label", "area")
+_INTEGER_COLUMNS = ("label", "area", "volume")
 
 
 def _empty_table(columns: Sequence[str]) -> dict[str, np.ndarray]:
@@ -51,7 +52,8 @@ def _measure_frame(labels: np.ndarray, image: np.ndarray | None) -> dict[str, np
     from skimage.measure import regionprops_table
 
     spatial = ("z", "y", "x")[-labels.ndim :]
-    columns = ["label", "area", *(f"centroid_{axis}" for axis in spatial)]
+    size = "volume" if labels.ndim == 3 else "area"  # voxels of a 3-D nucleus
+    columns = ["label", size, *(f"centroid_{axis}" for axis in spatial)]
     columns += ["mean_intensity", "integrated_intensity", "eccentricity"]
     if not labels.any():
         return _empty_table(columns)
@@ -62,7 +64,7 @@ def _measure_frame(labels: np.ndarray, image: np.ndarray | None) -> dict[str, np
     ids = raw["label"].astype(np.int64)
     table: dict[str, np.ndarray] = {
         "label": ids,
-        "area": np.rint(raw["area"]).astype(np.int64),
+        size: np.rint(raw["area"]).astype(np.int64),
     }
     for number, axis in enumerate(spatial):
         table[f"centroid_{axis}"] = raw[f"centroid-{number}"].astype(float)
@@ -73,7 +75,7 @@ def _measure_frame(labels: np.ndarray, image: np.ndarray | None) -> dict[str, np
         values = np.asarray(image, dtype=np.float64)
         integrated = np.asarray(ndi.sum_labels(values, labels, index=ids), dtype=float)
         table["integrated_intensity"] = integrated
-        table["mean_intensity"] = integrated / table["area"]
+        table["mean_intensity"] = integrated / table[size]
     table["eccentricity"] = (
         raw["eccentricity"].astype(float) if labels.ndim == 2 else np.full(ids.size, np.nan)
     )
@@ -100,7 +102,8 @@ def measure_nuclei(
         Measure each 2-D frame of a stack on its own (the default for more than 2
         dimensions: this package segments frame by frame) and add one column per leading
         axis (``frame`` for a 3-D stack, ``frame_0``, ``frame_1``... for more). ``False``
-        measures a 3-D volume as such (``centroid_z`` is added; eccentricity is NaN).
+        measures a 3-D volume as such (``volume`` in voxels instead of ``area``,
+        ``centroid_z`` is added; eccentricity is NaN).
 
     Returns
     -------
@@ -221,19 +224,65 @@ def _format(value: Any) -> Any:
 def read_measurements_csv(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read a CSV written by :func:`write_measurements_csv` back into columns.
 
-    Integer columns (``label``, ``area``, frame columns) come back as int64, the others as
+    Integer columns (``label``, ``area``, ``volume``, frame columns) come back as int64, the others as
     float (empty cells are NaN).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The CSV file.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        One array per column, in file order.
+
+    Raises
+    ------
+    MeasurementsFileError
+        With one sentence, for anything that is not such a table: not a regular file, not
+        text, an empty file, rows of another length than the header, cells that are not
+        numbers, repeated column names (a ``ValueError``).
     """
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows:
-        raise ValueError(f"{path} is empty; expected a header row of column names.")
+    from ._file_checks import file_problem, one_line
+
+    problem = file_problem(path)
+    if problem:
+        raise MeasurementsFileError(f"{path} cannot be read as a nuclei table: it {problem}.")
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle, strict=True))
+    except Exception as error:  # not UTF-8, NUL bytes, a field too large, unreadable...
+        raise MeasurementsFileError(
+            f"{path} is not a nuclei table (a CSV of numbers): {type(error).__name__}: "
+            f"{one_line(error)}."
+        ) from error
+    if not rows or not rows[0]:
+        raise MeasurementsFileError(f"{path} is empty; expected a header row of column names.")
     header, body = rows[0], rows[1:]
+    if len(set(header)) != len(header):
+        raise MeasurementsFileError(f"{path} names a column twice; it is not a nuclei table.")
+    for line, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise MeasurementsFileError(
+                f"{path} is not a nuclei table: row {line} has {len(row)} cells for "
+                f"{len(header)} columns."
+            )
     table = {}
     for number, name in enumerate(header):
         values = [row[number] for row in body]
-        if name in _INTEGER_COLUMNS or name.startswith("frame"):
-            table[name] = np.array([int(v) for v in values], np.int64)
-        else:
-            table[name] = np.array([float(v) if v else np.nan for v in values], float)
+        try:
+            if name in _INTEGER_COLUMNS or name.startswith("frame"):
+                table[name] = np.array([int(v) for v in values], np.int64)
+            else:
+                table[name] = np.array([float(v) if v else np.nan for v in values], float)
+        except (ValueError, OverflowError) as error:
+            raise MeasurementsFileError(
+                f"{path} is not a nuclei table: the column {name!r} holds a value that is not "
+                f"a number ({one_line(error)})."
+            ) from error
     return table
+
+
+class MeasurementsFileError(ValueError):
+    """A file could not be read as a table of nuclei measurements."""

@@ -51,10 +51,27 @@ class NucleiModel:
             name=self.name,
         )
 
+    @property
+    def object_maps(self) -> tuple[str, ...]:
+        """The maps the network predicts beside the nucleus probability (may be empty)."""
+        return self.config.object_maps
+
+    @property
+    def instance_seeds(self) -> str:
+        """How instances are seeded by default: from the best object map the network
+        predicts (``"centre"``, then ``"boundary"``), else from the distance transform of
+        the thresholded mask (``"distance"``, the probability-only models)."""
+        for name in ("centre", "boundary"):
+            if name in self.object_maps:
+                return name
+        return "distance"
+
     def describe(self) -> str:
         """One line describing the model for pickers and logs."""
         cfg = self.config
         text = f"{self.name} (F={cfg.features}, depth={cfg.depth}"
+        if cfg.object_maps:
+            text += ", objects"
         f1 = self.summary.get("best_val_f1")
         if isinstance(f1, float) and f1 == f1:
             text += f", val F1={f1:.3f}"
@@ -66,6 +83,7 @@ def create_model(
     depth: int = 3,
     normalization: NormalizationConfig | None = None,
     name: str = "unet",
+    object_maps: tuple[str, ...] = (),
 ) -> NucleiModel:
     """Create an untrained model.
 
@@ -79,10 +97,15 @@ def create_model(
         Normalisation settings; defaults when omitted.
     name : str
         Display name.
+    object_maps : tuple of str
+        Maps learnt beside the nucleus probability to tell touching nuclei apart
+        (``"centre"``, ``"boundary"``); empty for the lab's probability-only U-Net.
 
     Returns
     -------
     NucleiModel
     """
-    network = build_unet(UNetConfig(features=features, depth=depth))
+    network = build_unet(
+        UNetConfig(features=features, depth=depth, object_maps=tuple(object_maps))
+    )
     return NucleiModel(network, normalization or NormalizationConfig(), 0.5, {}, name)

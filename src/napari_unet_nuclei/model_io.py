@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ._file_checks import one_line, zip_problem
 from .model import NucleiModel
 from .network import UNetConfig, build_unet
 from .normalization import NormalizationConfig
@@ -111,19 +112,50 @@ def model_from_dict(data: Any, source: str = "the data") -> NucleiModel:
                 "saved (the file was corrupted or modified); use another copy of the model."
             )
     try:
-        network = build_unet(UNetConfig.from_dict(data["architecture"]))
+        config = UNetConfig.from_dict(data["architecture"])
+        _check_weight_shapes(config, data["state_dict"], source)
+        network = build_unet(config)
         network.load_state_dict(data["state_dict"])
         normalization = NormalizationConfig.from_dict(data["normalization"])
-    except (KeyError, RuntimeError, TypeError, ValueError) as error:
-        raise ModelFileError(f"{source} is damaged or incomplete: {error}") from error
-    network.eval()
-    return NucleiModel(
-        network=network,
-        normalization=normalization,
-        threshold=float(data.get("threshold", 0.5)),
-        summary=dict(data.get("summary", {})),
-        name=str(data.get("name", "unet")),
-    )
+        network.eval()
+        return NucleiModel(
+            network=network,
+            normalization=normalization,
+            threshold=float(data.get("threshold", 0.5)),
+            summary=dict(data.get("summary", {})),
+            name=str(data.get("name", "unet")),
+        )
+    except ModelFileError:
+        raise
+    except Exception as error:  # any malformed entry (types, values, shapes)
+        raise ModelFileError(
+            f"{source} is damaged or incomplete: {type(error).__name__}: {one_line(error)}."
+        ) from error
+
+
+def _check_weight_shapes(config: UNetConfig, state: Any, source: str) -> None:
+    """Compare the stored weights with the declared architecture before building it.
+
+    The network is first built on torch's ``meta`` device (no memory), so a file that
+    declares an enormous architecture is refused instead of allocated.
+    """
+    with torch.device("meta"):
+        skeleton = build_unet(config)
+    expected = {key: tuple(value.shape) for key, value in skeleton.state_dict().items()}
+    if not isinstance(state, dict) or not all(
+        isinstance(value, torch.Tensor) for value in state.values()
+    ):
+        raise ModelFileError(f"{source} is damaged or incomplete: its weights are not tensors.")
+    stored = {str(key): tuple(value.shape) for key, value in state.items()}
+    if stored != expected:
+        wrong = sorted(set(stored) ^ set(expected)) or sorted(
+            key for key in expected if stored[key] != expected[key]
+        )
+        raise ModelFileError(
+            f"{source} is damaged or incomplete: its weights do not fit the architecture it "
+            f"declares ({len(wrong)} tensor(s) missing, extra or of another shape, e.g. "
+            f"{wrong[0]!r})."
+        )
 
 
 def save_model(model: NucleiModel, path: str | os.PathLike) -> Path:
@@ -172,8 +204,9 @@ def _names_code(path: Path) -> bool:
         if raw[:4] == b"PK\x03\x04":
             with zipfile.ZipFile(path) as archive:
                 name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
-                raw = archive.read(name) if name else b""
-    except (OSError, zipfile.BadZipFile, KeyError, ValueError):
+                small = name and archive.getinfo(name).file_size <= len(raw) * 64
+                raw = archive.read(name) if small else b""
+    except Exception:  # zipfile and zlib raise many types for damaged archives
         return False
     strings: list[str] = []
     try:
@@ -199,7 +232,8 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu") -> NucleiMode
     Parameters
     ----------
     path : str or path-like
-        A ``.pt`` model file.
+        A ``.pt`` model file, or the name of a built-in model (``"fluo-nuclei"``, see
+        :mod:`napari_unet_nuclei.builtin_models`), whose file is checked by SHA-256.
     map_location : str
         Device the weights are loaded to.
 
@@ -213,11 +247,31 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu") -> NucleiMode
         The file does not exist.
     ModelFileError
         The file is not a model of this plugin, is damaged, holds objects other than
-        tensors and plain data, or comes from a newer format version.
+        tensors and plain data, declares more than may be read into memory or an
+        architecture its weights do not fit, or comes from a newer format version. Any
+        exception of the loader becomes this error, with one sentence naming the file.
     """
+    from .builtin_models import (
+        BUILTIN_MODELS,
+        builtin_model_path,
+        builtin_name_of,
+        is_builtin_name,
+    )
+
+    if is_builtin_name(path) and not Path(path).is_file():
+        path = builtin_model_path(str(path))
+    else:
+        shipped = builtin_name_of(path)
+        if shipped is not None:
+            path = builtin_model_path(shipped)  # the shipped file, checked
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Model file not found: {path}")
+        raise FileNotFoundError(
+            f"Model file not found: {path} (built-in models: {', '.join(BUILTIN_MODELS)})."
+        )
+    problem = _declared_size_problem(path)
+    if problem:
+        raise ModelFileError(f"{path} was refused: it {problem}; it is not a model file.")
     try:
         with warnings.catch_warnings():
             # torch's note on pickle protocols, irrelevant to the user (the file is refused)
@@ -227,23 +281,54 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu") -> NucleiMode
         if "global" not in str(error).lower() and not _names_code(path):
             raise ModelFileError(
                 f"{path} is not a readable model file (truncated, corrupted or another kind of "
-                "file): it holds no valid model data."
+                f"file): {_what_it_is(path) or 'it holds no valid model data'}."
             ) from error
         raise ModelFileError(
             f"{path} was refused: it contains objects other than tensors and plain data, "
             "so it could run code when loaded. Only load model files saved by this plugin."
         ) from error
-    except (
-        zipfile.BadZipFile,
-        EOFError,
-        RuntimeError,
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-    ) as error:
+    except Exception as error:  # torch's loader raises any type for a damaged file
+        # (e.g. IndexError for a text file whose first letter is a pickle opcode)
+        detail = _what_it_is(path) or f"{type(error).__name__}: {one_line(error)}"
         raise ModelFileError(
             f"{path} is not a readable model file (truncated, corrupted or another kind of "
-            f"file): {error}"
+            f"file): {detail}."
         ) from error
     return model_from_dict(data, source=str(path))
+
+
+def _what_it_is(path: Path) -> str | None:
+    """What the file is when its first bytes say so (``"it is empty"``, ``"it is a text
+    file"``, ``"it is a truncated or damaged zip archive"``), else None."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(512)
+    except OSError:
+        return None
+    if not head:
+        return "it is empty"
+    if head.startswith(b"PK\x03\x04"):  # model files are zip archives
+        try:
+            zipfile.ZipFile(path).close()
+        except Exception:  # BadZipFile, OSError...
+            return "it is a truncated or damaged zip archive"
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:  # may be cut inside a character: judge the rest
+        text = head[:-4].decode("utf-8", errors="replace")
+    if "\ufffd" not in text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return "it is a text file"
+    return None
+
+
+def _declared_size_problem(path: Path) -> str | None:
+    """Refuse a zip archive whose members declare more bytes than may be read into memory
+    (a zip bomb, or a damaged directory claiming huge sizes), before torch reads it."""
+    try:
+        with open(path, "rb") as stream:
+            if stream.read(4) != b"PK\x03\x04":
+                return None
+    except OSError:  # torch's loader says what is wrong
+        return None
+    return zip_problem(path)

@@ -4,7 +4,9 @@ Block = (conv 3x3 -> ReLU -> BatchNorm) x 2. The encoder applies a block and a 2
 max-pool per level, with F, 2F, 4F, ... channels; the bottleneck is a block that doubles
 the channels; each decoder level upsamples with ``ConvTranspose2d(kernel=2, stride=2)``
 halving the channels, concatenates the skip connection and applies a block; a 1x1
-convolution gives one logit per pixel.
+convolution gives one logit per pixel: the nucleus logit, plus one logit per object map
+when the network also learns where nuclei are centred and where they touch (see
+:mod:`napari_unet_nuclei.object_targets`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from torch.nn import functional as F
 # so the exported architecture and this one cannot drift apart.
 from .portable_unet import ConvBlock, Down, Up
 
-__all__ = ["ConvBlock", "Down", "UNet", "UNetConfig", "Up", "build_unet"]
+__all__ = ["OBJECT_MAPS", "ConvBlock", "Down", "UNet", "UNetConfig", "Up", "build_unet"]
+
+# Object maps a network can learn beside the nucleus probability (output channels 1, 2...).
+OBJECT_MAPS = ("centre", "boundary")
 
 
 @dataclass(frozen=True)
@@ -36,11 +41,17 @@ class UNetConfig:
         depth 4 the full U-Net.
     in_channels : int
         Input channels (1 for a grey fluorescence image).
+    object_maps : tuple of str
+        Extra output channels after the nucleus logit, each a map that tells touching
+        nuclei apart: ``"centre"`` (distance to the nucleus border, 1 at its centre) and
+        ``"boundary"`` (where two nuclei touch). Empty for the lab's probability-only
+        U-Net.
     """
 
     features: int = 16
     depth: int = 3
     in_channels: int = 1
+    object_maps: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= int(self.depth) <= 5:
@@ -49,6 +60,22 @@ class UNetConfig:
             raise ValueError(f"features must be a positive integer, got {self.features}.")
         if int(self.in_channels) < 1:
             raise ValueError(f"in_channels must be positive, got {self.in_channels}.")
+        unknown = [name for name in self.object_maps if name not in OBJECT_MAPS]
+        if unknown or len(set(self.object_maps)) != len(self.object_maps):
+            raise ValueError(
+                f"object_maps must be distinct names among {', '.join(OBJECT_MAPS)}; got "
+                f"{list(self.object_maps)}."
+            )
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels: the nucleus logit and one per object map."""
+        return 1 + len(self.object_maps)
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """Name of each output channel, ``"nucleus"`` first."""
+        return ("nucleus", *self.object_maps)
 
     @property
     def size_multiple(self) -> int:
@@ -57,17 +84,29 @@ class UNetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the configuration as a JSON-compatible dictionary."""
-        return asdict(self)
+        data = asdict(self)
+        data["object_maps"] = list(self.object_maps)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
-        """Build a configuration from :meth:`to_dict` output, ignoring unknown keys."""
-        known = {k: int(data[k]) for k in ("features", "depth", "in_channels") if k in data}
+        """Build a configuration from :meth:`to_dict` output, ignoring unknown keys.
+
+        Files written before object maps existed have no ``object_maps`` entry: they
+        describe a probability-only network.
+        """
+        known: dict[str, Any] = {
+            k: int(data[k]) for k in ("features", "depth", "in_channels") if k in data
+        }
+        maps = data.get("object_maps", ())
+        if not isinstance(maps, (list, tuple)) or not all(isinstance(m, str) for m in maps):
+            raise ValueError(f"object_maps must be a list of names, got {maps!r}.")
+        known["object_maps"] = tuple(maps)
         return cls(**known)
 
 
 class UNet(nn.Module):
-    """U-Net giving one logit per pixel.
+    """U-Net giving one logit per pixel and output channel (``config.channel_names``).
 
     Parameters
     ----------
@@ -89,7 +128,7 @@ class UNet(nn.Module):
         self.decoder = nn.ModuleList(
             Up(widths[level + 1], widths[level]) for level in reversed(range(depth))
         )
-        self.head = nn.Conv2d(widths[0], 1, kernel_size=1)
+        self.head = nn.Conv2d(widths[0], self.config.out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Compute logits.
@@ -103,7 +142,7 @@ class UNet(nn.Module):
         Returns
         -------
         torch.Tensor
-            Logits of shape ``(B, 1, H, W)``.
+            Logits of shape ``(B, out_channels, H, W)``; channel 0 is the nucleus.
         """
         height, width = x.shape[-2:]
         multiple = self.config.size_multiple

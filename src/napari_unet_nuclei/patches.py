@@ -38,7 +38,7 @@ def effective_patch_size(shapes: Sequence[tuple[int, int]], patch_size: int, mul
 @dataclass
 class _Item:
     image: np.ndarray  # float32 (H, W), normalised, padded to >= patch
-    mask: np.ndarray  # float32 (H, W) in {0, 1}
+    mask: np.ndarray  # float32 (K, H, W): the nucleus mask, then any object maps
     weight: np.ndarray  # float32 (H, W) in {0, 1}
 
 
@@ -50,7 +50,9 @@ class PatchSampler:
     images : sequence of numpy.ndarray
         Normalised float32 2-D images.
     masks : sequence of numpy.ndarray
-        Binary nucleus masks of the same shapes.
+        Binary nucleus masks of the same shapes, or targets ``(K, H, W)`` whose first
+        channel is the nucleus mask and the others object maps (every image the same
+        ``K``).
     patch_size : int
         Side of the square patches.
     weights : sequence of numpy.ndarray or None, optional
@@ -78,11 +80,12 @@ class PatchSampler:
         self._items: list[_Item] = []
         sizes = []
         for image, mask, weight in zip(images, masks, weights):
-            if image.shape != mask.shape:
+            if image.shape != mask.shape[-2:] or mask.ndim not in (2, 3):
                 raise ValueError(
                     f"Image shape {image.shape} and label shape {mask.shape} differ; "
                     "each label image must match its image."
                 )
+            mask = mask[None] if mask.ndim == 2 else mask
             weight_map = (
                 np.ones(image.shape, np.float32) if weight is None else weight.astype(np.float32)
             )
@@ -90,6 +93,9 @@ class PatchSampler:
                 self._pad(image.astype(np.float32), mask.astype(np.float32), weight_map)
             )
             sizes.append(float(weight_map.sum()))
+        if len({item.mask.shape[0] for item in self._items}) > 1:
+            raise ValueError("Every image needs the same number of target channels.")
+        self.n_targets = self._items[0].mask.shape[0]
         total = sum(sizes)
         if total <= 0:
             raise ValueError("No annotated pixels: the annotated regions are empty.")
@@ -116,7 +122,7 @@ class PatchSampler:
                 else "edge"
             )
             image = np.pad(image, pads, mode=mode)
-            mask = np.pad(mask, pads)
+            mask = np.pad(mask, ((0, 0), *pads))
             weight = np.pad(weight, pads)
         return _Item(image, mask, weight)
 
@@ -131,10 +137,13 @@ class PatchSampler:
         Returns
         -------
         tuple of numpy.ndarray
-            ``(images, masks, weights)``, each float32 of shape ``(B, 1, P, P)``.
+            ``(images, targets, weights)``, float32 of shapes ``(B, 1, P, P)``,
+            ``(B, K, P, P)`` (the nucleus mask, then any object maps) and ``(B, 1, P, P)``.
         """
         size = self.patch_size
-        out = np.empty((3, batch_size, 1, size, size), np.float32)
+        images = np.empty((batch_size, 1, size, size), np.float32)
+        targets = np.empty((batch_size, self.n_targets, size, size), np.float32)
+        weights = np.empty((batch_size, 1, size, size), np.float32)
         choices = self.rng.choice(len(self._items), size=batch_size, p=self._probabilities)
         for slot, index in enumerate(choices):
             item = self._items[index]
@@ -161,7 +170,7 @@ class PatchSampler:
                 top = int(self.rng.integers(0, height - size + 1))
                 left = int(self.rng.integers(0, width - size + 1))
             window = (slice(top, top + size), slice(left, left + size))
-            out[0, slot, 0] = item.image[window]
-            out[1, slot, 0] = item.mask[window]
-            out[2, slot, 0] = item.weight[window]
-        return out[0], out[1], out[2]
+            images[slot, 0] = item.image[window]
+            targets[slot] = item.mask[(slice(None), *window)]
+            weights[slot, 0] = item.weight[window]
+        return images, targets, weights

@@ -72,9 +72,14 @@ class PortableUNet(nn.Module):
         Number of 2x down-samplings.
     in_channels : int
         Input channels.
+    out_channels : int
+        Output channels: 1 (the nucleus logit), or more for a network that also predicts
+        object maps (channel 0 stays the nucleus logit).
     """
 
-    def __init__(self, features: int = 16, depth: int = 3, in_channels: int = 1) -> None:
+    def __init__(
+        self, features: int = 16, depth: int = 3, in_channels: int = 1, out_channels: int = 1
+    ) -> None:
         super().__init__()
         self.multiple = 2**depth
         widths = [features * 2**level for level in range(depth + 1)]
@@ -87,7 +92,7 @@ class PortableUNet(nn.Module):
         self.decoder = nn.ModuleList(
             Up(widths[level + 1], widths[level]) for level in reversed(range(depth))
         )
-        self.head = nn.Conv2d(widths[0], 1, kernel_size=1)
+        self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Compute logits.
@@ -101,7 +106,7 @@ class PortableUNet(nn.Module):
         Returns
         -------
         torch.Tensor
-            Logits of shape ``(B, 1, H, W)``; apply a sigmoid for probabilities.
+            Logits of shape ``(B, out_channels, H, W)``; apply a sigmoid for probabilities.
         """
         height, width = x.shape[-2], x.shape[-1]
         pad_h = (self.multiple - height % self.multiple) % self.multiple

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ._file_checks import one_line, read_json
 from .annotations import annotated_pixel_count
 
 __all__ = [
@@ -108,6 +109,10 @@ def _atomic_write_tiff(path: Path, array: np.ndarray) -> None:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+#: What an entry's file id may be: a plain file name (no folder, never ``..``).
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 
 def _slug(name: str) -> str:
@@ -260,14 +265,16 @@ class TrainingProject:
         path = self.folder / INDEX_NAME
         if not self.folder.is_dir():
             raise ProjectError(f"Project folder not found: {self.folder}")
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             raise ProjectError(
                 f"{self.folder} is not a napari-unet-nuclei training project (no {INDEX_NAME})."
             )
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ProjectError(f"{path} is damaged and cannot be read: {error}") from error
+            data = read_json(path)
+        except Exception as error:  # not a file, too large, not UTF-8, not JSON, too deep
+            raise ProjectError(
+                f"{path} is damaged and cannot be read as a project index: {one_line(error)}."
+            ) from error
         if not isinstance(data, dict) or data.get("format") != PROJECT_FORMAT:
             raise ProjectError(
                 f"{path} is not a napari-unet-nuclei project index (its 'format' is not "
@@ -284,8 +291,17 @@ class TrainingProject:
             raise ProjectError(f"{path} is damaged: 'entries' is not a list.")
         try:
             parsed = [ProjectEntry.from_dict(item) for item in entries]
-        except (KeyError, TypeError, ValueError, IndexError) as error:
-            raise ProjectError(f"{path} is damaged: an entry is incomplete ({error}).") from error
+        except Exception as error:  # a missing key, a wrong type, an infinite number...
+            raise ProjectError(
+                f"{path} is damaged: an entry is incomplete or malformed "
+                f"({type(error).__name__}: {one_line(error)})."
+            ) from error
+        ids = [entry.id for entry in parsed]
+        if any(not _SAFE_ID.fullmatch(entry_id) for entry_id in ids):
+            raise ProjectError(
+                f"{path} is damaged: an entry's file id is not a plain file name, so the "
+                "project's files cannot be found safely."
+            )
         data["entries"] = parsed
         return data
 

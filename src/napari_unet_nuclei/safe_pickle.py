@@ -245,6 +245,16 @@ def _scan_globals(data: bytes) -> list[tuple[str, str]]:
     return found
 
 
+def _nbytes(value: Any) -> int:
+    """Bytes of an array or tensor (0 for anything else, or when torch cannot tell)."""
+    if not (isinstance(value, np.ndarray) or hasattr(value, "untyped_storage")):
+        return 0
+    try:
+        return int(value.nbytes)
+    except Exception:  # e.g. a sparse tensor: converting it fails later, with a sentence
+        return 0
+
+
 def _to_numpy(value: Any, path: str) -> np.ndarray:
     import torch
 
@@ -274,11 +284,28 @@ def _load_torch_save(path: str) -> Any:
         try:
             return torch.load(path, weights_only=True, map_location="cpu")
         except pickle.UnpicklingError as exc:
+            reason = str(exc).lower()
+            if not any(word in reason for word in ("global", "allowlist", "can only")):
+                # torch's safe loader met bytes it cannot parse: damaged, not crafted
+                raise ValueError(
+                    f"{path!r} could not be read as a torch.save file ({_one_line(exc)})."
+                ) from exc
             raise UnsafeFileError(
                 f"Refused to load {path!r}: torch's safe loader (weights_only=True) found "
                 f"objects other than tensors and plain containers ({torch_refusal_reason(exc)}). "
                 "The file was NOT loaded."
             ) from exc
+        except Exception as exc:  # torch's loader raises any type for a damaged file
+            raise ValueError(
+                f"{path!r} could not be read as a torch.save file ({type(exc).__name__}: "
+                f"{_one_line(exc)})."
+            ) from exc
+
+
+def _one_line(error: BaseException) -> str:
+    from ._file_checks import one_line
+
+    return one_line(error)
 
 
 def load_tensor_pickle(path: str | os.PathLike[str]) -> tuple[np.ndarray, ...]:
@@ -306,35 +333,71 @@ def load_tensor_pickle(path: str | os.PathLike[str]) -> tuple[np.ndarray, ...]:
     ValueError
         If the file is not a valid pickle or does not hold tensors/arrays.
     """
+    from ._file_checks import file_problem, format_bytes, read_limit_bytes, zip_problem
+
     path_str = os.fspath(path)
+    problem = file_problem(path_str)
+    if problem == "does not exist":
+        raise FileNotFoundError(f"Pickle file not found: {path_str}")
+    if problem:
+        raise ValueError(f"{path_str!r} cannot be read as a pickle of tensors: it {problem}.")
+    size, limit = os.stat(path_str).st_size, read_limit_bytes()
+    if size > limit:
+        raise ValueError(
+            f"{path_str!r} is {format_bytes(size)}, more than the {format_bytes(limit)} that "
+            "may be read into memory here."
+        )
     with open(path_str, "rb") as handle:
         data = handle.read()
+    if not data:
+        raise ValueError(f"{path_str!r} is empty; expected a pickle of tensors (X, Y).")
     if data[:4] == _ZIP_MAGIC:
+        problem = zip_problem(path_str, limit)
+        if problem:
+            raise ValueError(f"{path_str!r} was refused: it {problem}.")
         obj = _load_torch_save(path_str)
     else:
         try:
             for module, name in _scan_globals(data):
                 if (module, name) not in _ALLOWED:
                     raise _refuse(module, name, path_str)
-        except ValueError as exc:  # pickletools raises ValueError on garbage
-            if isinstance(exc, UnsafeFileError):
-                raise
+        except UnsafeFileError:
+            raise
+        except Exception as exc:  # pickletools raises ValueError (and others) on garbage
             raise ValueError(
-                f"{path_str!r} is not a valid pickle file ({exc}). Expected a file written by "
-                "pickle.dump((X, Y), f) with tensors or arrays."
+                f"{path_str!r} is not a valid pickle file ({_one_line(exc)}). Expected a file "
+                "written by pickle.dump((X, Y), f) with tensors or arrays."
             ) from exc
         try:
             obj = _RestrictedUnpickler(io.BytesIO(data), path_str).load()
-        except UnsafeFileError:
-            raise
-        except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, RuntimeError) as exc:
+        except UnsafeFileError as exc:
+            if path_str in str(exc):
+                raise
+            raise UnsafeFileError(f"Refused to load {path_str!r}: {exc}") from exc
+        except Exception as exc:  # the unpickler raises any type for damaged data
             raise ValueError(
-                f"{path_str!r} could not be read as a pickle of tensors ({exc}). Expected a "
-                "file written by pickle.dump((X, Y), f)."
+                f"{path_str!r} could not be read as a pickle of tensors ({type(exc).__name__}: "
+                f"{_one_line(exc)}). Expected a file written by pickle.dump((X, Y), f)."
             ) from exc
         if isinstance(obj, int) and obj == _TORCH_LEGACY_MAGIC:
             obj = _load_torch_save(path_str)
     items = obj if isinstance(obj, (tuple, list)) else (obj,)
     if not items:
         raise ValueError(f"{path_str!r} holds an empty {type(obj).__name__}; expected arrays.")
-    return tuple(_to_numpy(item, path_str) for item in items)
+    # Arrays a crafted file declares are allocated but not yet touched: check their size
+    # before anything reads them.
+    declared = sum(_nbytes(item) for item in items)
+    if declared > limit:
+        raise ValueError(
+            f"{path_str!r} declares arrays of {format_bytes(declared)}, more than the "
+            f"{format_bytes(limit)} that may be read into memory here."
+        )
+    try:
+        return tuple(_to_numpy(item, path_str) for item in items)
+    except ValueError:
+        raise
+    except Exception as exc:  # a tensor numpy cannot hold (sparse, quantized, complex32...)
+        raise ValueError(
+            f"{path_str!r} holds a tensor that cannot become an array ({type(exc).__name__}: "
+            f"{_one_line(exc)})."
+        ) from exc

@@ -29,7 +29,14 @@ from . import __version__
 from .acceleration import autocast, resolve_precision
 from .augmentation import AugmentationConfig, augment_batch
 from .devices import resolve_device
-from .events import BestModel, EpochEnd, TrainingFinished, TrainingStarted, TrainingStep
+from .events import (
+    BestModel,
+    EpochEnd,
+    TrainingFinished,
+    TrainingStarted,
+    TrainingStep,
+    run_to_end,
+)
 from .inference import normalized_frame_logits
 from .metrics import confusion_counts
 from .model import NucleiModel, create_model
@@ -103,6 +110,13 @@ class TrainingConfig:
         After training, set the model's default threshold to the probability in
         [0.3, 0.7] that gives the best mean F1 on the validation images (as StarDist
         optimises its thresholds); 0.5 when there is no validation set.
+    object_maps : tuple of str
+        Maps a new network learns beside the nucleus probability so that touching nuclei
+        come apart as objects: ``"centre"`` and/or ``"boundary"`` (see
+        :mod:`napari_unet_nuclei.object_targets`). Empty: the lab's probability-only
+        U-Net. A fine-tuned model keeps the maps it has.
+    map_weight : float
+        Weight of each object map's binary cross-entropy in the loss.
     """
 
     features: int = 8
@@ -128,6 +142,8 @@ class TrainingConfig:
     calibrate_threshold: bool = True
     batchnorm_batches: int = 4
     name: str = "unet"
+    object_maps: tuple[str, ...] = ()
+    map_weight: float = 3.0
 
     DEFAULT_EPOCHS = 40
 
@@ -136,6 +152,8 @@ class TrainingConfig:
         data = asdict(self)
         data["augmentation"] = self.augmentation.to_dict()
         data["normalization"] = self.normalization.to_dict()
+        data["object_maps"] = list(self.object_maps)
+        data["validation_names"] = list(self.validation_names)
         return data
 
 
@@ -145,6 +163,26 @@ class _Split:
     masks: list[np.ndarray]
     weights: list[np.ndarray | None]
     names: list[str]
+    maps: list[np.ndarray] = field(default_factory=list)  # (K-1, H, W) object maps
+
+    def pick(self, indices: Sequence[int]) -> _Split:
+        """The images at ``indices``."""
+        return _Split(
+            [self.images[i] for i in indices],
+            [self.masks[i] for i in indices],
+            [self.weights[i] for i in indices],
+            [self.names[i] for i in indices],
+            [self.maps[i] for i in indices] if self.maps else [],
+        )
+
+    def targets(self) -> list[np.ndarray]:
+        """Per image the nucleus mask, stacked with its object maps when there are any."""
+        if not self.maps:
+            return list(self.masks)
+        return [
+            np.concatenate([mask[None].astype(np.float32), maps])
+            for mask, maps in zip(self.masks, self.maps)
+        ]
 
 
 def _as_mask(labels: np.ndarray) -> np.ndarray:
@@ -178,17 +216,10 @@ def _split_validation(
         order = rng.permutation(n)
         val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
 
-        def pick(indices: Sequence[int]) -> _Split:
-            return _Split(
-                [data.images[i] for i in indices],
-                [data.masks[i] for i in indices],
-                [data.weights[i] for i in indices],
-                [data.names[i] for i in indices],
-            )
-
-        return pick(train_idx), pick(val_idx)
+        return data.pick(train_idx), data.pick(val_idx)
     # One image: hold out a band of rows at the bottom for validation.
     image, mask, weight, name = data.images[0], data.masks[0], data.weights[0], data.names[0]
+    maps = data.maps[0] if data.maps else None
     # With partial annotations the band is cut from the annotated rows, so that both
     # parts hold annotated pixels.
     top, bottom = 0, image.shape[0]
@@ -204,10 +235,18 @@ def _split_validation(
         return None if array is None else array[part]
 
     train = _Split(
-        [image[:cut]], [mask[:cut]], [rows(weight, slice(None, cut))], [f"{name} (top)"]
+        [image[:cut]],
+        [mask[:cut]],
+        [rows(weight, slice(None, cut))],
+        [f"{name} (top)"],
+        [] if maps is None else [maps[:, :cut]],
     )
     val = _Split(
-        [image[cut:]], [mask[cut:]], [rows(weight, slice(cut, None))], [f"{name} (bottom)"]
+        [image[cut:]],
+        [mask[cut:]],
+        [rows(weight, slice(cut, None))],
+        [f"{name} (bottom)"],
+        [] if maps is None else [maps[:, cut:]],
     )
     return train, val
 
@@ -259,6 +298,14 @@ def _loss(
     intersection = (probabilities * target).sum(dims)
     dice = 1.0 - (2.0 * intersection + 1.0) / (probabilities.sum(dims) + target.sum(dims) + 1.0)
     return bce + dice_weight * dice.mean()
+
+
+def _map_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the object maps (channels 1...), on the weighted pixels."""
+    weight_sum = (weight.sum() * logits.shape[1]).clamp(min=1.0)
+    return (
+        F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
+    ).sum() / weight_sum
 
 
 def _learning_rate(base: float, fraction: float, warmup: float) -> float:
@@ -433,8 +480,30 @@ def train(
         # Seeded initial weights without disturbing (or racing on) the global RNG.
         with _SEED_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            model = create_model(config.features, config.depth, normalization, name=config.name)
+            model = create_model(
+                config.features,
+                config.depth,
+                normalization,
+                name=config.name,
+                object_maps=tuple(config.object_maps),
+            )
     multiple = model.config.size_multiple
+    map_names = model.object_maps
+    if map_names:
+        from .object_targets import object_maps, painted_with_one_value
+
+        one_value = [str(n) for n, lab in zip(names, labels) if painted_with_one_value(lab)]
+        if one_value:
+            shown = ", ".join(repr(n) for n in one_value[:3])
+            more = f" and {len(one_value) - 3} more" if len(one_value) > 3 else ""
+            warnings.warn(
+                f"The labels of {shown}{more} paint every nucleus with one value: they were "
+                "split into connected parts, so touching nuclei painted with one value teach "
+                "the model to merge them. Give each nucleus its own label id to teach it to "
+                "separate them.",
+                ImageWarning,
+                stacklevel=2,
+            )
 
     def prepare(
         imgs: Sequence[np.ndarray], labs: Sequence[np.ndarray], nms: Sequence[str], ann: Any
@@ -448,6 +517,8 @@ def train(
             out.masks.append(_as_mask(label))
             out.weights.append(None if weight is None else np.asarray(weight, bool))
             out.names.append(str(name))
+            if map_names:
+                out.maps.append(object_maps(label, map_names))
         return out
 
     data = prepare(images, labels, names, annotated)
@@ -475,22 +546,14 @@ def train(
             raise ValueError("Every image is a validation image; leave some images for training.")
         val_idx = [i for i, n in enumerate(data.names) if n in wanted]
 
-        def pick(indices: list[int]) -> _Split:
-            return _Split(
-                *(
-                    [getattr(data, f)[i] for i in indices]
-                    for f in ("images", "masks", "weights", "names")
-                )
-            )
-
-        train_data, val_data = pick(train_idx), pick(val_idx)
+        train_data, val_data = data.pick(train_idx), data.pick(val_idx)
     else:
         train_data, val_data = _split_validation(data, config.validation_fraction, rng, multiple)
 
     patch = effective_patch_size(
         [im.shape for im in train_data.images], config.patch_size, multiple
     )
-    sampler = PatchSampler(train_data.images, train_data.masks, patch, train_data.weights, rng)
+    sampler = PatchSampler(train_data.images, train_data.targets(), patch, train_data.weights, rng)
     steps_per_epoch = config.steps_per_epoch or max(
         MIN_STEPS_PER_EPOCH_TIMED if config.time_budget else 4,
         int(math.ceil(sampler.n_pixels / (config.batch_size * patch * patch))),
@@ -555,7 +618,10 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, compute_precision):
                 logits = network(x)
-            loss = _loss(logits.float(), y, w, config.dice_weight, config.loss)
+            logits = logits.float()
+            loss = _loss(logits[:, :1], y[:, :1], w, config.dice_weight, config.loss)
+            if map_names:
+                loss = loss + config.map_weight * _map_loss(logits[:, 1:], y[:, 1:], w)
             if not torch.isfinite(loss):
                 reason = "diverged"
                 message = (
@@ -671,6 +737,11 @@ def train(
         "history": history,
         "rounds": [*previous, {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "epochs": epoch}],
     }
+    inherited = init_model.summary.get("instance_config") if init_model is not None else None
+    if isinstance(inherited, dict):
+        # A fine-tuned model keeps the instance rule chosen for the model it started from
+        # (with its own, newly calibrated threshold).
+        model.summary["instance_config"] = {**inherited, "threshold": float(model.threshold)}
     yield TrainingFinished(model, reason, epoch, global_step, elapsed, history, message)
     return model
 
@@ -698,14 +769,7 @@ def train_model(
     -------
     NucleiModel
     """
-    generator = train(images, labels, config, **options)
-    while True:
-        try:
-            event = next(generator)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(event)
+    return run_to_end(train(images, labels, config, **options), progress)
 
 
 def with_overrides(config: TrainingConfig, **changes: Any) -> TrainingConfig:

@@ -19,6 +19,7 @@ import numpy as np
 
 __all__ = [
     "ZARR_FORMAT_NAME",
+    "ZarrFileError",
     "create_ome_zarr",
     "default_axes",
     "finish_atomic",
@@ -32,6 +33,10 @@ __all__ = [
 ZARR_FORMAT_NAME = "napari_unet_nuclei"
 
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+
+
+class ZarrFileError(ValueError):
+    """A folder could not be read as an OME-Zarr image or zarr array."""
 
 
 def is_zarr_path(path: str | os.PathLike[str]) -> bool:
@@ -208,37 +213,104 @@ def open_zarr_image(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None
 
     Raises
     ------
-    ValueError
-        When the folder holds no readable zarr data.
+    ZarrFileError
+        When the path is not a folder holding a readable zarr image (a ``ValueError``):
+        damaged metadata, a group without one image, an array without (Y, X) axes or
+        without numbers. Chunks are read only when the array is indexed.
     """
     import zarr
 
+    from ._file_checks import one_line
+
     path = Path(path)
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is a file, not a folder"
+        raise ZarrFileError(
+            f"{path} is not a readable zarr folder: it {what}; give an OME-Zarr image "
+            "(*.ome.zarr) or a zarr array folder."
+        )
+    special = _special_entry(path)
+    if special is not None:
+        raise ZarrFileError(
+            f"{path} is not a readable zarr folder: {special} in it is not a regular file (a "
+            "device, pipe or socket, which may never end)."
+        )
     try:
         node = zarr.open(str(path), mode="r")
-    except Exception as error:  # zarr raises several types for bad stores
-        raise ValueError(
-            f"{path} is not a readable zarr folder ({type(error).__name__}: {error}); give an "
-            "OME-Zarr image (*.ome.zarr) or a zarr array."
+        if isinstance(node, zarr.Array):
+            return _checked(node, None, path)
+        multiscales = _multiscales(dict(node.attrs))
+        if not multiscales:
+            arrays = sorted(name for name, _ in node.arrays())
+            if len(arrays) == 1:
+                return _checked(node[arrays[0]], None, path)
+            raise ZarrFileError(
+                f"{path} is a zarr group without OME 'multiscales' metadata and holds "
+                f"{len(arrays)} arrays; give the OME-Zarr image or one array's folder."
+            )
+        first = multiscales[0]
+        dataset = first["datasets"][0]["path"]
+        axes = [
+            axis["name"] if isinstance(axis, dict) else str(axis) for axis in first.get("axes", [])
+        ]
+        return _checked(node[str(dataset)], axes, path)
+    except ZarrFileError:
+        raise
+    except Exception as error:  # zarr raises many types for bad stores and metadata
+        raise ZarrFileError(
+            f"{path} is not a readable zarr folder ({type(error).__name__}: "
+            f"{one_line(error)}); give an OME-Zarr image (*.ome.zarr) or a zarr array."
         ) from error
-    if isinstance(node, zarr.Array):
-        return node, None
-    multiscales = _multiscales(dict(node.attrs))
-    if not multiscales:
-        arrays = sorted(name for name, _ in node.arrays())
-        if len(arrays) == 1:
-            return node[arrays[0]], None
-        raise ValueError(
-            f"{path} is a zarr group without OME 'multiscales' metadata and holds "
-            f"{len(arrays)} arrays; give the OME-Zarr image or one array's folder."
+
+
+def _special_entry(folder: Path, limit: int = 200_000) -> str | None:
+    """The first entry under ``folder`` that is neither a folder nor a regular file (links
+    followed), or None; reading such an entry (a pipe, ``/dev/zero``) could block forever.
+    Gives up quietly after ``limit`` entries."""
+    import stat
+
+    pending, seen = [folder], 0
+    while pending and seen < limit:
+        current = pending.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:  # zarr says what is wrong when it reads this folder
+            continue
+        for entry in entries:
+            seen += 1
+            try:
+                mode = os.stat(entry.path).st_mode  # follows links
+            except OSError:  # a dangling link or a loop: zarr treats it as missing
+                continue
+            if stat.S_ISDIR(mode):
+                if not entry.is_symlink():
+                    pending.append(Path(entry.path))
+            elif not stat.S_ISREG(mode):
+                return str(Path(entry.path).relative_to(folder))
+    return None
+
+
+def _checked(array: Any, axes: list[str] | None, path: Path) -> tuple[Any, list[str] | None]:
+    """Refuse arrays that are not images: not an array, fewer than 2 axes, no numbers."""
+    import zarr
+
+    if not isinstance(array, zarr.Array):
+        raise ZarrFileError(f"{path} holds a zarr group where an image array was expected.")
+    if array.ndim < 2 or min(array.shape) < 1:
+        raise ZarrFileError(
+            f"{path} holds an array of shape {tuple(array.shape)}; an image needs (..., Y, X) "
+            "with at least one pixel."
         )
-    first = multiscales[0]
-    dataset = first["datasets"][0]["path"]
-    axes = [
-        axis["name"] if isinstance(axis, dict) else str(axis) for axis in first.get("axes", [])
-    ]
-    array = node[dataset]
-    return array, (axes if len(axes) == array.ndim else None)
+    if np.dtype(array.dtype).kind not in "biuf":
+        raise ZarrFileError(
+            f"{path} holds an array of type {array.dtype}, not numbers (expected integer or "
+            "floating-point grey values)."
+        )
+    if axes is not None and (
+        len(axes) != array.ndim or not all(isinstance(axis, str) for axis in axes)
+    ):
+        axes = None
+    return array, axes
 
 
 def read_ome_zarr_lazy(path: str | os.PathLike[str]) -> Any:

@@ -168,6 +168,7 @@ class SegmentResult:
 
     task: int
     probabilities: np.ndarray
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # object maps, if asked
 
 
 @dataclass(frozen=True)
@@ -187,11 +188,13 @@ def segmentation_job(
     *,
     tile_size: int = 512,
     device: str | None = None,
+    maps: Sequence[str] = (),
     stop: threading.Event,
 ) -> Generator[SegmentProgress | SegmentFrame | SegmentResult, None, int]:
     """Segment each task with :func:`napari_unet_nuclei.inference.iter_predict`.
 
     Stacks yield each finished frame (:class:`SegmentFrame`) before the whole result.
+    ``maps`` names object maps of the model to compute too (for its instances).
 
     Returns
     -------
@@ -207,6 +210,7 @@ def segmentation_job(
         for number, task in enumerate(tasks):
             out = np.empty(check_image(task.image), np.float32)
             frames = out.reshape(-1, *out.shape[-2:])
+            maps_out = {name: np.empty(out.shape, np.float32) for name in maps}
             events = iter_predict(
                 model,
                 task.image,
@@ -214,6 +218,7 @@ def segmentation_job(
                 overlap=overlap,
                 device=device,
                 out=out,
+                maps_out=maps_out,
                 should_stop=stop.is_set,
             )
             while True:
@@ -236,7 +241,7 @@ def segmentation_job(
                     yield SegmentFrame(
                         number, event.frame, event.n_frames, frames[event.frame].copy()
                     )
-            yield SegmentResult(number, probabilities)
+            yield SegmentResult(number, probabilities, maps_out)
     except InferenceCancelled:
         return number
     return n_tasks
@@ -254,6 +259,7 @@ class EvaluationResult:
     frame_scores: list[dict[str, Any]]
     curve: Any = None
     probabilities: np.ndarray | None = field(default=None, repr=False)
+    maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 @_guarded
@@ -267,6 +273,7 @@ def evaluation_job(
     probabilities: np.ndarray | None = None,
     threshold: float = 0.5,
     tile_size: int = 512,
+    maps: Sequence[str] = (),
     stop: threading.Event,
 ) -> Generator[SegmentProgress, None, EvaluationResult | None]:
     """Compare a prediction with the ground truth.
@@ -274,7 +281,8 @@ def evaluation_job(
     Give either ``prediction`` (a mask or labels; ``> 0`` is nucleus) or a ``model`` with
     the ``image`` to segment (``probabilities`` already computed for that image skip the
     network). With a model, the precision-recall curve over the logit sweep -5..+5 is
-    computed too.
+    computed too. ``maps`` names object maps of the model to compute as well (kept in
+    the result for its nuclei; given probabilities are then ignored).
 
     Returns
     -------
@@ -284,14 +292,15 @@ def evaluation_job(
     from ..metrics import error_map, per_frame_scores, precision_recall_curve, segmentation_scores
 
     curve = None
+    computed_maps: dict[str, np.ndarray] = {}
     if prediction is None:
-        if probabilities is None:
+        if probabilities is None or maps:
             job = segmentation_job(
-                model, [SegmentTask(source, image)], tile_size=tile_size, stop=stop
+                model, [SegmentTask(source, image)], tile_size=tile_size, maps=maps, stop=stop
             )
             for event in job:
                 if isinstance(event, SegmentResult):
-                    probabilities = event.probabilities
+                    probabilities, computed_maps = event.probabilities, event.maps
                 elif isinstance(event, JobFailed):
                     yield event
                     return None
@@ -315,4 +324,5 @@ def evaluation_job(
         frame_scores=per_frame_scores(mask, truth) if mask.ndim >= 2 else [],
         curve=curve,
         probabilities=probabilities,
+        maps=computed_maps,
     )

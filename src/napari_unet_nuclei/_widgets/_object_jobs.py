@@ -324,22 +324,27 @@ def _measure(labels: np.ndarray, image: Any, index: tuple[int, ...]) -> dict[str
 
 def _instances_in_memory(
     probabilities: np.ndarray,
+    maps: dict[str, np.ndarray],
     image: np.ndarray,
     config: Any,
+    stack_axis: str,
     stop: threading.Event,
 ) -> Generator[Any, None, tuple[np.ndarray, dict[str, np.ndarray]] | None]:
-    """Labels (ids unique in the stack) and measurements of an in-memory result."""
+    """Labels (ids unique in the stack, or 3-D nuclei of a z-stack) and measurements."""
     from ..inference import InferenceCancelled
     from ..instances import iter_instances
     from ..measurements import measure_nuclei
 
     try:
-        labels = yield from iter_instances(probabilities, config, should_stop=stop.is_set)
+        labels = yield from iter_instances(
+            probabilities, config, maps=maps, stack_axis=stack_axis, should_stop=stop.is_set
+        )
     except InferenceCancelled:
         return None
     if stop.is_set():
         return None
-    return labels, measure_nuclei(labels, np.asarray(image))
+    volume = stack_axis == "z" and labels.ndim == 3
+    return labels, measure_nuclei(labels, np.asarray(image), per_frame=not volume)
 
 
 def _lazy_task(
@@ -361,6 +366,9 @@ def _lazy_task(
     from ..instances import instances_from_probabilities
     from ..lazy import iter_predict_lazy
 
+    if config is not None and config.seeds in ("centre", "boundary"):
+        # Streamed frames keep the nucleus probability only: split by its shape.
+        config = replace(config, seeds="distance")
     indices = _frames(outputs.shape)
     offset = 0
     current = 0
@@ -417,6 +425,7 @@ def segment_objects_job(
     tile_size: int = 512,
     device: str | None = None,
     instances: Any = None,
+    stack_axis: str = "frames",
     lazy_outputs: dict[int, LazyOutputs] | None = None,
     stop: threading.Event,
 ) -> Generator[Any, None, int]:
@@ -433,7 +442,11 @@ def segment_objects_job(
     device : str, optional
         Where to compute.
     instances : InstanceConfig, optional
-        Watershed settings (threshold included); None: masks only.
+        Instance settings (threshold and seeds included); None: masks only. Seeds from
+        an object map make the job compute that map of the model too.
+    stack_axis : {"frames", "z"}
+        In-memory 3-D stacks: frames labelled on their own, or z-slices whose nuclei are
+        linked into 3-D objects.
     lazy_outputs : dict of int to LazyOutputs, optional
         Outputs of the lazy tasks, by task number.
     stop : threading.Event
@@ -471,9 +484,14 @@ def segment_objects_job(
             if not finished:
                 return number
             continue
-        probabilities = None
+        probabilities, maps = None, {}
+        wanted_maps = (
+            (instances.seeds,)
+            if instances is not None and instances.seeds in model.object_maps
+            else ()
+        )
         for event in segmentation_job(
-            model, [task], tile_size=tile_size, device=device, stop=stop
+            model, [task], tile_size=tile_size, device=device, maps=wanted_maps, stop=stop
         ):
             if isinstance(event, JobFailed):
                 yield event
@@ -488,12 +506,14 @@ def segment_objects_job(
             elif isinstance(event, SegmentFrame):
                 yield replace(event, task=number)
             elif isinstance(event, SegmentResult):
-                probabilities = event.probabilities
+                probabilities, maps = event.probabilities, event.maps
                 yield SegmentResult(number, probabilities)
         if probabilities is None or stop.is_set():
             return number
         if instances is not None:
-            objects = yield from _instances_in_memory(probabilities, task.image, instances, stop)
+            objects = yield from _instances_in_memory(
+                probabilities, maps, task.image, instances, stack_axis, stop
+            )
             if objects is None:
                 return number
             yield ObjectsResult(number, *objects)
@@ -594,8 +614,9 @@ def object_evaluation_job(
         Labels to score as they are (a 0/1 mask is split into connected parts); when
         omitted, the model's mask is split into nuclei with the seeded watershed.
     instances : InstanceConfig, optional
-        Watershed settings for a model's prediction (its threshold is replaced by the
-        evaluation threshold).
+        Instance settings for a model's prediction (its threshold is replaced by the
+        evaluation threshold); by default the model's own (its object maps when it has
+        them, see :func:`~napari_unet_nuclei.segmentation.default_instance_config`).
     stop : threading.Event
         Set to cancel.
     **inputs
@@ -608,7 +629,15 @@ def object_evaluation_job(
     """
     from ..inference import InferenceCancelled
     from ..instances import InstanceConfig, iter_instances
+    from ..segmentation import default_instance_config
 
+    model = inputs.get("model")
+    if instances is None and model is not None:
+        instances = default_instance_config(model)
+    if prediction is None and model is not None and instances.seeds in model.object_maps:
+        inputs["maps"] = (instances.seeds,)
+        if inputs.get("image") is None:
+            raise ValueError("nuclei from the model's object maps need the image to segment")
     pixels = yield from evaluation_job(truth, prediction=prediction, stop=stop, **inputs)
     if pixels is None or stop.is_set():
         return None
@@ -620,7 +649,7 @@ def object_evaluation_job(
         config = replace(instances or InstanceConfig(), threshold=float(pixels.threshold))
         try:
             predicted = yield from iter_instances(
-                pixels.probabilities, config, should_stop=stop.is_set
+                pixels.probabilities, config, maps=pixels.maps, should_stop=stop.is_set
             )
         except InferenceCancelled:
             return None

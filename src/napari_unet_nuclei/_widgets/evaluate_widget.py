@@ -174,7 +174,7 @@ class EvaluateWidget(BackgroundJobMixin, Container):
 
     # -------------------------------------------------------------------- choices
     def _source_choices(self, _widget: Any = None) -> list[tuple[str, PredictionSource]]:
-        sources = [PredictionSource("model", name) for name in self.registry.names()]
+        sources = [PredictionSource("model", name) for name in self.registry.choices()]
         sources += [
             PredictionSource("layer", layer.name)
             for layer in self._viewer.layers
@@ -220,6 +220,8 @@ class EvaluateWidget(BackgroundJobMixin, Container):
             inputs["model"] = self.registry.get(source.name)
             inputs["threshold"] = self.registry.threshold
             cached = self.registry.cached_probabilities(source.name, image_layer)
+            if self.objects.value and inputs["model"].object_maps:
+                cached = None  # nuclei come from the model's object maps: run it again
             if (
                 cached is not None
                 and cached.complete

@@ -69,7 +69,9 @@ class ModelPicker(ComboBox):
     registry : ModelRegistry
         The viewer's registry; the choices follow it.
     new_entry : bool
-        Offer "new network" first (Train's "start from").
+        Offer "new network" first (Train's "start from"); the built-in models follow it,
+        then the session's models. Without it the built-in models come first and the
+        first one is selected.
     follow_latest : bool
         Select a model as soon as it is added (Segment, Evaluate).
     ask_path : callable, optional
@@ -100,7 +102,10 @@ class ModelPicker(ComboBox):
 
     def _choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         entries: list[tuple[str, Any]] = [(NEW_NETWORK, NEW_NETWORK)] if self._new_entry else []
-        entries += [(name, name) for name in self._registry.names()]
+        entries += [
+            (f"{name} (built-in)" if self._registry.is_builtin(name) else name, name)
+            for name in self._registry.choices()
+        ]
         if not entries:
             entries = [(NO_MODEL, NO_MODEL)]
         return [*entries, (LOAD_FILE, LOAD_FILE)]

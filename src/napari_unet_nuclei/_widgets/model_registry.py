@@ -5,6 +5,7 @@ Pure Python (psygnal ships with napari): no Qt, so it is tested without a displa
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,6 +46,10 @@ class CachedProbabilities:
 class ModelRegistry:
     """Models of a napari session by unique name, the shared threshold and a cache.
 
+    The built-in models (``napari_unet_nuclei.builtin_models``) are listed first by
+    :meth:`choices` and loaded (SHA-256 checked) the first time :meth:`get` asks for one;
+    :meth:`names` lists the models of the session (trained or loaded from files).
+
     Signals
     -------
     models_changed()
@@ -57,10 +62,18 @@ class ModelRegistry:
     models_changed = Signal()
     threshold_changed = Signal(float)
 
-    def __init__(self) -> None:
+    def __init__(self, builtins: bool = False) -> None:
         self._models: dict[str, NucleiModel] = {}
         self._threshold = 0.5
         self._cache: dict[tuple[str, int], tuple[weakref.ref, CachedProbabilities]] = {}
+        self._builtin_names: list[str] = []
+        self._builtin_models: dict[str, NucleiModel] = {}
+        self._builtin_lock = threading.Lock()
+        if builtins:
+            from ..builtin_models import BUILTIN_MODELS, DEFAULT_MODEL
+
+            self._builtin_names = list(BUILTIN_MODELS)
+            self._threshold = BUILTIN_MODELS[DEFAULT_MODEL].threshold
 
     # ----------------------------------------------------------------------- models
     def add(self, model: NucleiModel, name: str | None = None) -> str:
@@ -93,14 +106,35 @@ class ModelRegistry:
         self.set_threshold(model.threshold)
         return unique
 
+    def builtin_names(self) -> list[str]:
+        """Names of the built-in models this registry offers."""
+        return list(self._builtin_names)
+
+    def choices(self) -> list[str]:
+        """Every model a picker offers: the built-in ones first, then the session's."""
+        return [*self._builtin_names, *(n for n in self._models if n not in self._builtin_names)]
+
+    def is_builtin(self, name: str) -> bool:
+        """Whether ``name`` is a built-in model of this registry."""
+        return name in self._builtin_names and name not in self._models
+
     def get(self, name: str) -> NucleiModel:
-        """Return the model registered as ``name``.
+        """Return the model registered as ``name`` (a built-in model is loaded once).
 
         Raises
         ------
         KeyError
             With a readable message when no model has that name.
+        napari_unet_nuclei.model_io.ModelFileError
+            When a built-in model's file is missing or damaged.
         """
+        if self.is_builtin(name):
+            with self._builtin_lock:
+                if name not in self._builtin_models:
+                    from ..model_io import load_model
+
+                    self._builtin_models[name] = load_model(name)
+                return self._builtin_models[name]
         try:
             return self._models[name]
         except KeyError:
@@ -197,7 +231,7 @@ def registry_for(viewer: Any) -> ModelRegistry:
     key = id(viewer)
     registry = _REGISTRIES.get(key)
     if registry is None:
-        registry = ModelRegistry()
+        registry = ModelRegistry(builtins=True)
         _REGISTRIES[key] = registry
         weakref.finalize(viewer, _REGISTRIES.pop, key, None)
         layers = getattr(viewer, "layers", None)

@@ -149,7 +149,16 @@ class SegmentWidget(BackgroundJobMixin, Container):
         self.instances = CheckBox(
             text="Instances (separate touching nuclei)",
             value=False,
-            tooltip="One label per nucleus (seeded watershed) with measurements per nucleus",
+            tooltip="One label per nucleus with measurements per nucleus, by the instance "
+            "rule chosen for the model on its validation images (its centre or boundary map, "
+            "or a seeded watershed of the mask)",
+        )
+        self.stack_axis = ComboBox(
+            choices=[("frames (time, separate images)", "frames"), ("z (one volume)", "z")],
+            value="frames",
+            label="stack axis",
+            tooltip="Instances of a 3-D stack: 'frames' labels every frame on its own; 'z' "
+            "links nuclei across slices into 3-D objects (measured in voxels)",
         )
         self.min_size = SpinBox(
             value=30,
@@ -186,6 +195,7 @@ class SegmentWidget(BackgroundJobMixin, Container):
                 self.tile_size,
                 self.instances,
                 self.min_size,
+                self.stack_axis,
                 self.results_folder,
                 Container(
                     widgets=[self.run_button, self.cancel_button],
@@ -251,10 +261,13 @@ class SegmentWidget(BackgroundJobMixin, Container):
         value = self.results_folder.value
         return None if value is None or str(value) in ("", ".") else value
 
-    def _instance_config(self) -> Any:
-        from ..instances import InstanceConfig
+    def _instance_config(self, model: Any) -> Any:
+        from dataclasses import replace
 
-        return InstanceConfig(threshold=self.threshold.value, min_size=self.min_size.value)
+        from ..segmentation import default_instance_config
+
+        config = default_instance_config(model, threshold=self.threshold.value)
+        return replace(config, min_size=self.min_size.value)
 
     def run(self) -> Any:
         """Start segmenting with the current settings; return the worker (None on error)."""
@@ -269,7 +282,7 @@ class SegmentWidget(BackgroundJobMixin, Container):
             if not layers:
                 raise ValueError("there is no image layer to segment")
             tasks, lazy = self._make_tasks(layers)
-            instances = self._instance_config() if self.instances.value else None
+            instances = self._instance_config(model) if self.instances.value else None
             folder = self._results_folder()
             outputs = {
                 number: LazyOutputs.create(
@@ -297,6 +310,7 @@ class SegmentWidget(BackgroundJobMixin, Container):
             tasks,
             tile_size=self.tile_size.value,
             instances=instances,
+            stack_axis=self.stack_axis.value,
             lazy_outputs=outputs,
             stop=self._stop,
         )

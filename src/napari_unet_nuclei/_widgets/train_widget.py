@@ -75,6 +75,20 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+ONE_VALUE_NOTE = (
+    "The labels paint every nucleus with one value: they are split into connected parts, "
+    "so touching nuclei painted with one value teach the model to merge them. Give each "
+    "nucleus its own label id (napari's label tool: a new label for each nucleus)."
+)
+
+
+def labels_paint_one_value(labels: Any) -> bool:
+    """Whether some training frame paints several separate nuclei with one value."""
+    from ..object_targets import painted_with_one_value
+
+    return any(painted_with_one_value(frame) for frame in labels)
+
+
 class TrainWidget(BackgroundJobMixin, Container):
     """Train a new U-Net, or fine-tune a session model, on painted labels.
 
@@ -272,6 +286,9 @@ class TrainWidget(BackgroundJobMixin, Container):
         self.status.value = f"Preparing {what} on {len(layers.images)} frame(s){project_part}..."
         if rgb_note:
             report_info(rgb_note)
+        learns_maps = init_model.object_maps if init_model is not None else config.object_maps
+        if learns_maps and labels_paint_one_value(layers.labels):
+            report_warning(ONE_VALUE_NOTE)
         return self._start_worker(
             round_job,
             layers,

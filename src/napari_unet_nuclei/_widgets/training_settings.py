@@ -36,10 +36,17 @@ class TrainingSettings(Container):
             visible=False,
         )
         self.model_name = LineEdit(value="unet", label="model name")
+        self.object_maps = CheckBox(
+            text="separate touching nuclei (centre + boundary maps)",
+            value=True,
+            tooltip="A new network also learns where nuclei are centred and where they touch, "
+            "so that Instances splits touching nuclei; off: the lab's probability-only U-Net",
+        )
         self.extend(
             [
                 self.features,
                 self.depth,
+                self.object_maps,
                 self.duration,
                 self.epochs,
                 self.time_budget,
@@ -101,9 +108,10 @@ class TrainingSettings(Container):
         self.time_budget.visible = value == TIME_BUDGET
 
     def set_architecture_enabled(self, enabled: bool) -> None:
-        """Grey out F and depth (fine-tuning keeps the model's architecture)."""
+        """Grey out F, depth and the object maps (fine-tuning keeps the model's)."""
         self.features.enabled = enabled
         self.depth.enabled = enabled
+        self.object_maps.enabled = enabled
 
     def config(self) -> Any:
         """The :class:`~napari_unet_nuclei.training.TrainingConfig` described by the form."""
@@ -129,5 +137,6 @@ class TrainingSettings(Container):
             seed=self.seed.value,
             device=self.device.value,
             steps_per_epoch=self.steps_per_epoch.value or None,
+            object_maps=("centre", "boundary") if self.object_maps.value else (),
             name=self.model_name.value.strip() or "unet",
         )

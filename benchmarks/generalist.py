@@ -1,0 +1,279 @@
+"""Nuclei as objects on three public test parts: Otsu, the probability-only U-Net, the
+object-aware U-Net and the built-in generalist model, side by side in one run.
+
+Test parts (never trained on): ``kromp2020`` ``paper_42_37`` test (37 images),
+``dsb2018_train`` ``fluo_90_10`` test (54), ``bbbc039`` ``split_100_50_50`` test (50).
+
+Rows:
+
+- ``Otsu + watershed``: Otsu's threshold per image, then the distance-transform watershed;
+- ``U-Net prob. + watershed``: today's probability-only U-Net (F=8, depth 4) trained on the
+  generalist training parts for ``--budget`` seconds, then the same watershed;
+- ``U-Net objects``: the object-aware U-Net (nucleus probability + centre + boundary maps),
+  same data, same budget, same seed, instances from its maps;
+- ``built-in <name>``: the shipped model (``scripts/train_builtin_model.py``).
+
+Scores per image, then averaged: pixel F1; object precision, recall and F1 at IoU >= 0.5
+(one-to-one matches); the Data Science Bowl 2018 AP over IoU 0.5:0.95; merges and splits
+(summed). ``--speed`` also times image -> instances on a 2048 x 2048 image (a mosaic of real
+Kromp images) for the built-in model: its maps path against the probability + watershed
+path of the same network.
+
+    python benchmarks/generalist.py --budget 900 --speed       # the README table
+    python benchmarks/generalist.py --budget 0 --limit 5       # built-in and Otsu only, quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {  # issue 13's targets for the built-in model
+    "dsb2018_train": {"object_f1": 0.92, "dsb_ap": 0.62},
+    "bbbc039": {"object_f1": 0.92},
+    "kromp2020": {"object_f1": 0.85},
+}
+
+
+def score(predicted: np.ndarray, truth: np.ndarray) -> dict:
+    """Pixel and object scores of one image."""
+    from napari_unet_nuclei.metrics import confusion_counts
+    from napari_unet_nuclei.object_metrics import dsb_average_precision, object_error_map
+
+    errors = object_error_map(predicted, truth)
+    objects = errors.match.scores()
+    return {
+        "pixel_f1": confusion_counts(predicted > 0, truth > 0).f1,
+        "object_precision": objects["precision"],
+        "object_recall": objects["recall"],
+        "object_f1": objects["f1"],
+        "dsb_ap": dsb_average_precision(predicted, truth),
+        "merges": int(errors.merges),
+        "splits": int(errors.splits),
+        "n_true": int(objects["n_true"]),
+        "n_pred": int(objects["n_pred"]),
+    }
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per-image means of the scores, sums of the counts."""
+    means = ("pixel_f1", "object_precision", "object_recall", "object_f1", "dsb_ap")
+    sums = ("merges", "splits", "n_true", "n_pred")
+    return {
+        **{key: float(np.mean([r[key] for r in rows])) for key in means},
+        **{key: int(sum(r[key] for r in rows)) for key in sums},
+        "n_images": len(rows),
+    }
+
+
+def train_same_budget(items, object_maps: tuple[str, ...], budget: float, seed: int):
+    """The engine's default training on ``items`` for ``budget`` seconds."""
+    from napari_unet_nuclei.augmentation import AugmentationConfig
+    from napari_unet_nuclei.training import TrainingConfig, train_model
+
+    config = TrainingConfig(
+        time_budget=budget,
+        seed=seed,
+        validation_fraction=0.05,
+        object_maps=object_maps,
+        augmentation=AugmentationConfig(flips=True, rotations90=True, intensity=True, affine=True),
+        name="objects" if object_maps else "probability-only",
+    )
+    return train_model([i.image for i in items], [i.labels for i in items], config)
+
+
+def mosaic_2048(root: Path) -> np.ndarray:
+    """A 2048 x 2048 uint8 image tiled from four real Kromp test images."""
+    import tifffile
+
+    names = json.loads((root / "kromp2020" / "splits.json").read_text())["paper_42_37"]["test"]
+    tiles = [tifffile.imread(root / "kromp2020" / "images" / f"{n}.tif") for n in names[:4]]
+    out = np.zeros((2048, 2048), np.uint8)
+    for number, tile in enumerate(tiles):
+        y, x = divmod(number, 2)
+        crop = tile[:1024, :1024]
+        out[y * 1024 : y * 1024 + crop.shape[0], x * 1024 : x * 1024 + crop.shape[1]] = crop
+    return out
+
+
+def time_paths(model, image: np.ndarray, repeats: int = 2) -> dict:
+    """Megapixels per second, image to instances: the model's maps vs probability + watershed."""
+    from dataclasses import replace
+
+    from napari_unet_nuclei.inference import predict
+    from napari_unet_nuclei.instances import instances_from_probabilities
+    from napari_unet_nuclei.segmentation import default_instance_config, predict_instances
+
+    megapixels = image.size / 1e6
+    predict_instances(model, image[:512, :512])  # warm-up (first call builds the runner)
+    results = {}
+    for label, run in (
+        ("maps (predict_instances)", lambda: predict_instances(model, image)),
+        (
+            "probability + watershed",
+            lambda: instances_from_probabilities(
+                predict(model, image), replace(default_instance_config(model), seeds="distance")
+            ),
+        ),
+    ):
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            labels = run()
+            seconds.append(time.perf_counter() - start)
+        best = min(seconds)
+        results[label] = {
+            "seconds": round(best, 3),
+            "megapixels_per_s": round(megapixels / best, 3),
+            "nuclei": int(labels.max()),
+        }
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="fluo-nuclei", help="built-in name or .pt file")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=900.0,
+        help="seconds to train each same-budget U-Net (0: skip those two rows)",
+    )
+    parser.add_argument("--baseline", help="use this probability-only model file instead")
+    parser.add_argument("--objects", help="use this object-aware model file instead")
+    parser.add_argument("--limit", type=int, help="images per test part (quick runs)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--speed", action="store_true", help="also time a 2048 x 2048 image")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks/results/generalist.json"))
+    args = parser.parse_args()
+
+    import torch
+
+    from napari_unet_nuclei.inference import predict
+    from napari_unet_nuclei.instances import instances_from_mask, instances_from_probabilities
+    from napari_unet_nuclei.metrics import otsu_mask
+    from napari_unet_nuclei.model_io import load_model, save_model
+    from napari_unet_nuclei.public_data import (
+        GENERALIST_TEST_PARTS,
+        GENERALIST_TRAINING_PARTS,
+        data_root,
+        load_part,
+        load_parts,
+    )
+    from napari_unet_nuclei.segmentation import default_instance_config, predict_instances
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    builtin = load_model(args.model)
+    models = {}
+    training = {}
+    if args.baseline:
+        models["U-Net prob. + watershed"] = load_model(args.baseline)
+    if args.objects:
+        models["U-Net objects"] = load_model(args.objects)
+    if args.budget > 0 and (not args.baseline or not args.objects):
+        items = load_parts(GENERALIST_TRAINING_PARTS)
+        for label, maps in (
+            ("U-Net prob. + watershed", ()),
+            ("U-Net objects", ("centre", "boundary")),
+        ):
+            if label in models:
+                continue
+            print(
+                f"training {label} for {args.budget:.0f} s on {len(items)} images ...", flush=True
+            )
+            model = train_same_budget(items, maps, args.budget, args.seed)
+            models[label] = model
+            training[label] = {k: model.summary.get(k) for k in ("steps", "epochs", "seconds")}
+            save_model(model, Path(args.json).with_suffix(f".{model.name}.pt"))
+        del items
+    models[f"built-in {builtin.name}"] = builtin
+
+    results: dict[str, dict] = {}
+    per_image: dict[str, dict] = {}
+    for part in GENERALIST_TEST_PARTS:
+        test_items = load_part(part, limit=args.limit)
+        rows: dict[str, list[dict]] = {"Otsu + watershed": []}
+        rows.update({label: [] for label in models})
+        start = time.perf_counter()
+        for item in test_items:
+            rows["Otsu + watershed"].append(
+                score(instances_from_mask(otsu_mask(item.image)), item.labels)
+            )
+            for label, model in models.items():
+                if model.object_maps:
+                    predicted = predict_instances(model, item.image)
+                else:
+                    predicted = instances_from_probabilities(
+                        predict(model, item.image), default_instance_config(model)
+                    )
+                rows[label].append(score(predicted, item.labels))
+        results[part.collection] = {label: summarise(r) for label, r in rows.items()}
+        per_image[part.collection] = {
+            label: [{"name": item.name, **r} for item, r in zip(test_items, method_rows)]
+            for label, method_rows in rows.items()
+        }
+        print(f"\n{part.label}: {len(test_items)} images ({time.perf_counter() - start:.0f} s)")
+        print(
+            f"{'method':<28} {'pixel F1':>8} {'obj P':>6} {'obj R':>6} {'obj F1':>7} "
+            f"{'DSB AP':>7} {'merges':>6} {'splits':>6} {'found/true':>11}"
+        )
+        for label, r in results[part.collection].items():
+            print(
+                f"{label:<28} {r['pixel_f1']:8.3f} {r['object_precision']:6.3f} "
+                f"{r['object_recall']:6.3f} {r['object_f1']:7.3f} {r['dsb_ap']:7.3f} "
+                f"{r['merges']:6d} {r['splits']:6d} {r['n_pred']:5d}/{r['n_true']:<5d}"
+            )
+    builtin_label = f"built-in {builtin.name}"
+    targets = {}
+    for collection, wanted in TARGETS.items():
+        got = results[collection][builtin_label]
+        targets[collection] = {
+            key: {"target": value, "reached": round(got[key], 4), "met": got[key] >= value}
+            for key, value in wanted.items()
+        }
+    print("\ntargets of the built-in model:")
+    for collection, checks in targets.items():
+        for key, check in checks.items():
+            verdict = "met" if check["met"] else "MISSED"
+            print(
+                f"  {collection:<15} {key:<10} {check['reached']:.3f} (>= {check['target']}) {verdict}"
+            )
+    speed = None
+    if args.speed:
+        image = mosaic_2048(data_root())
+        speed = time_paths(builtin, image)
+        print("\nimage -> instances, 2048 x 2048, built-in model:")
+        for label, r in speed.items():
+            print(f"  {label:<26} {r['megapixels_per_s']:.2f} Mpx/s ({r['seconds']:.2f} s)")
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "load_average_at_end": os.getloadavg(),
+        },
+        "budget_seconds": args.budget,
+        "training": training,
+        "builtin": {"name": builtin.name, "summary_steps": builtin.summary.get("steps")},
+        "results": results,
+        "targets": targets,
+        "speed_2048": speed,
+        "images": per_image,
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Image to nuclei: the network's outputs, tiled, then one id per nucleus.
+
+:func:`predict_instances` is the one public call for objects. An object-aware model
+(``model.object_maps`` not empty) tells touching nuclei apart with its own maps
+(:func:`~napari_unet_nuclei.instances.instances_from_maps`); a probability-only model
+(the lab's U-Net, older ``.pt`` files) is split with the distance-transform watershed as
+before (:func:`~napari_unet_nuclei.instances.instances_from_probabilities`).
+
+A stack is labelled frame by frame. ``stack_axis="frames"`` (time points or unrelated
+images) gives ids unique in the whole stack; ``stack_axis="z"`` links the nuclei of
+consecutive slices into 3-D objects (:func:`~napari_unet_nuclei.stitching.stitch_slices`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Generator
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from .events import FrameDone, TileDone, run_to_end
+from .inference import FrameLogits, InferenceCancelled, check_image, iter_frame_logits, sigmoid
+from .instances import InstanceConfig, instances_from_maps
+from .model import NucleiModel
+
+__all__ = ["STACK_AXES", "default_instance_config", "iter_predict_instances", "predict_instances"]
+
+STACK_AXES = ("frames", "z")
+
+
+def default_instance_config(model: NucleiModel, threshold: float | None = None) -> InstanceConfig:
+    """The instance settings a model segments with by default.
+
+    Parameters
+    ----------
+    model : NucleiModel
+        The model; its default threshold and object maps choose the settings.
+    threshold : float, optional
+        Use this probability threshold instead of the model's.
+
+    Returns
+    -------
+    InstanceConfig
+    """
+    config = InstanceConfig(seeds=model.instance_seeds)
+    stored = model.summary.get("instance_config")  # chosen when the model was made
+    if isinstance(stored, dict):
+        fields = InstanceConfig.__dataclass_fields__
+        with contextlib.suppress(TypeError, ValueError):  # a bad entry: the defaults
+            config = InstanceConfig(**{k: v for k, v in stored.items() if k in fields})
+    if config.seeds in ("centre", "boundary") and config.seeds not in model.object_maps:
+        config = replace(config, seeds=model.instance_seeds)
+    return replace(config, threshold=float(model.threshold if threshold is None else threshold))
+
+
+def iter_predict_instances(
+    model: NucleiModel,
+    image: Any,
+    *,
+    threshold: float | None = None,
+    instance_config: InstanceConfig | None = None,
+    stack_axis: str = "frames",
+    min_iou: float = 0.25,
+    probabilities_out: Any = None,
+    should_stop: Callable[[], bool] | None = None,
+    **options: Any,
+) -> Generator[TileDone | FrameDone, None, np.ndarray]:
+    """Segment nuclei as objects, yielding progress events; return the labels.
+
+    Parameters are those of :func:`predict_instances`.
+
+    Yields
+    ------
+    TileDone or FrameDone
+        Progress after each batch of tiles and after each frame.
+    """
+    if stack_axis not in STACK_AXES:
+        raise ValueError(
+            f"stack_axis must be 'frames' (time points or separate images) or 'z' (slices of "
+            f"one volume), got {stack_axis!r}."
+        )
+    shape = check_image(image)
+    if stack_axis == "z" and len(shape) != 3:
+        raise ValueError(
+            f"stack_axis='z' needs a (Z, H, W) stack, got shape {shape}; use 'frames' for a "
+            "2-D image or a stack of separate frames."
+        )
+    config = instance_config or default_instance_config(model)
+    if threshold is not None:
+        config = replace(config, threshold=float(threshold))
+    use_maps = config.seeds in ("centre", "boundary")
+    if use_maps and config.seeds not in model.object_maps:
+        raise ValueError(
+            f"Instances seeded by the {config.seeds!r} map need a model that predicts it; "
+            f"{model.name} predicts {list(model.object_maps) or 'the nucleus probability only'}."
+            " Use seeds='distance'."
+        )
+    labels = np.zeros(shape, np.int32)
+    offset = 0
+    frames = iter_frame_logits(
+        model, image, all_channels=use_maps, should_stop=should_stop, **options
+    )
+    for event in frames:
+        if not isinstance(event, FrameLogits):
+            yield event
+            continue
+        outputs = sigmoid(event.logits)
+        if probabilities_out is not None:
+            probabilities_out[event.index] = outputs[0] if use_maps else outputs
+        if use_maps:
+            maps = dict(zip(model.config.channel_names[1:], outputs[1:]))
+            frame_labels = instances_from_maps(outputs[0], maps, config)
+        else:
+            frame_labels = instances_from_maps(outputs, {}, config)
+        count = int(frame_labels.max())
+        if offset + count > np.iinfo(np.int32).max:
+            raise ValueError("More nuclei than int32 labels can hold; segment fewer frames.")
+        if offset and stack_axis == "frames":
+            frame_labels[frame_labels > 0] += offset
+        labels[event.index] = frame_labels
+        offset += count
+        yield FrameDone(event.number, event.n_frames)
+        if should_stop is not None and should_stop():
+            raise InferenceCancelled("Segmentation was cancelled.")
+    if stack_axis == "z":
+        from .stitching import stitch_slices
+
+        labels = stitch_slices(labels, min_iou=min_iou)
+    return labels
+
+
+def predict_instances(
+    model: NucleiModel,
+    image: Any,
+    *,
+    threshold: float | None = None,
+    instance_config: InstanceConfig | None = None,
+    stack_axis: str = "frames",
+    min_iou: float = 0.25,
+    probabilities_out: Any = None,
+    progress: Callable[[TileDone | FrameDone], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **options: Any,
+) -> np.ndarray:
+    """Nuclei as objects: int32 instance labels of the image's shape.
+
+    Parameters
+    ----------
+    model : NucleiModel
+        A trained model, e.g. ``load_model("fluo-nuclei")``, the built-in one.
+    image : array-like
+        2-D image ``(H, W)`` or stack ``(..., H, W)`` of any real dtype and size; tiled
+        like :func:`~napari_unet_nuclei.predict`.
+    threshold : float, optional
+        Nucleus probability threshold; the model's default when omitted.
+    instance_config : InstanceConfig, optional
+        Seeds, ``min_size``...; by default the model's (its object maps when it has them,
+        see :func:`default_instance_config`).
+    stack_axis : {"frames", "z"}
+        For a stack: ``"frames"`` labels every frame on its own (ids unique in the
+        stack); ``"z"`` links nuclei across consecutive slices into 3-D objects (a
+        ``(Z, H, W)`` stack).
+    min_iou : float
+        ``"z"`` only: least overlap (intersection over union) with a nucleus in the slice
+        above for a nucleus to continue it.
+    probabilities_out : array-like, optional
+        An array of the image's shape that receives the nucleus probabilities too.
+    progress : callable, optional
+        Called with each progress event.
+    should_stop : callable, optional
+        Polled between tiles and frames; when it returns True,
+        :class:`~napari_unet_nuclei.inference.InferenceCancelled` is raised.
+    **options
+        ``tile_size``, ``overlap``, ``batch_size``, ``device``, ``precision``,
+        ``backend``, ``test_time_augmentation`` (see :func:`~napari_unet_nuclei.predict`).
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 labels: 0 = background, one id per nucleus.
+    """
+    return run_to_end(
+        iter_predict_instances(
+            model,
+            image,
+            threshold=threshold,
+            instance_config=instance_config,
+            stack_axis=stack_axis,
+            min_iou=min_iou,
+            probabilities_out=probabilities_out,
+            should_stop=should_stop,
+            **options,
+        ),
+        progress,
+    )

@@ -1,0 +1,134 @@
+"""The built-in model in the docks: listed first and ready at start, nuclei as objects in the
+first minute, fine-tuning from it, and 3-D nuclei from a z-stack."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-unet-nuclei"
+
+
+def dock(viewer, name: str):
+    return viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
+
+
+def wait_done(qtbot, widget, timeout: int = 120_000) -> None:
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+@pytest.fixture
+def kromp_crop(kromp_root):
+    image = tifffile.imread(kromp_root / "images" / "Ganglioneuroblastoma_0.tif")[:256, :320]
+    labels = tifffile.imread(kromp_root / "masks" / "Ganglioneuroblastoma_0.tif")[:256, :320]
+    return image, labels.astype(np.int32)
+
+
+@pytest.fixture
+def warnings_shown(monkeypatch) -> list[str]:
+    from napari_unet_nuclei._widgets import _notify
+
+    shown: list[str] = []
+    original = _notify.report_warning
+
+    def record(message: str) -> None:
+        shown.append(message)
+        original(message)
+
+    monkeypatch.setattr(_notify, "report_warning", record)
+    from napari_unet_nuclei._widgets import train_widget
+
+    monkeypatch.setattr(train_widget, "report_warning", record)
+    return shown
+
+
+def test_builtin_model_is_listed_first_and_segments_nuclei_at_once(
+    qtbot, make_napari_viewer, kromp_crop
+) -> None:
+    from napari_unet_nuclei._widgets._layers import OWNER_KEY
+    from napari_unet_nuclei._widgets.model_picker import NEW_NETWORK
+    from napari_unet_nuclei.builtin_models import BUILTIN_MODELS
+    from napari_unet_nuclei.object_metrics import object_scores
+
+    image, truth = kromp_crop
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="kromp")
+    segment, evaluate, train = (dock(viewer, n) for n in ("Segment", "Evaluate", "Train"))
+    annotate = dock(viewer, "Annotate next")
+    # Ready at start: the built-in model is the first choice and the one selected.
+    assert segment.model.model_name == "fluo-nuclei"
+    assert segment.model.choices[0] == "fluo-nuclei"
+    assert annotate.model.model_name == "fluo-nuclei"
+    assert str(evaluate.source.choices[0]) == "model: fluo-nuclei"
+    assert train.start_from.choices[:2] == (NEW_NETWORK, "fluo-nuclei")
+    assert segment.threshold.value == pytest.approx(BUILTIN_MODELS["fluo-nuclei"].threshold)
+    assert segment.registry.names() == []  # nothing trained or loaded in this session yet
+    segment.image_layer.value = viewer.layers["kromp"]
+    segment.instances.value = True
+    segment.run()
+    wait_done(qtbot, segment)
+    instances = viewer.layers["kromp instances"]
+    assert instances.metadata[OWNER_KEY]["role"] == "instances"
+    labels = np.asarray(instances.data)
+    assert labels.shape == image.shape and labels.max() > 10
+    assert len(instances.features) == len(np.unique(labels)) - 1
+    assert object_scores(labels, truth)["f1"] > 0.6
+
+
+def test_fine_tune_the_builtin_model_from_the_train_dock(
+    qtbot, make_napari_viewer, kromp_crop, warnings_shown
+) -> None:
+    image, truth = kromp_crop
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="kromp")
+    viewer.add_labels((truth > 0).astype(np.uint8), name="painted")
+    train = dock(viewer, "Train")
+    train.image_layer.value = viewer.layers["kromp"]
+    train.labels_layer.value = viewer.layers["painted"]
+    train.start_from.value = "fluo-nuclei"
+    assert not train.settings.features.enabled and not train.settings.object_maps.enabled
+    settings = train.settings
+    settings.duration.value = "epochs"
+    settings.epochs.value = 1
+    settings.steps_per_epoch.value = 2
+    settings.batch_size.value = 2
+    settings.patch_size.value = 128
+    settings.device.value = "cpu"
+    settings.model_name.value = "mine"
+    train.start()
+    # Every nucleus painted with one value: the dock says what that teaches.
+    assert any("one value" in message for message in warnings_shown)
+    wait_done(qtbot, train)
+    assert train.registry.names() == ["mine"]
+    tuned = train.registry.get("mine")
+    assert tuned.object_maps == ("centre", "boundary")
+    assert tuned.summary["fine_tuned_from"] == "fluo-nuclei"
+    original = train.registry.get("fluo-nuclei")
+    assert original is not tuned and original.summary.get("fine_tuned_from") is None
+
+
+def test_segment_a_z_stack_into_3d_nuclei(qtbot, make_napari_viewer, kromp_root) -> None:
+    stack = tifffile.imread(kromp_root.parent / "nuclei3d" / "nuclei.tif")[24:36, :128, :128]
+    viewer = make_napari_viewer()
+    viewer.add_image(stack, name="cells")
+    segment = dock(viewer, "Segment")
+    segment.image_layer.value = viewer.layers["cells"]
+    segment.scope.value = "all frames"
+    segment.instances.value = True
+    segment.run()
+    wait_done(qtbot, segment)
+    per_frame = np.asarray(viewer.layers["cells instances"].data).copy()
+    segment.stack_axis.value = "z"
+    segment.run()
+    wait_done(qtbot, segment)
+    layer = viewer.layers["cells instances"]
+    volume = np.asarray(layer.data)
+    assert volume.shape == stack.shape
+    assert ((volume > 0) == (per_frame > 0)).all()
+    n_volume = len(np.unique(volume)) - 1
+    assert 0 < n_volume < len(np.unique(per_frame)) - 1
+    assert "volume" in layer.features.columns and "frame" not in layer.features.columns
+    assert len(layer.features) == n_volume
