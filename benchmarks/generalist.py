@@ -21,6 +21,7 @@ path of the same network.
 
     python benchmarks/generalist.py --budget 900 --speed       # the README table
     python benchmarks/generalist.py --budget 0 --limit 5       # built-in and Otsu only, quick
+    python benchmarks/generalist.py --speed-only               # the timing alone, idle cores
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def mosaic_2048(root: Path) -> np.ndarray:
 
 
 def time_paths(model, image: np.ndarray, repeats: int = 2) -> dict:
-    """Megapixels per second, image to instances: the model's maps vs probability + watershed."""
+    """Megapixels per second, image to instances: ``predict_instances`` with the model's rule
+    (and with centre-map seeds) beside ``predict`` + the distance watershed."""
     from dataclasses import replace
 
     from napari_unet_nuclei.inference import predict
@@ -114,15 +116,28 @@ def time_paths(model, image: np.ndarray, repeats: int = 2) -> dict:
     megapixels = image.size / 1e6
     predict_instances(model, image[:512, :512])  # warm-up (first call builds the runner)
     results = {}
-    for label, run in (
-        ("maps (predict_instances)", lambda: predict_instances(model, image)),
+    rule = default_instance_config(model)
+    paths = [
+        (f"predict_instances ({rule.seeds} seeds)", lambda: predict_instances(model, image)),
         (
-            "probability + watershed",
+            "predict + watershed (before)",
             lambda: instances_from_probabilities(
-                predict(model, image), replace(default_instance_config(model), seeds="distance")
+                predict(model, image), replace(rule, seeds="distance")
             ),
         ),
-    ):
+    ]
+    if "centre" in model.object_maps and rule.seeds != "centre":
+        paths.append(
+            (
+                "predict_instances (centre seeds)",
+                lambda: predict_instances(
+                    model,
+                    image,
+                    instance_config=replace(rule, seeds="centre", min_peak_height=0.2),
+                ),
+            )
+        )
+    for label, run in paths:
         seconds = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -152,6 +167,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--speed", action="store_true", help="also time a 2048 x 2048 image")
+    parser.add_argument(
+        "--speed-only",
+        action="store_true",
+        help="only time the 2048 x 2048 image (adds speed_2048 to an existing --json)",
+    )
     parser.add_argument("--json", default=str(ROOT / "benchmarks/results/generalist.json"))
     args = parser.parse_args()
 
@@ -173,6 +193,21 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     builtin = load_model(args.model)
+    if args.speed_only:
+        speed = time_paths(builtin, mosaic_2048(data_root()))
+        for label, r in speed.items():
+            print(f"{label:<26} {r['megapixels_per_s']:.2f} Mpx/s ({r['seconds']:.2f} s)")
+        path = Path(args.json)
+        report = json.loads(path.read_text()) if path.is_file() else {}
+        report["speed_2048"] = speed
+        report["speed_machine"] = {
+            "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "load_average_at_end": os.getloadavg(),
+        }
+        path.write_text(json.dumps(report, indent=2))
+        print(f"wrote {path}")
+        return
     models = {}
     training = {}
     if args.baseline:
