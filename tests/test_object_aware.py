@@ -266,3 +266,31 @@ def test_fine_tuning_keeps_the_instance_rule_of_the_model_it_started_from(touchi
     rule = default_instance_config(tuned)
     assert (rule.seeds, rule.min_size) == ("distance", 20)
     assert rule.threshold == pytest.approx(tuned.threshold)
+
+
+def test_training_chooses_the_instance_rule_on_validation_images(kromp_root) -> None:
+    from napari_unet_nuclei.training import TrainingConfig, train_model
+
+    image = tifffile.imread(kromp_root / "images" / "Ganglioneuroblastoma_0.tif")[:128, :256]
+    labels = tifffile.imread(kromp_root / "masks" / "Ganglioneuroblastoma_0.tif")[:128, :256]
+    config = TrainingConfig(
+        features=4,
+        depth=2,
+        epochs=1,
+        steps_per_epoch=3,
+        batch_size=2,
+        patch_size=64,
+        validation_fraction=0.5,
+        object_maps=("centre", "boundary"),
+    )
+    halves = [image[:, :128], image[:, 128:]], [labels[:, :128], labels[:, 128:]]
+    model = train_model(*halves, config)
+    choice = model.summary["instance_rule_choice"]
+    assert set(choice["val_object_f1_by_rule"]) == {"distance", "centre", "boundary"}
+    rule = default_instance_config(model)
+    assert rule.seeds in ("distance", "centre", "boundary")
+    best = choice["val_object_f1_by_rule"][rule.seeds]
+    assert best == pytest.approx(choice["val_object_f1"])
+    assert all(best >= value - 0.005 for value in choice["val_object_f1_by_rule"].values())
+    plain = train_model(*halves, replace(config, object_maps=()))
+    assert "instance_rule_choice" not in plain.summary

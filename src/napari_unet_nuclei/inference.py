@@ -435,13 +435,15 @@ def normalized_frame_logits(
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 1,
     precision: str = "fp32",
+    all_channels: bool = False,
 ) -> np.ndarray:
-    """Tiled logits of one already-normalised 2-D float32 frame (used for validation).
+    """Tiled logits of one already-normalised 2-D float32 frame (used for validation):
+    ``(H, W)``, or ``(C, H, W)`` with ``all_channels``.
 
     The caller sets the network's mode and the grad context.
     """
     multiple = network.config.size_multiple
-    run = make_runner(network, device, precision, "torch")
+    run = make_runner(network, device, precision, "torch", all_channels=all_channels)
     return run_to_end(
         _frame_logits(run, frame, tile_size, overlap, batch_size, multiple, 0, 1), None
     )

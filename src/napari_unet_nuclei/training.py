@@ -117,6 +117,11 @@ class TrainingConfig:
         U-Net. A fine-tuned model keeps the maps it has.
     map_weight : float
         Weight of each object map's binary cross-entropy in the loss.
+    choose_instance_rule : bool
+        With object maps and validation images: after training, store in the model the
+        instance rule with the best validation object F1 among the distance watershed and
+        the centre- and boundary-map seeds (the distance watershed unless a map gains at
+        least 0.005), as the threshold is calibrated.
     """
 
     features: int = 8
@@ -144,6 +149,7 @@ class TrainingConfig:
     name: str = "unet"
     object_maps: tuple[str, ...] = ()
     map_weight: float = 3.0
+    choose_instance_rule: bool = True
 
     DEFAULT_EPOCHS = 40
 
@@ -164,6 +170,7 @@ class _Split:
     weights: list[np.ndarray | None]
     names: list[str]
     maps: list[np.ndarray] = field(default_factory=list)  # (K-1, H, W) object maps
+    instances: list[np.ndarray] = field(default_factory=list)  # ids, with object maps
 
     def pick(self, indices: Sequence[int]) -> _Split:
         """The images at ``indices``."""
@@ -173,6 +180,7 @@ class _Split:
             [self.weights[i] for i in indices],
             [self.names[i] for i in indices],
             [self.maps[i] for i in indices] if self.maps else [],
+            [self.instances[i] for i in indices] if self.instances else [],
         )
 
     def targets(self) -> list[np.ndarray]:
@@ -404,6 +412,55 @@ def _calibrate_threshold(logits: list[np.ndarray], val: _Split) -> dict[str, flo
     return {"threshold": best_threshold, "val_f1": best_f1, "val_f1_at_0.5": at_half}
 
 
+INSTANCE_RULES = (
+    {"seeds": "distance"},
+    {"seeds": "centre", "min_peak_height": 0.2},
+    {"seeds": "boundary", "seed_threshold": 0.5},
+)
+
+
+def _choose_instance_rule(
+    network: torch.nn.Module, val: _Split, threshold: float, device: torch.device
+) -> dict[str, Any]:
+    """The instance rule (distance watershed, centre- or boundary-map seeds) with the best
+    mean object F1 on the validation images, as ``InstanceConfig`` data; the distance
+    watershed unless a map's rule gains at least 0.005."""
+    from .inference import sigmoid
+    from .instances import InstanceConfig, instances_from_maps
+    from .object_metrics import object_scores
+
+    names = network.config.channel_names
+    outputs = []
+    with torch.inference_mode():
+        for image, weight in zip(val.images, val.weights):
+            if weight is not None:  # partial annotations: objects cannot be scored
+                return {}
+            outputs.append(
+                sigmoid(normalized_frame_logits(network, image, device, all_channels=True))
+            )
+    scores = {}
+    for number, rule in enumerate(INSTANCE_RULES):
+        if rule["seeds"] != "distance" and rule["seeds"] not in names:
+            continue
+        config = InstanceConfig(threshold=threshold, **rule)
+        f1 = [
+            object_scores(
+                instances_from_maps(out[0], dict(zip(names[1:], out[1:])), config), truth
+            )["f1"]
+            for out, truth in zip(outputs, val.instances)
+        ]
+        scores[number] = float(np.mean(f1))
+    best = max(scores, key=lambda n: (scores[n] - (0.005 if n else 0.0), -n))
+    chosen = InstanceConfig(threshold=threshold, **INSTANCE_RULES[best]).to_dict()
+    return {
+        **chosen,
+        "val_object_f1": scores[best],
+        "val_object_f1_by_rule": {
+            INSTANCE_RULES[n]["seeds"]: value for n, value in scores.items()
+        },
+    }
+
+
 def train(
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
@@ -490,7 +547,7 @@ def train(
     multiple = model.config.size_multiple
     map_names = model.object_maps
     if map_names:
-        from .object_targets import object_maps, painted_with_one_value
+        from .object_targets import instance_labels, object_maps, painted_with_one_value
 
         one_value = [str(n) for n, lab in zip(names, labels) if painted_with_one_value(lab)]
         if one_value:
@@ -519,6 +576,7 @@ def train(
             out.names.append(str(name))
             if map_names:
                 out.maps.append(object_maps(label, map_names))
+                out.instances.append(instance_labels(label))
         return out
 
     data = prepare(images, labels, names, annotated)
@@ -710,6 +768,9 @@ def train(
     if config.calibrate_threshold and val_data.images and best_epoch > 0:
         calibration = _calibrate_threshold(best_logits, val_data)
         model.threshold = calibration["threshold"]
+    instance_rule: dict[str, Any] = {}
+    if map_names and config.choose_instance_rule and val_data.images and best_epoch > 0:
+        instance_rule = _choose_instance_rule(network, val_data, model.threshold, device)
     model.network = network.cpu().to(memory_format=torch.contiguous_format)
     elapsed = time.perf_counter() - start
     best_record = next((r for r in history if r["epoch"] == best_epoch), {})
@@ -738,7 +799,11 @@ def train(
         "rounds": [*previous, {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "epochs": epoch}],
     }
     inherited = init_model.summary.get("instance_config") if init_model is not None else None
-    if isinstance(inherited, dict):
+    if instance_rule:
+        scores = {k: instance_rule.pop(k) for k in ("val_object_f1", "val_object_f1_by_rule")}
+        model.summary["instance_config"] = instance_rule
+        model.summary["instance_rule_choice"] = scores
+    elif isinstance(inherited, dict):
         # A fine-tuned model keeps the instance rule chosen for the model it started from
         # (with its own, newly calibrated threshold).
         model.summary["instance_config"] = {**inherited, "threshold": float(model.threshold)}
