@@ -751,13 +751,13 @@ def iter_segment_image(
                     config = replace(config, seeds="distance")
                 labels = np.zeros(shape, np.int32)
                 for _ in iter_instances(
-                    probabilities, config, out=labels, should_stop=should_stop
+                    probabilities,
+                    config,
+                    stack_axis=options.stack_axis,
+                    out=labels,
+                    should_stop=should_stop,
                 ):
                     pass
-                if options.stack_axis == "z" and len(shape) == 3:
-                    from .stitching import stitch_slices
-
-                    labels = stitch_slices(labels)
             if options.instances:
                 nuclei = int(labels.max())
                 foreground = int(np.count_nonzero(labels))
