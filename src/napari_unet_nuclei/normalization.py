@@ -23,6 +23,9 @@ __all__ = [
 
 #: Above this many pixels, percentiles are estimated on a regular subsample.
 _PERCENTILE_SAMPLE = 1 << 20
+_DEGENERATE_RANGE = (
+    1e-6  # percentile range below this fraction of the full range: use the full range
+)
 
 
 class ImageWarning(UserWarning):
@@ -151,16 +154,23 @@ def normalize_frame(frame: np.ndarray, config: NormalizationConfig | None = None
     sample = sample.ravel()
     if sample.size > _PERCENTILE_SAMPLE:
         sample = sample[:: sample.size // _PERCENTILE_SAMPLE + 1]
-    low, high = np.percentile(sample, [config.low_percentile, config.high_percentile])
-    if not high > low:
-        low, high = float(sample.min()), float(sample.max())
+    low, high = (
+        float(v) for v in np.percentile(sample, [config.low_percentile, config.high_percentile])
+    )
+    smallest, largest = float(sample.min()), float(sample.max())
+    if not (high - low) > (largest - smallest) * _DEGENERATE_RANGE:
+        # The percentiles fall in a flat region (a mostly empty frame): a scale taken from
+        # them would blow the few other pixels up past float32 range. Use the full range.
+        low, high = smallest, largest
     if not high > low:
         warn_frame_problems(0, int(finite.size), float(low))
         return np.zeros(frame.shape, np.float32)
-    out = (values - np.float32(low)) * np.float32(1.0 / (high - low))
+    scale = 1.0 / (high - low)
+    out = values.astype(np.float64) - low
+    out *= scale
     if not all_finite:
         out[~finite] = 0.0
-    return out.astype(np.float32, copy=False)
+    return out.astype(np.float32)
 
 
 def normalize_image(image: np.ndarray, config: NormalizationConfig | None = None) -> np.ndarray:
