@@ -356,7 +356,7 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _plain(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def plain_data(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
 
 
@@ -653,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     for experiment in experiments.values():
-        experiment["runs"] = _plain(experiment["runs"])
+        experiment["runs"] = plain_data(experiment["runs"])
     print_table(report)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))

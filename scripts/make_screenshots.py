@@ -8,8 +8,10 @@ It opens the lab's 128 x 128 nuclei file with the plugin's reader, hides the lab
 test images of the lab's split (as if only 70 frames had been painted), trains two small
 U-Nets briefly with the Train widget (F=4 and F=16), segments every frame with the
 Segment widget (F=4), evaluates both models against the full ground truth with the
-Evaluate widget (the error overlay is the F=4 model's), and writes ``docs/images/train.png``, ``segment_errors.png`` and ``pr_curve.png``
-(each kept under 400 KB).
+Evaluate widget (the error overlay is the F=4 model's), and writes ``docs/images/train.png``
+(Train and Segment docks), ``segment_errors.png`` (Segment and Evaluate docks) and
+``pr_curve.png`` (the Evaluate dock's content), each kept under 400 KB. The window is a
+1366 x 768 laptop screen, as the docks are made to fit.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NAPARI_UNET_NUCLEI_DATA", ROOT.parent / "shared" / "data"))
 PLUGIN = "napari-unet-nuclei"
 MAX_BYTES = 400_000
+LAPTOP = (1366, 768)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 600.0) -> None:
@@ -65,8 +68,14 @@ def save_png(image, path: Path, max_bytes: int = MAX_BYTES) -> Path:
 
 
 def window_image(viewer):
-    """The whole napari window (``viewer.screenshot``) as a QImage."""
+    """The whole napari window (``viewer.screenshot``) as a QImage, notification toasts
+    closed first (they would cover the image)."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
     from qtpy.QtGui import QImage
+
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
+    wait_until(lambda: True)
 
     rgba = np.ascontiguousarray(viewer.screenshot(canvas_only=False, flash=False))
     height, width = rgba.shape[:2]
@@ -90,6 +99,7 @@ def train_model(qt_train, name: str, features: int, budget: float) -> None:
 
 def main(out: Path, budget: float) -> None:
     import napari
+    from qtpy.QtCore import Qt
 
     from napari_unet_nuclei._widgets.evaluate_widget import PredictionSource
 
@@ -97,7 +107,7 @@ def main(out: Path, budget: float) -> None:
     kromp = DATA / "kromp2020"
     split = json.loads((kromp / "splits.json").read_text())["lab_70_9"]
     viewer = napari.Viewer(title="napari-unet-nuclei", show=True)
-    viewer.window.resize(1500, 950)
+    viewer.window.resize(*LAPTOP)
     image, truth = viewer.open(str(kromp / "nuclei_128.npz"), plugin=PLUGIN)
     image.name, truth.name = "lab 128", "ground truth"
     names = list(image.metadata["frame_names"])
@@ -110,13 +120,8 @@ def main(out: Path, budget: float) -> None:
     train_dock, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
     train.image_layer.value, train.labels_layer.value = image, painted_layer
     train.settings.device.value = "cpu"
-    train_model(train, "F=4", 4, budget)
     train_model(train, "F=16", 16, budget)
-    viewer.dims.set_current_step(0, int(np.flatnonzero(painted.any(axis=(1, 2)))[0]))
-    viewer.reset_view()
-    wait_until(lambda: True)
-    save_png(window_image(viewer), out / "train.png")
-
+    train_model(train, "F=4", 4, budget)  # last: its loss plot (more epochs) is shown
     segment_dock, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     segment.image_layer.value = image
     segment.scope.value = "all frames"
@@ -124,6 +129,15 @@ def main(out: Path, budget: float) -> None:
     segment.run()
     wait_until(lambda: not segment.running)
     print(f"  {segment.status.value}", flush=True)
+    viewer.layers[f"{image.name} probabilities"].visible = False
+    window = viewer.window._qt_window
+    window.resizeDocks([train_dock, segment_dock], [560, 160], Qt.Orientation.Vertical)
+    wait_until(lambda: True)
+    train.scroll_area.ensureWidgetVisible(train.loss_plot)  # the status and the live plot
+    viewer.dims.set_current_step(0, int(np.flatnonzero(painted.any(axis=(1, 2)))[0]))
+    viewer.reset_view()
+    wait_until(lambda: True)
+    save_png(window_image(viewer), out / "train.png")
 
     _, evaluate = viewer.window.add_plugin_dock_widget(PLUGIN, "Evaluate")
     evaluate.image_layer.value, evaluate.truth_layer.value = image, truth
@@ -133,9 +147,8 @@ def main(out: Path, budget: float) -> None:
         wait_until(lambda: not evaluate.running)
         print(f"  {evaluate.status.value}", flush=True)
     viewer.window.remove_dock_widget(train_dock)
-    viewer.window.remove_dock_widget(segment_dock)
     wait_until(lambda: True)
-    viewer.window.resize(1500, 950)
+    viewer.window.resize(*LAPTOP)
     painted_layer.visible = False
     viewer.layers[f"{image.name} probabilities"].visible = False
     viewer.layers[f"{image.name} nuclei"].visible = False
@@ -143,7 +156,7 @@ def main(out: Path, budget: float) -> None:
     viewer.reset_view()
     wait_until(lambda: True)
     save_png(window_image(viewer), out / "segment_errors.png")
-    save_png(evaluate.native.grab().toImage(), out / "pr_curve.png")
+    save_png(evaluate.body.native.grab().toImage(), out / "pr_curve.png")
     for name in ("train.png", "segment_errors.png", "pr_curve.png"):
         print(f"wrote {out / name} ({(out / name).stat().st_size / 1000:.0f} KB)")
     viewer.close()

@@ -110,3 +110,42 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ shared helpers
+def wait_done(qtbot, widget, timeout: int = 120_000) -> None:
+    """Wait until a dock's background job has finished (its ``running`` is False).
+
+    Imported by the widget tests: ``from conftest import wait_done``.
+    """
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def untrained_model():
+    """An untrained U-Net (F=4, depth 2, seed 0) named "tiny": shapes, errors, plumbing."""
+    import torch
+
+    from napari_unet_nuclei.model import create_model
+
+    torch.manual_seed(0)
+    return create_model(features=4, depth=2, name="tiny")
+
+
+@pytest.fixture(scope="module")
+def lab_tiny_model(lab_arrays):
+    """A tiny U-Net (F=4, depth 2) trained for a few steps on 6 lab images, named "tiny"."""
+    from napari_unet_nuclei.training import TrainingConfig, train_model
+
+    x, y, _ = lab_arrays
+    config = TrainingConfig(
+        features=4,
+        depth=2,
+        epochs=1,
+        steps_per_epoch=4,
+        batch_size=4,
+        patch_size=64,
+        device="cpu",
+        name="tiny",
+    )
+    return train_model(list(x[:6, 0]), list(y[:6, 0]), config)

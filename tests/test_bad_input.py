@@ -43,9 +43,8 @@ CLI_TINY += ["--patch-size", "32", "--device", "cpu", "--no-augment"]
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return create_model(features=4, depth=2, name="tiny")
+def model(untrained_model):
+    return untrained_model
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import wait_done
+
 pytestmark = pytest.mark.gui
 
 PLUGIN = "napari-unet-nuclei"
@@ -52,11 +54,8 @@ def viewer(make_napari_viewer, lab_arrays):
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    from napari_unet_nuclei.model import create_model
-
-    torch.manual_seed(0)
-    return create_model(features=4, depth=2, name="tiny")
+def tiny_model(untrained_model):
+    return untrained_model
 
 
 def widget(viewer, name: str):
@@ -72,10 +71,6 @@ def tiny_settings(train, name: str, epochs: int = 1) -> None:
     settings.validation_fraction.value = 0.2
     settings.device.value = "cpu"
     settings.model_name.value = name
-
-
-def wait_done(qtbot, w, timeout: int = 60_000) -> None:
-    qtbot.waitUntil(lambda: not w.running, timeout=timeout)
 
 
 def rgb_of(frame: np.ndarray) -> np.ndarray:

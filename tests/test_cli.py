@@ -81,13 +81,22 @@ def test_evaluate_json_matches_format(
         == 0
     )
     result = json.loads(out.read_text())
-    assert set(result["mean"]) == {"precision", "recall", "f1", "iou", "ap"}
+    pixel = {"precision", "recall", "f1", "iou", "ap"}
+    objects = {"object_precision", "object_recall", "object_f1", "dsb_ap"}
+    assert set(result["mean"]) == pixel | objects
     assert [row["name"] for row in result["images"]] == splits["lab_70_9"]["test"]
-    for key in ("precision", "recall", "f1", "iou", "ap"):
+    for key in sorted(pixel | objects):
         values = [row[key] for row in result["images"]]
         assert result["mean"][key] == pytest.approx(np.mean(values))
         assert all(0 <= v <= 1 for v in values)
-    assert "mean" in capsys.readouterr().out
+    # Pooled: counts summed over the images (the documented rule).
+    pooled, rows = result["pooled"], result["images"]
+    tp, n_true, n_pred = (sum(row[k] for row in rows) for k in ("tp", "n_true", "n_pred"))
+    assert pooled["object_f1"] == pytest.approx(2 * tp / (n_true + n_pred))
+    assert pooled["merges"] == sum(row["merges"] for row in rows)
+    assert "counts summed" in result["pooling"]
+    printed = capsys.readouterr().out
+    assert "mean" in printed and "pooled" in printed and "object F1" in printed
 
 
 def test_segment_writes_one_mask_per_input(trained_model, kromp_root, tmp_path) -> None:

@@ -6,7 +6,6 @@ import itertools
 
 import numpy as np
 import pytest
-import torch
 
 from napari_unet_nuclei.events import FrameDone, TileDone
 from napari_unet_nuclei.inference import (
@@ -17,13 +16,11 @@ from napari_unet_nuclei.inference import (
     threshold_mask,
     tile_positions,
 )
-from napari_unet_nuclei.model import create_model
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return create_model(features=4, depth=2)
+def model(untrained_model):
+    return untrained_model
 
 
 @pytest.mark.parametrize("shape", [(127, 301), (7, 9), (128, 128), (3, 40, 50), (2, 2, 33, 17)])
@@ -103,3 +100,16 @@ def test_bad_input_is_explained(model) -> None:
         predict(model, np.zeros(5))
     with pytest.raises(ValueError, match="Output array shape"):
         predict(model, np.zeros((8, 8)), out=np.zeros((4, 4), np.float32))
+
+
+def test_one_overlap_rule_for_every_tile_size(model, kromp_root) -> None:
+    """Docks, command line and API share ``default_overlap``: an eighth of the tile."""
+    import tifffile
+
+    from napari_unet_nuclei.inference import default_overlap
+
+    assert [default_overlap(t) for t in (32, 64, 128, 512, 2048)] == [8, 8, 16, 64, 64]
+    image = tifffile.imread(kromp_root / "images" / "normal_16.tif")[:200, :300]
+    np.testing.assert_array_equal(
+        predict(model, image, tile_size=128), predict(model, image, tile_size=128, overlap=16)
+    )

@@ -126,12 +126,52 @@ def test_kromp_sample_gives_image_and_labels(kromp_root, monkeypatch) -> None:
     assert (labels > 0).any()
 
 
-def test_kromp_sample_says_where_to_put_the_data(tmp_path, monkeypatch) -> None:
-    from napari_unet_nuclei._napari_sample_data import KROMP_ENV, kromp_nuclei
+def test_kromp_sample_is_found_from_any_folder(kromp_root, tmp_path, monkeypatch) -> None:
+    """The data folder the tests use, not the folder napari was started from."""
+    from napari_unet_nuclei import _napari_sample_data as samples
 
-    monkeypatch.setenv(KROMP_ENV, str(tmp_path / "nowhere"))
-    with pytest.raises(FileNotFoundError, match=KROMP_ENV):
-        kromp_nuclei()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(samples.KROMP_ENV, raising=False)
+    monkeypatch.setenv(samples.DATA_ENV, str(kromp_root.parent))
+    assert samples.find_kromp_root() == kromp_root
+    monkeypatch.delenv(samples.DATA_ENV)  # the shared folder beside this checkout
+    assert samples.find_kromp_root().resolve() == kromp_root.resolve()
+
+
+def test_kromp_sample_in_the_user_data_folder_in_the_archive_layout(
+    kromp_root, tmp_path, monkeypatch
+) -> None:
+    """Where fetch_kromp() unpacks the BioStudies archive: rawimages/ and groundtruth/."""
+    from napari_unet_nuclei import _napari_sample_data as samples
+
+    archive = tmp_path / "cache" / "kromp2020" / "dataset"
+    (archive / "rawimages").mkdir(parents=True)
+    (archive / "groundtruth").mkdir()
+    for name in ("normal_16", "normal_17"):
+        for sub, target in (("images", "rawimages"), ("masks", "groundtruth")):
+            (archive / target / f"{name}.tif").write_bytes(
+                (kromp_root / sub / f"{name}.tif").read_bytes()
+            )
+    monkeypatch.delenv(samples.KROMP_ENV, raising=False)
+    monkeypatch.setenv(samples.DATA_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setattr(samples, "_user_data_folder", lambda: tmp_path / "cache")
+    (image, meta, _), (labels, _, _) = samples.kromp_nuclei()
+    assert meta["metadata"]["source"] == str(tmp_path / "cache" / "kromp2020")
+    assert image.shape == labels.shape and image.shape[0] >= 1
+
+
+def test_kromp_sample_says_where_it_looked_and_how_to_get_the_data(tmp_path, monkeypatch) -> None:
+    from napari_unet_nuclei import _napari_sample_data as samples
+
+    monkeypatch.setenv(samples.KROMP_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setenv(samples.DATA_ENV, str(tmp_path / "no data"))
+    monkeypatch.setattr(samples, "_user_data_folder", lambda: tmp_path / "no cache")
+    with pytest.raises(FileNotFoundError) as caught:
+        samples.kromp_nuclei()
+    message = str(caught.value)
+    assert str(tmp_path / "nowhere") in message and str(tmp_path / "no cache") in message
+    assert "fetch_kromp()" in message and samples.KROMP_ENV in message
+    assert "synthetic sample" in message
 
 
 @pytest.mark.gui

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from napari_unet_nuclei.augmentation import AugmentationConfig, augment_batch
 from napari_unet_nuclei.events import (
@@ -77,12 +78,26 @@ def test_cancel_stops_within_one_step(lab_split) -> None:
 
 
 def test_generator_close_is_clean(lab_split) -> None:
+    """Closing mid-run (what napari's worker.quit() amounts to) ends the run at once and
+    leaves torch's global settings as they were."""
+    import inspect
+    import threading
+
     x_train, y_train, *_ = lab_split
+    before = (torch.get_num_threads(), torch.is_grad_enabled(), threading.active_count())
     generator = train(x_train[:4], y_train[:4], TrainingConfig(**SMALL, epochs=100))
+    steps = 0
     for event in generator:
         if isinstance(event, TrainingStep):
-            break
-    generator.close()  # what napari's worker.quit() amounts to
+            steps += 1
+            if steps == 2:
+                break
+    generator.close()
+    assert inspect.getgeneratorstate(generator) == inspect.GEN_CLOSED
+    with pytest.raises(StopIteration):
+        next(generator)
+    after = (torch.get_num_threads(), torch.is_grad_enabled(), threading.active_count())
+    assert after == before
 
 
 def test_reproducible_with_seed(lab_split) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import wait_done
+
 pytestmark = pytest.mark.gui
 
 PLUGIN = "napari-unet-nuclei"
@@ -12,23 +14,8 @@ N_FRAMES = 8
 
 
 @pytest.fixture(scope="module")
-def tiny_model(lab_arrays):
-    """F=4, depth 2, a few steps on 6 lab images."""
-    from napari_unet_nuclei.training import TrainingConfig, train_model
-
-    x, y, _ = lab_arrays
-    config = TrainingConfig(
-        features=4,
-        depth=2,
-        epochs=1,
-        steps_per_epoch=8,
-        batch_size=4,
-        patch_size=64,
-        validation_fraction=0.0,
-        device="cpu",
-        name="tiny",
-    )
-    return train_model(list(x[:6, 0]), list(y[:6, 0]), config)
+def tiny_model(lab_tiny_model):
+    return lab_tiny_model
 
 
 @pytest.fixture
@@ -50,10 +37,6 @@ def open_widget(viewer, model=None):
         registry_for(viewer).add(model, "tiny")
         assert widget.model.model_name == "tiny"
     return widget
-
-
-def wait_done(qtbot, widget, timeout: int = 60_000) -> None:
-    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
 
 
 def click_row(qtbot, table, row: int) -> None:

@@ -9,10 +9,8 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def small_model():
-    from napari_unet_nuclei.model import create_model
-
-    return create_model(4, 2)
+def small_model(untrained_model):
+    return untrained_model
 
 
 def test_registry_names_are_unique_and_signal(small_model) -> None:

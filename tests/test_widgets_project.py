@@ -109,7 +109,7 @@ def test_project_folder_is_reopened_by_a_new_widget(
     images, labels = lab_stack
     folder = tmp_path / "my project"
     viewer, train = make_train(make_napari_viewer, images, labels)
-    assert train.open_project(folder) is not None
+    assert train.projects.open_project(folder) is not None
     assert (folder / "project.json").is_file()
 
     shapes = viewer.add_shapes(
@@ -118,13 +118,13 @@ def test_project_folder_is_reopened_by_a_new_widget(
     train.reset_choices()
     train.annotated_layer.value = shapes
     viewer.dims.set_current_step(0, 2)
-    entry = train.add_to_training_set()
+    entry = train.projects.add_to_training_set()
     assert entry is not None and entry.name == "lab [2]" and entry.annotated_pixels == 64 * 64
     train.annotated_layer.value = None
     viewer.dims.set_current_step(0, 4)
-    held = train.add_to_training_set(role="held-out")
+    held = train.projects.add_to_training_set(role="held-out")
     assert held.role == "held-out" and held.annotated_pixels == 128 * 128
-    assert "1 training image(s)" in train.project_panel.summary.value
+    assert "1 training image(s)" in train.projects.panel.summary.value
 
     index = json.loads((folder / "project.json").read_text())
     assert [e["name"] for e in index["entries"]] == ["lab [2]", "lab [4]"]
@@ -133,23 +133,23 @@ def test_project_folder_is_reopened_by_a_new_widget(
 
     # napari reopened: an empty viewer, a new widget, the same folder.
     _, again = make_train(make_napari_viewer)
-    project = again.open_project(folder)
+    project = again.projects.open_project(folder)
     assert project.names("train") == ["lab [2]"] and project.names("held-out") == ["lab [4]"]
     sample = project.load("lab [2]")
     np.testing.assert_array_equal(sample.image, images[2])
     np.testing.assert_array_equal(sample.labels, labels[2])
     assert sample.annotated[:64, :64].all() and not sample.annotated[64:].any()
-    assert again.ledger_table.rowCount() == 0
+    assert again.projects.table.rowCount() == 0
 
     # Training on the project set alone (no layers open) records round 1, scored on
     # the held-out image.
     run(qtbot, again, "from project")
-    assert again.ledger_table.rowCount() == 1
-    item = again.last_round
+    assert again.projects.table.rowCount() == 1
+    item = again.projects.last_round
     assert item.number == 1 and [d["source"] for d in item.data] == ["project"]
     assert item.annotated_pixels == 64 * 64 and item.held_out.names == ["lab [4]"]
-    assert again.ledger_table.text(0, "annotated px") == "4,096"
-    assert again.ledger_table.text(0, "held-out F1") == f"{item.held_out.f1:.3f}"
+    assert again.projects.table.text(0, "annotated px") == "4,096"
+    assert again.projects.table.text(0, "held-out F1") == f"{item.held_out.f1:.3f}"
     assert TrainingProject.open(folder).entries == project.entries
     assert not shown["error"]
 
@@ -161,35 +161,47 @@ def test_rounds_ledger_rollback_compare_and_worse_round_warning(
 
     images, labels = lab_stack
     viewer, train = make_train(make_napari_viewer, images, labels)
-    train.open_project(tmp_path / "p")
+    train.projects.open_project(tmp_path / "p")
     for frame in HELD_OUT_FRAMES:
         viewer.dims.set_current_step(0, frame)
-        assert train.add_to_training_set(role="held-out") is not None
+        assert train.projects.add_to_training_set(role="held-out") is not None
 
     # Round 1: the held-out frames of the open stack are left out of training.
     train.settings.epochs.value = 3
     run(qtbot, train, "round-one")
     assert any("held-out images of the project" in m for m in shown["info"])
-    first = train.last_round
+    first = train.projects.last_round
     assert sorted(d["name"] for d in first.data) == [f"lab [{i}]" for i in range(4)]
-    assert first.held_out is not None and first.held_out.f1 > 0.0
+    # The recorded held-out F1 is the round's model on the held-out frames, pixels pooled.
+    from napari_unet_nuclei.inference import predict
+    from napari_unet_nuclei.metrics import segmentation_scores
+
+    model = train.registry.get("round-one")
+    frames = list(HELD_OUT_FRAMES)
+    predicted = predict(model, images[frames]) >= model.threshold
+    expected = segmentation_scores(predicted, labels[frames] > 0)["f1"]
+    assert first.held_out is not None
+    assert first.held_out.f1 == pytest.approx(expected, abs=1e-6)
 
     # Round 2 on labels wiped by mistake: worse on the held-out set, with a warning.
     viewer.layers["lab labels"].data = np.zeros_like(labels)
     train.empty_frames_background.value = True
     train.settings.epochs.value = 2
     run(qtbot, train, "round-two")
-    second = train.last_round
+    second = train.projects.last_round
     assert second.number == 2 and second.held_out.f1 < first.held_out.f1
-    assert train.last_warning is not None and "worse than round 1" in train.last_warning
-    assert train.last_warning in shown["warning"]
-    assert train.ledger_table.rowCount() == 2
-    assert [train.ledger_table.text(r, "round") for r in (0, 1)] == ["1", "2"]
+    assert (
+        train.projects.last_warning is not None
+        and "worse than round 1" in train.projects.last_warning
+    )
+    assert train.projects.last_warning in shown["warning"]
+    assert train.projects.table.rowCount() == 2
+    assert [train.projects.table.text(r, "round") for r in (0, 1)] == ["1", "2"]
     assert Ledger(tmp_path / "p").is_regression(2)
 
     # Roll back to round 1: its exact weights become the current model.
-    train.ledger_table.select_rounds([1])
-    name = train.rollback()
+    train.projects.table.select_rounds([1])
+    name = train.projects.rollback()
     assert name == "round-one round 1" and train.current_model_name == name
     assert train.start_from.model_name == name
     restored = train.registry.get(name).network.state_dict()
@@ -198,8 +210,8 @@ def test_rounds_ledger_rollback_compare_and_worse_round_warning(
     assert all(torch.equal(restored[k], original[k]) for k in original)
 
     # Compare rounds 1 and 2: both held-out curves in the Evaluate plot.
-    train.ledger_table.select_rounds([1, 2])
-    curves = train.compare_rounds()
+    train.projects.table.select_rounds([1, 2])
+    curves = train.projects.compare_rounds()
     assert curves == ["round 1 (held-out)", "round 2 (held-out)"]
     _, evaluate = viewer.window.add_plugin_dock_widget("napari-unet-nuclei", "Evaluate")
     assert set(curves) <= set(evaluate.pr_plot.curves)
@@ -207,7 +219,7 @@ def test_rounds_ledger_rollback_compare_and_worse_round_warning(
         evaluate.pr_plot.curves["round 1 (held-out)"].precision,
         first.held_out.precision_recall_curve().precision,
     )
-    assert train.compare_rounds([2]) == ["round 2 (held-out)"]
+    assert train.projects.compare_rounds([2]) == ["round 2 (held-out)"]
     assert "round 1 (held-out)" not in evaluate.pr_plot.curves
     assert not shown["error"]
 
@@ -215,18 +227,18 @@ def test_rounds_ledger_rollback_compare_and_worse_round_warning(
 def test_stored_images_are_listed_and_removed_after_confirmation(
     make_napari_viewer, lab_stack, tmp_path, shown, monkeypatch
 ) -> None:
-    from napari_unet_nuclei._widgets import train_widget
+    from napari_unet_nuclei._widgets import project_controller
     from napari_unet_nuclei.project import TrainingProject
 
     images, labels = lab_stack
     folder = tmp_path / "project"
     viewer, train = make_train(make_napari_viewer, images, labels)
-    panel = train.project_panel
+    panel = train.projects.panel
     assert not panel.remove_button.enabled  # no project yet
-    train.open_project(folder)
+    train.projects.open_project(folder)
     for frame, role in ((1, "train"), (3, "train"), (5, "held-out")):
         viewer.dims.set_current_step(0, frame)
-        assert train.add_to_training_set(role=role) is not None
+        assert train.projects.add_to_training_set(role=role) is not None
     box = panel.stored.native
     assert [box.itemText(i) for i in range(1, box.count())] == [  # 0: "-----" (none)
         "lab [1] (train)",
@@ -237,14 +249,16 @@ def test_stored_images_are_listed_and_removed_after_confirmation(
     # The user says No: nothing is removed.
     answers = []
     monkeypatch.setattr(
-        train_widget, "confirm_removal", lambda name, parent=None: answers.append(name) or False
+        project_controller,
+        "confirm_removal",
+        lambda name, parent=None: answers.append(name) or False,
     )
     panel.stored.value = "lab [3]"
     panel.remove_button.native.click()
     assert answers == ["lab [3]"] and len(TrainingProject.open(folder).entries) == 3
 
     # Yes: the entry and its files go; the list and the summary follow.
-    monkeypatch.setattr(train_widget, "confirm_removal", lambda name, parent=None: True)
+    monkeypatch.setattr(project_controller, "confirm_removal", lambda name, parent=None: True)
     panel.remove_button.native.click()
     project = TrainingProject.open(folder)
     assert project.names("train") == ["lab [1]"] and project.names("held-out") == ["lab [5]"]
@@ -254,6 +268,6 @@ def test_stored_images_are_listed_and_removed_after_confirmation(
     assert "Removed 'lab [3]'" in train.status.value and not shown["error"]
 
     # A name that is not (or no longer) there: one sentence, nothing else changes.
-    assert train.remove_from_project("lab [3]") is False
+    assert train.projects.remove_from_project("lab [3]") is False
     assert "No image named 'lab [3]'" in shown["error"][-1]
     assert len(TrainingProject.open(folder).entries) == 2

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import wait_done
+
 pytestmark = pytest.mark.gui
 
 PLUGIN = "napari-unet-nuclei"
@@ -38,22 +40,8 @@ def notifications(monkeypatch) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(lab_arrays):
-    """A tiny model trained headlessly (F=4, depth 2, a few steps)."""
-    from napari_unet_nuclei.training import TrainingConfig, train_model
-
-    x, y, _ = lab_arrays
-    config = TrainingConfig(
-        features=4,
-        depth=2,
-        epochs=1,
-        steps_per_epoch=4,
-        batch_size=4,
-        patch_size=64,
-        device="cpu",
-        name="tiny",
-    )
-    return train_model(list(x[:6, 0]), list(y[:6, 0]), config)
+def tiny_model(lab_tiny_model):
+    return lab_tiny_model
 
 
 def add_widgets(viewer) -> dict:
@@ -77,11 +65,6 @@ def fast_settings(train, name: str, seed: int = 0) -> None:
     train.settings.device.value = "cpu"
     train.settings.seed.value = seed
     train.settings.model_name.value = name
-
-
-def wait_done(qtbot, widget, timeout: int = 60_000) -> None:
-    """Wait until the widget's worker has finished."""
-    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
 
 
 def count_network_runs(monkeypatch) -> list[int]:
@@ -183,13 +166,32 @@ def test_train_segment_threshold_evaluate(qtbot, lab_viewer, monkeypatch) -> Non
     wait_done(qtbot, evaluate)
     assert len(runs) == 2  # small-b had never run on this image
     assert evaluate.pr_plot.line_count() == 2
-    assert set(evaluate.pr_plot.curves) == {"small-a", "small-b"}
+    stack = f"lab ({N_FRAMES} frames)"
+    assert set(evaluate.pr_plot.curves) == {f"small-a on {stack}", f"small-b on {stack}"}
 
     # Clicking a curve sets Segment's threshold and its mask.
-    picked = click_curve(evaluate.pr_plot, "small-a")
+    picked = click_curve(evaluate.pr_plot, f"small-a on {stack}")
     assert segment.threshold.value == pytest.approx(picked, abs=0.006)
     np.testing.assert_array_equal(nuclei.data, (probs >= segment.threshold.value).astype(np.uint8))
     assert len(runs) == 2 and segment.runs_started == 1
+
+    # The same model on another image adds a curve; on the same image again, replaces it.
+    part = viewer.add_image(image.data[:3], name="part")
+    part_truth = viewer.add_labels(truth.data[:3], name="part truth")
+    evaluate.image_layer.value, evaluate.truth_layer.value = part, part_truth
+    evaluate.evaluate()
+    wait_done(qtbot, evaluate)
+    evaluate.evaluate()
+    wait_done(qtbot, evaluate)
+    assert set(evaluate.pr_plot.curves) == {
+        f"small-a on {stack}",
+        f"small-b on {stack}",
+        "small-b on part (3 frames)",
+    }
+    legend = [text.get_text() for text in evaluate.pr_plot.axes.get_legend().get_texts()]
+    assert [entry.split(" (AP")[0] for entry in legend] == list(evaluate.pr_plot.curves)
+    evaluate.clear_curves_button.native.click()
+    assert evaluate.pr_plot.line_count() == 0
 
 
 def test_current_frame_fills_only_that_frame(qtbot, lab_viewer, tiny_model) -> None:
@@ -289,6 +291,65 @@ def test_cancel_stops_a_stack_segmentation(qtbot, lab_viewer, tiny_model) -> Non
     assert time.perf_counter() - started < 3
     assert segment.progress.value < 1000
     assert "big nuclei" not in [layer.name for layer in viewer.layers]
+
+
+def _segment_stack(qtbot, segment, viewer):
+    """Segment every frame of the lab stack with the tiny model; return the output copies."""
+    segment.image_layer.value = viewer.layers["lab"]
+    segment.scope.value = "all frames"
+    segment.run()
+    wait_done(qtbot, segment)
+    return (
+        np.array(viewer.layers["lab nuclei"].data, copy=True),
+        np.array(viewer.layers["lab probabilities"].data, copy=True),
+    )
+
+
+def test_a_cancelled_rerun_keeps_the_earlier_complete_result(qtbot, lab_viewer, tiny_model):
+    from napari_unet_nuclei._widgets._jobs import SegmentFrame
+    from napari_unet_nuclei._widgets._layers import OWNER_KEY
+
+    viewer = lab_viewer
+    segment = add_widgets(viewer)["Segment"]
+    segment.registry.add(tiny_model, "tiny")
+    nuclei, probabilities = _segment_stack(qtbot, segment, viewer)
+    assert nuclei.shape == (N_FRAMES, 128, 128) and nuclei.any()
+
+    segment.threshold.value = 0.3  # the re-run differs: its frames would change the masks
+    segment.run()
+    frames_seen: list[int] = []
+
+    def cancel_after_two_frames(event) -> None:
+        if isinstance(event, SegmentFrame):
+            frames_seen.append(event.frame)
+            if len(frames_seen) == 2:
+                segment.cancel()
+
+    segment.worker.yielded.connect(cancel_after_two_frames)
+    wait_done(qtbot, segment)
+
+    names = [layer.name for layer in viewer.layers]
+    np.testing.assert_array_equal(viewer.layers["lab probabilities"].data, probabilities)
+    # The earlier masks follow only the threshold slider: same probabilities, new threshold.
+    np.testing.assert_array_equal(viewer.layers["lab nuclei"].data, probabilities >= 0.3)
+    kept = [name for name in names if name.startswith("lab nuclei (unfinished run")]
+    assert len(kept) == 1, names
+    unfinished = viewer.layers[kept[0]]
+    owner = unfinished.metadata[OWNER_KEY]
+    assert owner["role"] == "unfinished nuclei" and 2 <= owner["frames_done"] < N_FRAMES
+    assert unfinished.data[: owner["frames_done"]].any()
+    assert not np.asarray(unfinished.data[owner["frames_done"] :]).any()
+    assert not [name for name in names if "(running)" in name]
+    assert "earlier result of 'lab' is unchanged" in segment.status.value
+    assert kept[0] in segment.status.value
+
+    # A re-run that completes replaces the result and leaves no running layers behind.
+    segment.run()
+    wait_done(qtbot, segment)
+    names = [layer.name for layer in viewer.layers]
+    assert names.count("lab nuclei") == 1 and not [n for n in names if "(running)" in n]
+    np.testing.assert_allclose(viewer.layers["lab probabilities"].data, probabilities, atol=1e-5)
+    assert segment.status.value.startswith("Segmented 1 image(s)")
 
 
 def test_errors_are_notified_not_raised(qtbot, lab_viewer, notifications) -> None:
@@ -415,3 +476,29 @@ def test_segment_reads_the_layer_without_copying_it(qtbot, lab_viewer, tiny_mode
     np.testing.assert_allclose(
         viewer.layers["lab probabilities"].data, predict(tiny_model, layer.data), atol=1e-6
     )
+
+
+def test_training_on_partly_painted_nuclei_says_so(
+    qtbot, make_napari_viewer, kromp_root, monkeypatch
+):
+    """5 of 26 nuclei painted: the Train dock names the problem and the fix."""
+    import tifffile
+    from napari.utils import notifications as module
+
+    warned: list[str] = []
+    monkeypatch.setattr(module, "show_warning", warned.append)
+    image = tifffile.imread(kromp_root / "images" / "Ganglioneuroblastoma_0.tif")[:256, :256]
+    labels = tifffile.imread(kromp_root / "masks" / "Ganglioneuroblastoma_0.tif")[:256, :256]
+    ids = np.unique(labels)[1:]
+    painted = np.where(np.isin(labels, ids[:: max(1, len(ids) // 5)][:5]), labels, 0)
+    viewer = make_napari_viewer()
+    viewer.add_image(image.mean(-1) if image.ndim == 3 else image, name="crop")
+    viewer.add_labels(painted, name="five nuclei")
+    train = add_widgets(viewer)["Train"]
+    assert train.frames_info.value == "1 of 1 frame(s) used"  # filled before any choice changes
+    fast_settings(train, "partial")
+    train.start()
+    wait_done(qtbot, train)
+    assert "only part of the nuclei" in train.frames_info.value
+    assert "annotated regions" in train.frames_info.value
+    assert any("only part of the nuclei" in message for message in warned)

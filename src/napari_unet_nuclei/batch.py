@@ -127,7 +127,8 @@ class SegmentOptions:
         Also write ``<name>_nuclei.csv`` (one row per nucleus: area, centroid, intensity,
         eccentricity); nuclei are the instance labels, or the connected parts of the mask.
     tile_size, overlap, batch_size : int
-        Tiled inference settings.
+        Tiled inference settings (overlap None: ``inference.default_overlap(tile_size)``,
+        the rule the docks use too).
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``...
     precision, backend : str
@@ -148,7 +149,7 @@ class SegmentOptions:
     stack_axis: str = "frames"
     measure: bool = False
     tile_size: int = 512
-    overlap: int = 64
+    overlap: int | None = None
     batch_size: int = 1
     device: str = "auto"
     precision: str = "auto"
@@ -665,6 +666,7 @@ def iter_segment_image(
     dict
         The summary row (columns :data:`SUMMARY_COLUMNS`, status ``"done"``).
     """
+    from .inference import default_overlap
     from .instances import iter_instances
     from .lazy import iter_predict_lazy
     from .segmentation import default_instance_config, iter_predict_instances
@@ -716,7 +718,9 @@ def iter_segment_image(
                 )
             inference = {
                 "tile_size": options.tile_size,
-                "overlap": options.overlap,
+                "overlap": default_overlap(options.tile_size)
+                if options.overlap is None
+                else options.overlap,
                 "batch_size": options.batch_size,
                 "device": options.device,
                 "precision": options.precision,

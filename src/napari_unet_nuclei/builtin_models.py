@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .model_errors import ModelFileError
+
 __all__ = [
     "BUILTIN_MODELS",
     "DEFAULT_MODEL",
@@ -84,8 +86,6 @@ def builtin_model_path(name: str) -> Path:
         For an unknown name, a missing file, or a file whose SHA-256 differs from the
         one recorded here (damaged or modified installation).
     """
-    from .model_io import ModelFileError
-
     entry = BUILTIN_MODELS.get(name)
     if entry is None:
         raise ModelFileError(

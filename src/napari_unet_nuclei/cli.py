@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .console import progress_bar, train_with_progress
+
 __all__ = ["main"]
 
 DEFAULT_MODEL = "fluo-nuclei"  # the built-in model (napari_unet_nuclei.builtin_models)
@@ -185,7 +187,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
 
     evaluate = sub.add_parser(
-        "evaluate", help="precision, recall, F1, IoU and AP against ground truth"
+        "evaluate",
+        help="pixel precision, recall, F1, IoU and AP, and nuclei matched one to one "
+        "(object F1, DSB AP, merges), against ground truth",
     )
     evaluate.add_argument(
         "--model",
@@ -199,6 +203,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--threshold", type=float, help="probability threshold (default: the model's)"
     )
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument(
+        "--no-objects",
+        action="store_true",
+        help="pixel scores only (no one-to-one matching of nuclei, no DSB AP)",
+    )
 
     export = sub.add_parser(
         "export", help="export a model as a bioimage.io package, ONNX or TorchScript"
@@ -223,14 +232,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _progress_bar(total: float | None, desc: str) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True, leave=True
-    )
-
-
 def _load_items(data: str, split: str | None, part: str) -> list[Any]:
     from .datasets import load_dataset, parse_split, select_by_names
 
@@ -239,55 +240,6 @@ def _load_items(data: str, split: str | None, part: str) -> list[Any]:
         return items
     train_names, test_names = parse_split(split)
     return select_by_names(items, train_names if part == "train" else test_names)
-
-
-def run_training(
-    items: list[Any],
-    val_items: list[Any] | None,
-    config: Any,
-    init_model: Any = None,
-    quiet: bool = False,
-) -> Any:
-    """Train on dataset items with a terminal progress bar; return the model."""
-    from .events import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep
-    from .training import train
-
-    options: dict[str, Any] = {"names": [item.name for item in items], "init_model": init_model}
-    if val_items is not None:
-        options.update(
-            val_images=[item.image for item in val_items],
-            val_labels=[item.labels for item in val_items],
-            val_names=[item.name for item in val_items],
-        )
-    bar = None
-    model = None
-    for event in train(
-        [item.image for item in items], [item.labels for item in items], config, **options
-    ):
-        if isinstance(event, TrainingStarted) and not quiet:
-            total = event.total_steps if event.total_steps else event.time_budget
-            unit = "step" if event.total_steps else "s"
-            bar = _progress_bar(total, f"training on {event.device} ({event.precision})")
-            bar.unit = unit
-        elif isinstance(event, TrainingStep) and bar is not None:
-            if bar.unit == "step":
-                bar.update(1)
-            else:
-                bar.n = min(bar.total, round(event.elapsed, 1))
-                bar.refresh()
-            bar.set_postfix(loss=f"{event.loss:.3f}", epoch=event.epoch, refresh=False)
-        elif isinstance(event, EpochEnd) and bar is not None:
-            bar.write(
-                f"epoch {event.epoch:3d}  loss {event.train_loss:.4f}  val precision "
-                f"{event.val_precision:.3f}  recall {event.val_recall:.3f}  F1 {event.val_f1:.4f}"
-            )
-        elif isinstance(event, TrainingFinished):
-            model = event.model
-            if bar is not None:
-                bar.close()
-            if event.message:
-                print(event.message, file=sys.stderr)
-    return model
 
 
 def _object_maps_argument(text: str) -> tuple[str, ...]:
@@ -340,7 +292,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         name=Path(args.out).stem,
     )
     init_model = load_model(args.init) if args.init else None
-    model = run_training(items, val_items, config, init_model)
+    model = train_with_progress(items, val_items, config, init_model)
     if not model.summary.get("history"):
         raise CommandError(
             f"training stopped before the first epoch ended, so no model was written to "
@@ -414,7 +366,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     try:
         for event in events:
             if isinstance(event, BatchStarted):
-                bar = _progress_bar(event.n_images, f"segmenting ({event.scheduler})")
+                bar = progress_bar(event.n_images, f"segmenting ({event.scheduler})")
                 bar.unit = "image"
             elif isinstance(event, FrameDone) and event.n_frames > 1 and bar is not None:
                 bar.set_postfix_str(f"frame {event.frame + 1}/{event.n_frames}")
@@ -450,43 +402,33 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_items(
-    model: Any, items: list[Any], threshold: float, device: str = "auto"
-) -> dict[str, Any]:
-    """Per-image and mean precision, recall, F1, IoU and AP of a model on labelled items."""
-    from .inference import predict
-    from .metrics import average_precision, segmentation_scores
-
-    rows = []
-    for item in items:
-        probabilities = predict(model, item.image, device=device)
-        scores = segmentation_scores(probabilities >= threshold, item.mask)
-        rows.append(
-            {
-                "name": item.name,
-                **{key: float(scores[key]) for key in ("precision", "recall", "f1", "iou")},
-                "ap": float(average_precision(probabilities, item.mask)),
-            }
-        )
-    keys = ("precision", "recall", "f1", "iou", "ap")
-    mean = {key: float(np.nanmean([row[key] for row in rows])) for key in keys}
-    return {"threshold": float(threshold), "mean": mean, "images": rows}
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .model_io import load_model
+    from .workflows.evaluate import evaluate_model
 
     model = load_model(args.model)
     items = _load_items(args.data, args.split, "test")
-    threshold = model.threshold if args.threshold is None else args.threshold
-    result = evaluate_items(model, items, threshold, args.device)
-    width = max(len(row["name"]) for row in result["images"])
-    print(f"{'image':<{width}}  precision  recall      F1     IoU      AP")
-    for row in [*result["images"], {"name": "mean", **result["mean"]}]:
-        print(
+    result = evaluate_model(
+        model, items, args.threshold, objects=not args.no_objects, device=args.device
+    )
+    objects = not args.no_objects
+    width = max(len(row["name"]) for row in [*result["images"], {"name": "pooled"}])
+    header = f"{'image':<{width}}  precision  recall      F1     IoU      AP"
+    print(header + ("  object F1  DSB AP  merges" if objects else ""))
+    for row in [
+        *result["images"],
+        {"name": "mean", **result["mean"]},
+        {"name": "pooled", **result["pooled"]},
+    ]:
+        line = (
             f"{row['name']:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
             f"{row['f1']:6.4f}  {row['iou']:6.4f}  {row['ap']:6.4f}"
         )
+        if objects:
+            merges = f"{row['merges']:7d}" if "merges" in row else " " * 7
+            line += f"  {row['object_f1']:9.4f}  {row['dsb_ap']:6.4f}  {merges}"
+        print(line)
+    print(result["pooling"])
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

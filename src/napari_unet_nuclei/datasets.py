@@ -319,7 +319,7 @@ def _files_by_stem(folder: Path) -> dict[str, Path]:
     return found
 
 
-def _read_pairs(
+def read_pairs(
     image_dir: Path, mask_dir: Path, names: Iterable[str] | None = None
 ) -> list[LabelledImage]:
     """Read images and masks matched by file stem, sorted by name (or in ``names`` order)."""
@@ -385,7 +385,7 @@ def read_folder(path: str | os.PathLike[str]) -> list[LabelledImage]:
                 "masks/ with one mask per image, named like the image."
             )
     try:
-        return _read_pairs(root / "images", root / "masks")
+        return read_pairs(root / "images", root / "masks")
     except DataError:
         raise
     except Exception as exc:  # a folder that cannot be listed, an unexpected reader error

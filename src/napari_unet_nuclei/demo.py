@@ -95,7 +95,7 @@ def run_demo(
     """
     import tifffile
 
-    from .cli import run_training
+    from .console import train_with_progress
     from .inference import predict
     from .measurements import measure_nuclei, write_measurements_csv
     from .metrics import precision_recall_curve
@@ -120,7 +120,9 @@ def run_demo(
         )
     print(f"2. Fine-tuning a copy on {len(train_items)} painted images for {time_budget:.0f} s")
     config = TrainingConfig(patch_size=128, time_budget=time_budget, seed=seed, name="demo")
-    model = run_training(train_items, test_items[:1], config, init_model=builtin, quiet=quiet)
+    model = train_with_progress(
+        train_items, test_items[:1], config, init_model=builtin, quiet=quiet
+    )
     save_model(model, out / "model.pt")
     after_rows, after_labels = _object_rows(model, test_items)
     metrics = {

@@ -296,9 +296,9 @@ def _require_bioimageio_spec() -> Any:
 
 def _yaml_safe(value: Any) -> Any:
     """Plain YAML data: NaN and infinities become None, numpy scalars Python numbers."""
-    from .model_io import _plain
+    from .model_io import plain_data
 
-    value = _plain(value)
+    value = plain_data(value)
     if isinstance(value, dict):
         return {k: _yaml_safe(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -19,7 +19,7 @@ from .acceleration import Runner, make_runner, resolve_backend, resolve_precisio
 from .devices import resolve_device
 from .events import FrameDone, TileDone, run_to_end
 from .model import NucleiModel
-from .network import _pad_reflect
+from .network import pad_reflect
 from .normalization import normalize_frame
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "TileGrid",
     "balanced_tile_size",
     "check_image",
+    "default_overlap",
     "dihedral_runner",
     "iter_frame_logits",
     "iter_predict",
@@ -39,7 +40,17 @@ __all__ = [
 ]
 
 DEFAULT_TILE_SIZE = 512
+#: The largest default overlap between tiles (reached from 512-pixel tiles up).
 DEFAULT_OVERLAP = 64
+
+
+def default_overlap(tile_size: int) -> int:
+    """The overlap between tiles when none is given: an eighth of the tile, 8 to 64 pixels.
+
+    The one rule for the docks, the command line, batches and the Python API, so that a tile
+    size gives the same result everywhere.
+    """
+    return max(8, min(DEFAULT_OVERLAP, int(tile_size) // 8))
 
 
 class InferenceCancelled(Exception):
@@ -132,7 +143,7 @@ def whole_frame_logits(run: Runner, frame: np.ndarray, multiple: int) -> np.ndar
     height, width = frame.shape
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
     if pad_h or pad_w:
-        frame = _pad_reflect(torch.from_numpy(frame)[None, None], pad_h, pad_w)[0, 0].numpy()
+        frame = pad_reflect(torch.from_numpy(frame)[None, None], pad_h, pad_w)[0, 0].numpy()
     return run(frame[None])[0, ..., :height, :width]
 
 
@@ -157,9 +168,12 @@ class TileGrid:
 
     @classmethod
     def for_frame(
-        cls, height: int, width: int, tile_size: int, overlap: int, multiple: int
+        cls, height: int, width: int, tile_size: int, overlap: int | None, multiple: int
     ) -> TileGrid:
-        """Grid for a ``height x width`` frame, tiles at most ``tile_size`` pixels."""
+        """Grid for a ``height x width`` frame, tiles at most ``tile_size`` pixels
+        (``overlap`` None: :func:`default_overlap`)."""
+        if overlap is None:
+            overlap = default_overlap(tile_size)
         pad_h, pad_w = (-height) % multiple, (-width) % multiple
         mode = "reflect" if min(height, width) > max(pad_h, pad_w) else "edge"
         padded_h, padded_w = height + pad_h, width + pad_w
@@ -263,7 +277,7 @@ def iter_predict(
     *,
     logits: bool = False,
     tile_size: int = DEFAULT_TILE_SIZE,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = None,
     batch_size: int = 1,
     device: str | torch.device | None = None,
     precision: str = "auto",
@@ -285,8 +299,9 @@ def iter_predict(
     logits : bool
         Return logits instead of probabilities.
     tile_size, overlap : int
-        Largest tile side and the minimum overlap between tiles, in pixels. Tiles are
-        shrunk to cover each frame with as little overlap as possible.
+        Largest tile side and the minimum overlap between tiles, in pixels (overlap None:
+        :func:`default_overlap`, 64 for 512-pixel tiles). Tiles are shrunk to cover each
+        frame with as little overlap as possible.
     batch_size : int
         Tiles per network call.
     device : str or torch.device, optional
@@ -383,7 +398,7 @@ def iter_frame_logits(
     *,
     all_channels: bool = False,
     tile_size: int = DEFAULT_TILE_SIZE,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = None,
     batch_size: int = 1,
     device: str | torch.device | None = None,
     precision: str = "auto",
@@ -432,7 +447,7 @@ def normalized_frame_logits(
     frame: np.ndarray,
     device: torch.device,
     tile_size: int = DEFAULT_TILE_SIZE,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = None,
     batch_size: int = 1,
     precision: str = "fp32",
     all_channels: bool = False,

@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from .events import FrameDone, TileDone
-from .normalization import _PERCENTILE_SAMPLE, NormalizationConfig, warn_frame_problems
+from .normalization import (
+    _PERCENTILE_SAMPLE,
+    NormalizationConfig,
+    intensity_range,
+    scale_intensities,
+    warn_frame_problems,
+)
 
 __all__ = [
     "frame_intensity_range",
@@ -101,26 +107,17 @@ def frame_intensity_range(
     if sample.size == 0:
         warn_frame_problems(0, size, float("nan"))
         return None
-    low, high = np.percentile(sample, [config.low_percentile, config.high_percentile])
-    if not high > low:
-        low, high = float(sample.min()), float(sample.max())
-    if not high > low:
-        warn_frame_problems(0, size, float(low))
-        return None
-    return low, high
+    value_range = intensity_range(sample, config)
+    if value_range is None:
+        warn_frame_problems(0, size, float(sample.min()))
+    return value_range
 
 
 def _normalize_rows(rows: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
     """Normalise rows exactly as :func:`normalize_frame` does with the frame's range."""
-    values = rows.astype(np.float32, copy=False)
     if value_range is None:
         return np.zeros(rows.shape, np.float32)
-    low, high = value_range
-    out = (values - np.float32(low)) * np.float32(1.0 / (high - low))
-    finite = np.isfinite(values)
-    if not finite.all():
-        out[~finite] = 0.0
-    return out.astype(np.float32, copy=False)
+    return scale_intensities(rows.astype(np.float32, copy=False), value_range)
 
 
 def _padded_rows(frame: _Frame, start: int, stop: int, mode: str, value_range: Any) -> np.ndarray:
@@ -253,7 +250,7 @@ def iter_predict_lazy(
     threshold: float | None = None,
     logits: bool = False,
     tile_size: int = 512,
-    overlap: int = 64,
+    overlap: int | None = None,
     batch_size: int = 1,
     device: Any = None,
     precision: str = "auto",

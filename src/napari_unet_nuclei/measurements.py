@@ -37,7 +37,7 @@ MEASUREMENT_COLUMNS: tuple[str, ...] = (
 _INTEGER_COLUMNS = ("label", "area", "volume")
 
 
-def _empty_table(columns: Sequence[str]) -> dict[str, np.ndarray]:
+def empty_table(columns: Sequence[str]) -> dict[str, np.ndarray]:
     return {
         name: np.zeros(
             0, np.int64 if name in _INTEGER_COLUMNS or name.startswith("frame") else float
@@ -56,7 +56,7 @@ def _measure_frame(labels: np.ndarray, image: np.ndarray | None) -> dict[str, np
     columns = ["label", size, *(f"centroid_{axis}" for axis in spatial)]
     columns += ["mean_intensity", "integrated_intensity", "eccentricity"]
     if not labels.any():
-        return _empty_table(columns)
+        return empty_table(columns)
     properties = ["label", "area", "centroid"]
     if labels.ndim == 2:
         properties.append("eccentricity")
@@ -159,7 +159,7 @@ def measure_nuclei(
         )
     columns = list(parts[0]) if parts else [*names, *MEASUREMENT_COLUMNS]
     if not parts:
-        return _empty_table(columns)
+        return empty_table(columns)
     return {name: np.concatenate([part[name] for part in parts]) for name in columns}
 
 

@@ -21,6 +21,7 @@ import torch
 
 from ._file_checks import one_line, zip_problem
 from .model import NucleiModel
+from .model_errors import ModelFileError
 from .network import UNetConfig, build_unet
 from .normalization import NormalizationConfig
 
@@ -37,16 +38,12 @@ FORMAT_NAME = "napari-unet-nuclei-model"
 FORMAT_VERSION = 1
 
 
-class ModelFileError(ValueError):
-    """A file could not be read as a napari-unet-nuclei model."""
-
-
-def _plain(value: Any) -> Any:
+def plain_data(value: Any) -> Any:
     """Convert a summary to types that ``weights_only`` loading accepts."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_data(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_data(v) for v in value]
     if value is None:
         return None
     for kind in (bool, int, float, str):  # subclasses (numpy scalars, TorchVersion) too
@@ -80,7 +77,7 @@ def model_to_dict(model: NucleiModel) -> dict[str, Any]:
         "architecture": model.config.to_dict(),
         "normalization": model.normalization.to_dict(),
         "threshold": float(model.threshold),
-        "summary": _plain(model.summary),
+        "summary": plain_data(model.summary),
         "state_dict": state,
         "weights_sha256": weights_checksum(state),
     }

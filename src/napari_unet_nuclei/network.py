@@ -15,12 +15,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 # The building blocks live in the torch-only module shipped inside bioimage.io packages,
 # so the exported architecture and this one cannot drift apart.
-from .portable_unet import ConvBlock, Down, Up
+from .portable_unet import ConvBlock, Down, UNetLayers, Up
 
 __all__ = ["OBJECT_MAPS", "ConvBlock", "Down", "UNet", "UNetConfig", "Up", "build_unet"]
 
@@ -105,8 +104,11 @@ class UNetConfig:
         return cls(**known)
 
 
-class UNet(nn.Module):
+class UNet(UNetLayers):
     """U-Net giving one logit per pixel and output channel (``config.channel_names``).
+
+    The layers are :class:`~napari_unet_nuclei.portable_unet.UNetLayers` (shared with the
+    exported architecture); this class adds the configuration and pads inputs of any size.
 
     Parameters
     ----------
@@ -115,20 +117,9 @@ class UNet(nn.Module):
     """
 
     def __init__(self, config: UNetConfig | None = None) -> None:
-        super().__init__()
-        self.config = config or UNetConfig()
-        f, depth = self.config.features, self.config.depth
-        widths = [f * 2**level for level in range(depth + 1)]
-        self.encoder = nn.ModuleList()
-        in_ch = self.config.in_channels
-        for width in widths[:-1]:
-            self.encoder.append(Down(in_ch, width))
-            in_ch = width
-        self.bottleneck = ConvBlock(widths[-2], widths[-1])
-        self.decoder = nn.ModuleList(
-            Up(widths[level + 1], widths[level]) for level in reversed(range(depth))
-        )
-        self.head = nn.Conv2d(widths[0], self.config.out_channels, kernel_size=1)
+        config = config or UNetConfig()
+        super().__init__(config.features, config.depth, config.in_channels, config.out_channels)
+        self.config = config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Compute logits.
@@ -148,19 +139,11 @@ class UNet(nn.Module):
         multiple = self.config.size_multiple
         pad_h, pad_w = (-height) % multiple, (-width) % multiple
         if pad_h or pad_w:
-            x = _pad_reflect(x, pad_h, pad_w)
-        skips = []
-        for level in self.encoder:
-            x, skip = level(x)
-            skips.append(skip)
-        x = self.bottleneck(x)
-        for level, skip in zip(self.decoder, reversed(skips)):
-            x = level(x, skip)
-        logits = self.head(x)
-        return logits[..., :height, :width]
+            x = pad_reflect(x, pad_h, pad_w)
+        return self.run_layers(x)[..., :height, :width]
 
 
-def _pad_reflect(x: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
+def pad_reflect(x: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
     """Pad bottom/right by reflection; fall back to replicate where the image is too small."""
     height, width = x.shape[-2:]
     while pad_h or pad_w:

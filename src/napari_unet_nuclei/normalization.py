@@ -16,8 +16,10 @@ __all__ = [
     "ImageWarning",
     "NormalizationConfig",
     "check_image_dtype",
+    "intensity_range",
     "normalize_frame",
     "normalize_image",
+    "scale_intensities",
     "warn_frame_problems",
 ]
 
@@ -154,21 +156,50 @@ def normalize_frame(frame: np.ndarray, config: NormalizationConfig | None = None
     sample = sample.ravel()
     if sample.size > _PERCENTILE_SAMPLE:
         sample = sample[:: sample.size // _PERCENTILE_SAMPLE + 1]
+    value_range = intensity_range(sample, config)
+    if value_range is None:
+        warn_frame_problems(0, int(finite.size), float(sample.min()))
+        return np.zeros(frame.shape, np.float32)
+    return scale_intensities(values, value_range)
+
+
+def intensity_range(
+    sample: np.ndarray, config: NormalizationConfig | None = None
+) -> tuple[float, float] | None:
+    """The ``(low, high)`` intensities that normalisation maps to 0 and 1.
+
+    Parameters
+    ----------
+    sample : numpy.ndarray
+        Finite pixel values of the frame (all of them, or a regular sample).
+    config : NormalizationConfig, optional
+        Percentiles; the defaults when omitted.
+
+    Returns
+    -------
+    tuple of float or None
+        The percentiles; the full range instead when the percentiles fall in a flat part of
+        a mostly empty frame (a scale taken from them would blow the few other pixels up past
+        float32 range); None for a constant sample.
+    """
+    config = config or NormalizationConfig()
     low, high = (
         float(v) for v in np.percentile(sample, [config.low_percentile, config.high_percentile])
     )
     smallest, largest = float(sample.min()), float(sample.max())
     if not (high - low) > (largest - smallest) * _DEGENERATE_RANGE:
-        # The percentiles fall in a flat region (a mostly empty frame): a scale taken from
-        # them would blow the few other pixels up past float32 range. Use the full range.
         low, high = smallest, largest
-    if not high > low:
-        warn_frame_problems(0, int(finite.size), float(low))
-        return np.zeros(frame.shape, np.float32)
-    scale = 1.0 / (high - low)
-    out = values.astype(np.float64) - low
-    out *= scale
-    if not all_finite:
+    return (low, high) if high > low else None
+
+
+def scale_intensities(values: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """``(values - low) / (high - low)`` as float32, computed in float64 (no overflow for
+    tiny ranges); NaN and infinite pixels become 0."""
+    low, high = value_range
+    out = np.asarray(values).astype(np.float64) - low
+    out *= 1.0 / (high - low)
+    finite = np.isfinite(out)
+    if not finite.all():
         out[~finite] = 0.0
     return out.astype(np.float32)
 

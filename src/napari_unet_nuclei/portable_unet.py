@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["PortableUNet"]
+__all__ = ["PortableUNet", "UNetLayers"]
 
 
 class ConvBlock(nn.Sequential):
@@ -61,8 +61,10 @@ class Up(nn.Module):
         return self.block(torch.cat([skip, self.upsample(x)], dim=1))
 
 
-class PortableUNet(nn.Module):
-    """U-Net giving one nucleus logit per pixel.
+class UNetLayers(nn.Module):
+    """The U-Net's layers and its pass over an input whose sides are multiples of
+    ``2**depth``: the one assembly of the network (the plugin's ``UNet`` and
+    :class:`PortableUNet` differ only in how they pad other sizes).
 
     Parameters
     ----------
@@ -81,7 +83,6 @@ class PortableUNet(nn.Module):
         self, features: int = 16, depth: int = 3, in_channels: int = 1, out_channels: int = 1
     ) -> None:
         super().__init__()
-        self.multiple = 2**depth
         widths = [features * 2**level for level in range(depth + 1)]
         self.encoder = nn.ModuleList()
         channels = in_channels
@@ -93,6 +94,33 @@ class PortableUNet(nn.Module):
             Up(widths[level + 1], widths[level]) for level in reversed(range(depth))
         )
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
+
+    def run_layers(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of an input whose height and width are multiples of ``2**depth``."""
+        skips = []
+        for level in self.encoder:
+            x, skip = level(x)
+            skips.append(skip)
+        x = self.bottleneck(x)
+        for level, skip in zip(self.decoder, reversed(skips)):
+            x = level(x, skip)
+        return self.head(x)
+
+
+class PortableUNet(UNetLayers):
+    """U-Net giving one nucleus logit per pixel (and object maps when ``out_channels`` > 1).
+
+    Parameters
+    ----------
+    features, depth, in_channels, out_channels : int
+        As :class:`UNetLayers`.
+    """
+
+    def __init__(
+        self, features: int = 16, depth: int = 3, in_channels: int = 1, out_channels: int = 1
+    ) -> None:
+        super().__init__(features, depth, in_channels, out_channels)
+        self.multiple = 2**depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Compute logits.
@@ -112,11 +140,4 @@ class PortableUNet(nn.Module):
         pad_h = (self.multiple - height % self.multiple) % self.multiple
         pad_w = (self.multiple - width % self.multiple) % self.multiple
         x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
-        skips = []
-        for level in self.encoder:
-            x, skip = level(x)
-            skips.append(skip)
-        x = self.bottleneck(x)
-        for level, skip in zip(self.decoder, reversed(skips)):
-            x = level(x, skip)
-        return self.head(x)[..., :height, :width]
+        return self.run_layers(x)[..., :height, :width]

@@ -19,12 +19,13 @@ from urllib.request import url2pathname
 import numpy as np
 from scipy import ndimage as ndi
 
-from .datasets import DataError, LabelledImage, _read_pairs
+from .datasets import DataError, LabelledImage, read_pairs
 
 __all__ = [
     "KROMP_HASH",
     "KROMP_URL",
     "fetch_kromp",
+    "kromp_folders",
     "load_kromp",
     "make_synthetic_nuclei",
     "synthetic_dataset",
@@ -208,7 +209,7 @@ def synthetic_dataset(
 # --------------------------------------------------------------------------- Kromp 2020
 
 
-def _kromp_dirs(root: Path) -> tuple[Path, Path] | None:
+def kromp_folders(root: Path) -> tuple[Path, Path] | None:
     """Find the image and mask folders in ``root`` or one level below it."""
     for base in (root, *sorted(p for p in root.iterdir() if p.is_dir())):
         for image_sub, mask_sub in _KROMP_LAYOUTS:
@@ -248,13 +249,13 @@ def load_kromp(
             f"Kromp dataset folder {str(root)!r} not found. Point to the folder holding "
             "images/ and masks/, or download it with fetch_kromp()."
         )
-    dirs = _kromp_dirs(root)
+    dirs = kromp_folders(root)
     if dirs is None:
         raise DataError(
             f"{str(root)!r} holds neither images/ + masks/ nor rawimages/ + groundtruth/; "
             "point to the Kromp dataset folder."
         )
-    return _read_pairs(dirs[0], dirs[1], names)
+    return read_pairs(dirs[0], dirs[1], names)
 
 
 def _local_file_downloader(url: str, output_file: Any, pooch: Any = None) -> None:
@@ -337,5 +338,5 @@ def fetch_kromp(
             "file:// URL."
         ) from exc
     folder = cache / extract_dir
-    dirs = _kromp_dirs(folder)
+    dirs = kromp_folders(folder)
     return dirs[0].parent if dirs is not None else folder

@@ -17,6 +17,7 @@ import math
 import platform
 import threading
 import time
+import warnings
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -461,6 +462,40 @@ def _choose_instance_rule(
     }
 
 
+#: Training frames whose shorter side is below this hold too little to learn from.
+MIN_TRAINING_SIDE = 32
+
+
+def _warn_when_images_are_tiny(images: Sequence[np.ndarray]) -> None:
+    """Warn (:class:`ImageWarning`) when even the largest training frame is tiny."""
+    from .normalization import ImageWarning
+
+    if not images:
+        return
+    largest = max(images, key=lambda image: min(image.shape[-2:]))
+    if min(largest.shape[-2:]) < MIN_TRAINING_SIDE:
+        height, width = largest.shape[-2:]
+        warnings.warn(
+            f"The largest training image is {height} x {width} pixels: too small to learn "
+            "what a nucleus looks like (nuclei are often 10-40 pixels across). Train on "
+            f"images of at least {MIN_TRAINING_SIDE} x {MIN_TRAINING_SIDE} pixels, better "
+            "256 x 256.",
+            ImageWarning,
+            stacklevel=3,
+        )
+
+
+def _warn_when_labels_are_partial(
+    images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
+) -> None:
+    """Warn (:class:`PartialLabelsWarning`) when many bright blobs carry no label."""
+    from .label_coverage import PartialLabelsWarning, label_coverage, partial_labels_note
+
+    note = partial_labels_note(label_coverage(images, labels))
+    if note:
+        warnings.warn(note, PartialLabelsWarning, stacklevel=3)
+
+
 def train(
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
@@ -580,6 +615,9 @@ def train(
         return out
 
     data = prepare(images, labels, names, annotated)
+    if all(weight is None for weight in data.weights):
+        _warn_when_labels_are_partial(images, labels)
+    _warn_when_images_are_tiny(data.images)
     if val_images is not None:
         if val_labels is None or len(val_labels) != len(val_images):
             raise ValueError(

@@ -11,15 +11,16 @@ would show other errors as a traceback notification.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from ._threads import gui_friendly_threads
+from ._warmup import wait_for_warm_up
 
 __all__ = [
     "EvaluationResult",
@@ -40,41 +41,13 @@ class JobFailed:
     message: str
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-@contextlib.contextmanager
-def gui_friendly_threads() -> Iterator[None]:
-    """Let torch use all cores but one while a job runs, so the GUI thread keeps one.
-
-    With every core busy in torch's OpenMP pool the GUI thread has to fight for CPU, and
-    on a loaded machine the pool's threads spin waiting for each other (a step can take
-    tens of times longer). Set in the worker thread; restored afterwards.
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(before, usable_cores() - 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _guarded(
+def guarded_job(
     job: Callable[..., Generator[Any, None, Any]],
 ) -> Callable[..., Generator[Any, None, Any]]:
     """Turn any exception of a job generator into a final yielded :class:`JobFailed`."""
 
     @functools.wraps(job)
     def run(*args: Any, **kwargs: Any) -> Generator[Any, None, Any]:
-        from ._warmup import wait_for_warm_up
-
         try:
             wait_for_warm_up()
             with gui_friendly_threads():
@@ -88,7 +61,7 @@ def _guarded(
 
 
 # ------------------------------------------------------------------------------ training
-@_guarded
+@guarded_job
 def training_job(
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
@@ -181,7 +154,7 @@ class SegmentFrame:
     probabilities: np.ndarray  # (H, W) float32, a copy
 
 
-@_guarded
+@guarded_job
 def segmentation_job(
     model: Any,
     tasks: Sequence[SegmentTask],
@@ -205,7 +178,7 @@ def segmentation_job(
     from ..inference import InferenceCancelled, check_image, iter_predict
 
     n_tasks = len(tasks)
-    overlap = max(8, min(64, tile_size // 8))
+    overlap = None  # inference.default_overlap(tile_size), as on the command line
     try:
         for number, task in enumerate(tasks):
             out = np.empty(check_image(task.image), np.float32)
@@ -262,7 +235,7 @@ class EvaluationResult:
     maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
-@_guarded
+@guarded_job
 def evaluation_job(
     truth: np.ndarray,
     *,

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..workflows.evaluate import object_frame_scores, pool_object_scores
 from ._jobs import (
     EvaluationResult,
     JobFailed,
@@ -31,8 +32,8 @@ from ._jobs import (
     SegmentProgress,
     SegmentResult,
     SegmentTask,
-    _guarded,
     evaluation_job,
+    guarded_job,
     segmentation_job,
 )
 
@@ -272,12 +273,12 @@ class LazyOutputs:
         """The measurements of the finished frames, in frame order (None without labels)."""
         if self.labels is None:
             return None
-        from ..measurements import MEASUREMENT_COLUMNS, _empty_table
+        from ..measurements import MEASUREMENT_COLUMNS, empty_table
 
         parts = [self.tables[index] for index in sorted(self.tables) if self.frames_done[index]]
         if not parts:
             names = frame_columns(len(self.shape) - 2)
-            return _empty_table([*names, *MEASUREMENT_COLUMNS])
+            return empty_table([*names, *MEASUREMENT_COLUMNS])
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
@@ -417,7 +418,7 @@ def _lazy_task(
 
 
 # ------------------------------------------------------------------------ segmentation
-@_guarded
+@guarded_job
 def segment_objects_job(
     model: Any,
     tasks: Sequence[SegmentTask],
@@ -463,7 +464,7 @@ def segment_objects_job(
     """
     lazy_outputs = lazy_outputs or {}
     n_tasks = len(tasks)
-    overlap = max(8, min(64, tile_size // 8))
+    overlap = None  # inference.default_overlap(tile_size), as on the command line
     for number, task in enumerate(tasks):
         if stop.is_set():
             return number
@@ -551,51 +552,7 @@ class ObjectEvaluation:
     prediction_was_mask: bool = False
 
 
-def _pooled(parts: list[dict[str, float]]) -> dict[str, float]:
-    """Scores over several frames: counts summed, AP averaged."""
-    total = {
-        key: sum(part[key] for part in parts)
-        for key in (
-            "tp",
-            "fp",
-            "fn",
-            "n_true",
-            "n_pred",
-            "matched",
-            "false_nuclei",
-            "missed",
-            "merges",
-            "splits",
-        )
-    }
-    tp, n_true, n_pred = total["tp"], total["n_true"], total["n_pred"]
-    return {
-        **total,
-        "object_precision": tp / n_pred if n_pred else 1.0,
-        "object_recall": tp / n_true if n_true else 1.0,
-        "object_f1": 2 * tp / (n_true + n_pred) if n_true + n_pred else 1.0,
-        "dsb_ap": float(np.mean([part["dsb_ap"] for part in parts])),
-    }
-
-
-def object_frame_scores(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Object error map and scores of one 2-D frame (IoU >= 0.5; DSB AP over 0.5:0.95)."""
-    from ..object_metrics import dsb_average_precision, object_error_map
-
-    errors = object_error_map(predicted, truth)
-    scores = {
-        "tp": errors.match.tp,
-        "fp": errors.match.fp,
-        "fn": errors.match.fn,
-        "n_true": int(errors.match.true_ids.size),
-        "n_pred": int(errors.match.pred_ids.size),
-        **errors.counts(),
-        "dsb_ap": dsb_average_precision(predicted, truth),
-    }
-    return errors.map, _pooled([scores])
-
-
-@_guarded
+@guarded_job
 def object_evaluation_job(
     truth: np.ndarray,
     *,
@@ -663,7 +620,7 @@ def object_evaluation_job(
     return ObjectEvaluation(
         pixels=pixels,
         errors=maps,
-        scores=_pooled(frame_scores),
+        scores=pool_object_scores(frame_scores),
         frame_scores=frame_scores,
         truth_was_mask=truth_was_mask,
         prediction_was_mask=prediction_was_mask,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import threading
 
+from ._threads import gui_friendly_threads
+
 __all__ = ["engine_ready", "wait_for_warm_up", "warm_up_engine"]
 
 _ready = threading.Event()
@@ -22,8 +24,6 @@ _thread: threading.Thread | None = None
 def _exercise_engine() -> None:
     try:
         import numpy as np
-
-        from ._jobs import gui_friendly_threads
 
         with gui_friendly_threads():
             from ..augmentation import AugmentationConfig

@@ -12,7 +12,6 @@ import numpy as np
 from magicgui.widgets import (
     Container,
     FloatSlider,
-    Label,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -21,7 +20,8 @@ from magicgui.widgets import (
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
 from ._background_job import BackgroundJobMixin
-from ._jobs import JobFailed, _guarded
+from ._dock_layout import ScrollingDock, compact_combo_boxes, scroll_body, wrapping_label
+from ._jobs import JobFailed, guarded_job
 from ._layers import (
     OWNER_KEY,
     current_frame_index,
@@ -74,7 +74,7 @@ class RankingEntry:
         return f"{where}y {y}, x {x} ({h} x {w})"
 
 
-@_guarded
+@guarded_job
 def ranking_job(
     model: Any,
     data: Any,
@@ -96,7 +96,7 @@ def ranking_job(
     from ..inference import InferenceCancelled
     from ..uncertainty import iter_rank_frames, iter_rank_tiles
 
-    overlap = max(8, min(64, tile_size // 8))
+    overlap = None  # inference.default_overlap(tile_size), as on the command line
     if mode == "frames":
         events = iter_rank_frames(
             model,
@@ -137,7 +137,12 @@ class _RankingTable(QTableWidget):
         header = self.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
-        self.setMinimumHeight(180)
+        self.horizontalHeaderItem(2).setToolTip(
+            "The model's uncertainty. Frames are ranked by it mixed with how much they "
+            "differ from the frames ranked before them (the diversity slider), so with "
+            "diversity above 0 the scores are not in decreasing order."
+        )
+        self.setMinimumHeight(140)
 
     def show_entries(self, entries: Sequence[RankingEntry]) -> None:
         self.setRowCount(len(entries))
@@ -148,7 +153,7 @@ class _RankingTable(QTableWidget):
                 self.setItem(row, column, QTableWidgetItem(text))
 
 
-class AnnotateNextWidget(BackgroundJobMixin, Container):
+class AnnotateNextWidget(ScrollingDock, BackgroundJobMixin, Container):
     """Rank frames of a stack, or tiles of a large image, by the model's uncertainty.
 
     *Rank frames* scores every frame (test-time-augmented uncertainty, ordered with a
@@ -168,8 +173,9 @@ class AnnotateNextWidget(BackgroundJobMixin, Container):
     job_title = "Ranking"
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         viewer = self._attach_to_viewer(viewer)
+        self.body = scroll_body(self)
         self.entries: list[RankingEntry] = []
         self.runs_started = 0
         self._run: dict[str, Any] = {}
@@ -195,8 +201,8 @@ class AnnotateNextWidget(BackgroundJobMixin, Container):
         self.tiles_button = PushButton(text="Rank tiles")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=PROGRESS_STEPS, label="progress")
-        self.status = Label(value="Pick a model and an image, then rank frames or tiles.")
-        self.extend(
+        self.status = wrapping_label("Pick a model and an image, then rank frames or tiles.")
+        self.body.extend(
             [
                 self.model,
                 self.image_layer,
@@ -215,13 +221,14 @@ class AnnotateNextWidget(BackgroundJobMixin, Container):
             ]
         )
         self.table = _RankingTable()
-        self.native.layout().addWidget(self.table)
+        self.body.native.layout().addWidget(self.table)
 
         self.frames_button.changed.connect(self._on_frames_clicked)
         self.tiles_button.changed.connect(self._on_tiles_clicked)
         self.cancel_button.changed.connect(self._on_cancel_clicked)
         self.table.cellClicked.connect(self._on_cell_clicked)
         viewer.layers.events.removed.connect(self._on_layer_removed)
+        compact_combo_boxes(self.body.native)
 
     @property
     def running(self) -> bool:
@@ -288,7 +295,13 @@ class AnnotateNextWidget(BackgroundJobMixin, Container):
             self._report_failure(error, doing)
             return None
         self._stop = threading.Event()
-        self._run = {"mode": mode, "layer": layer, "frame": frame, "model": name}
+        self._run = {
+            "mode": mode,
+            "layer": layer,
+            "frame": frame,
+            "model": name,
+            "diversity": float(self.diversity.value),
+        }
         self.progress.value = 0
         where = f" of frame {', '.join(map(str, frame))}" if frame else ""
         self.status.value = f"{doing}{where} of '{layer.name}' with {name}..."
@@ -347,9 +360,16 @@ class AnnotateNextWidget(BackgroundJobMixin, Container):
             ]
             left_out = len(result.scores) - len(result.order)
             note = f" ({left_out} annotated frame(s) left out)" if left_out else ""
+            diversity = float(self._run.get("diversity", 0.0))
+            mix = (
+                f" The order mixes uncertainty with diversity ({diversity:.2f}), so the "
+                "scores are not in decreasing order."
+                if diversity > 0
+                else ""
+            )
             self.status.value = (
                 f"Ranked {len(self.entries)} frame(s) of '{layer.name}'{note}; click a row to "
-                "go there."
+                f"go there.{mix}"
             )
         else:
             frame = self._run["frame"]

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QWidget
+from qtpy.QtWidgets import QGridLayout, QLabel, QWidget
 
 __all__ = ["ErrorLegend", "ObjectErrorLegend", "error_colormap", "object_error_colormap"]
 
 #: Short legend texts for the error-map classes 1-3.
+#: Legend entries per row (the legend wraps instead of widening the dock).
+LEGEND_COLUMNS = 2
 LEGEND_TEXT = {1: "correct (TP)", 2: "wrongly added (FP)", 3: "missed (FN)"}
 
 #: Short legend texts for the object error-map classes 1-5 (``OBJECT_ERROR_CLASSES``).
@@ -24,26 +26,27 @@ def _hex(rgba: tuple[float, ...]) -> str:
     return "#" + "".join(f"{int(round(255 * c)):02x}" for c in rgba[:3])
 
 
-def error_colormap() -> object:
-    """A napari ``DirectLabelColormap`` giving each error class its ``ERROR_COLORS`` colour."""
+def _direct_colormap(colors: dict) -> object:
+    """A napari ``DirectLabelColormap`` of ``{value: RGBA}``, other values transparent."""
     from napari.utils.colormaps import DirectLabelColormap
 
+    color_dict: dict[int | None, tuple[float, ...]] = {None: (0.0, 0.0, 0.0, 0.0)}
+    color_dict.update({int(k): tuple(v) for k, v in colors.items()})
+    return DirectLabelColormap(color_dict=color_dict)
+
+
+def error_colormap() -> object:
+    """The pixel error overlay's colormap: each class its ``metrics.ERROR_COLORS`` colour."""
     from ..metrics import ERROR_COLORS
 
-    color_dict: dict[int | None, tuple[float, ...]] = {None: (0.0, 0.0, 0.0, 0.0)}
-    color_dict.update({int(k): tuple(v) for k, v in ERROR_COLORS.items()})
-    return DirectLabelColormap(color_dict=color_dict)
+    return _direct_colormap(ERROR_COLORS)
 
 
 def object_error_colormap() -> object:
-    """A ``DirectLabelColormap`` of the object error map (``OBJECT_ERROR_COLORS``)."""
-    from napari.utils.colormaps import DirectLabelColormap
-
+    """The object error overlay's colormap (``object_metrics.OBJECT_ERROR_COLORS``)."""
     from ..object_metrics import OBJECT_ERROR_COLORS
 
-    color_dict: dict[int | None, tuple[float, ...]] = {None: (0.0, 0.0, 0.0, 0.0)}
-    color_dict.update({int(k): tuple(v) for k, v in OBJECT_ERROR_COLORS.items()})
-    return DirectLabelColormap(color_dict=color_dict)
+    return _direct_colormap(OBJECT_ERROR_COLORS)
 
 
 class ErrorLegend(QWidget):
@@ -56,17 +59,17 @@ class ErrorLegend(QWidget):
         self._fill(LEGEND_TEXT, ERROR_COLORS, "error overlay")
 
     def _fill(self, texts: dict[int, str], colors: dict, overlay: str) -> None:
-        row = QHBoxLayout()
-        row.setContentsMargins(0, 0, 0, 0)
+        grid = QGridLayout()
+        grid.setContentsMargins(0, 0, 0, 0)
         self.labels: dict[int, QLabel] = {}
-        for key, text in texts.items():
+        for index, (key, text) in enumerate(texts.items()):
             label = QLabel(f"\u25a0 {text}")
             label.setStyleSheet(f"color: {_hex(colors[key])}; font-weight: bold;")
             label.setToolTip(f"{overlay} value {key}")
-            row.addWidget(label)
+            grid.addWidget(label, index // LEGEND_COLUMNS, index % LEGEND_COLUMNS)
             self.labels[key] = label
-        row.addStretch(1)
-        self.setLayout(row)
+        grid.setColumnStretch(LEGEND_COLUMNS, 1)
+        self.setLayout(grid)
 
 
 class ObjectErrorLegend(ErrorLegend):

@@ -13,13 +13,13 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
-    Label,
     ProgressBar,
     PushButton,
     create_widget,
 )
 
 from ._background_job import BackgroundJobMixin
+from ._dock_layout import ScrollingDock, compact_combo_boxes, scroll_body, wrapping_label
 from ._jobs import EvaluationResult, JobFailed, SegmentProgress, evaluation_job
 from ._layers import (
     OWNER_KEY,
@@ -50,6 +50,16 @@ OBJECT_ROWS = (
     ("object_f1", "object F1 (IoU \u2265 0.5)"),
     ("dsb_ap", "AP IoU 0.5:0.95 (DSB)"),
 )
+
+
+def curve_name(model: str, image: str, result: EvaluationResult) -> str:
+    """Legend entry of an evaluation's curve: the model, the image and how many frames.
+
+    Evaluating the same model on another image (or another number of frames) adds a curve;
+    evaluating it again on the same image replaces that curve.
+    """
+    frames = len(result.frame_scores)
+    return f"{model} on {image}" + (f" ({frames} frames)" if frames > 1 else "")
 
 
 class EvaluationTable(MetricsTable):
@@ -88,7 +98,7 @@ class PredictionSource:
         return f"{self.kind}: {self.name}"
 
 
-class EvaluateWidget(BackgroundJobMixin, Container):
+class EvaluateWidget(ScrollingDock, BackgroundJobMixin, Container):
     """Compare a model (or a labels layer) with ground-truth labels.
 
     Shows an error overlay ``<image> errors`` (true positives, wrongly added and missed
@@ -112,8 +122,9 @@ class EvaluateWidget(BackgroundJobMixin, Container):
     job_title = "Evaluation"
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         viewer = self._attach_to_viewer(viewer)
+        self.body = scroll_body(self)
         self.last_result: EvaluationResult | None = None
         self.last_objects: ObjectEvaluation | None = None
         self._known_models = self.registry.names()
@@ -129,7 +140,7 @@ class EvaluateWidget(BackgroundJobMixin, Container):
         self.evaluate_button = PushButton(text="Evaluate")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=PROGRESS_STEPS, label="progress")
-        self.status = Label(value="Pick a prediction and the ground truth, then Evaluate.")
+        self.status = wrapping_label("Pick a prediction and the ground truth, then Evaluate.")
         self.show_errors = CheckBox(text="show error overlay on top", value=True)
         self.objects = CheckBox(
             text="object metrics (nuclei matched at IoU \u2265 0.5)",
@@ -137,7 +148,7 @@ class EvaluateWidget(BackgroundJobMixin, Container):
             tooltip="Needs instance ground truth (one id per nucleus); a model's mask is "
             "split into nuclei first",
         )
-        self.extend(
+        self.body.extend(
             [
                 self.image_layer,
                 self.source,
@@ -160,17 +171,23 @@ class EvaluateWidget(BackgroundJobMixin, Container):
         self.table = EvaluationTable()
         self.pr_plot = PrecisionRecallPlot(viewer)
         self.pr_plot.set_threshold(self.registry.threshold)
+        self.clear_curves_button = PushButton(
+            text="Clear curves", tooltip="Remove every precision-recall curve from the plot"
+        )
         for widget in (self.legend, self.object_legend, self.table, self.pr_plot):
-            self.native.layout().addWidget(widget)
+            self.body.native.layout().addWidget(widget)
+        self.body.native.layout().addWidget(self.clear_curves_button.native)
 
         self.evaluate_button.changed.connect(self._on_evaluate_clicked)
         self.cancel_button.changed.connect(self._on_cancel_clicked)
         self.show_errors.changed.connect(self._on_show_errors_changed)
         self.pr_plot.threshold_picked.connect(self._on_curve_clicked)
+        self.clear_curves_button.changed.connect(self._on_clear_curves_clicked)
         self.registry.models_changed.connect(self._on_models_changed)
         self.registry.threshold_changed.connect(self._on_threshold_changed)
         viewer.dims.events.current_step.connect(self._on_current_step)
         viewer.layers.events.removed.connect(self._on_layer_removed)
+        compact_combo_boxes(self.body.native)
 
     # -------------------------------------------------------------------- choices
     def _source_choices(self, _widget: Any = None) -> list[tuple[str, PredictionSource]]:
@@ -319,7 +336,7 @@ class EvaluateWidget(BackgroundJobMixin, Container):
         self.object_legend.setVisible(objects is not None)
         self._update_table()
         if result.curve is not None:
-            self.pr_plot.set_curve(source.name, result.curve)
+            self.pr_plot.set_curve(curve_name(source.name, owner_name, result), result.curve)
         self.progress.value = PROGRESS_STEPS
         threshold = f" at threshold {result.threshold:.2f}" if result.threshold is not None else ""
         self.status.value = (
@@ -389,6 +406,9 @@ class EvaluateWidget(BackgroundJobMixin, Container):
                 if visible:
                     layers = self._viewer.layers
                     layers.move(layers.index(layer), len(layers))
+
+    def _on_clear_curves_clicked(self, _value: Any = None) -> None:
+        self.pr_plot.clear_curves()
 
     def _on_curve_clicked(self, threshold: float) -> None:
         self.registry.set_threshold(threshold)

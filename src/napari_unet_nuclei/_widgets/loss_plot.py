@@ -30,7 +30,13 @@ class LossPlot(MplCanvasWidget):
         self.val_f1: list[float] = []
         self.full_draws = 0
         self._background: Any = None
-        super().__init__(viewer, parent, height=2.4, margins=(0.16, 0.84, 0.2, 0.95))
+        super().__init__(
+            viewer,
+            parent,
+            height=2.4,
+            margins=(0.16, 0.84, 0.2, 0.95),
+            title="Training loss and validation F1",
+        )
         axes = self.axes
         axes.set_xlabel("epoch", fontsize=8)
         axes.set_ylabel("train loss", color=LOSS_COLOR, fontsize=8)
@@ -79,7 +85,10 @@ class LossPlot(MplCanvasWidget):
         self.canvas.draw()
 
     def finish(self) -> None:
-        """Draw the lines as ordinary artists again (so the toolbar's *save* includes them)."""
+        """Fit the x-axis to the epochs that ran and draw the lines as ordinary artists
+        again (so the toolbar's *save* includes them)."""
+        if self.epochs:
+            self.axes.set_xlim(0.5, max(self.epochs) + 0.5)
         self._set_animated(False)
         self._full_draw()
 

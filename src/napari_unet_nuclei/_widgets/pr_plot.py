@@ -30,8 +30,8 @@ PICK_RADIUS_PX = 25.0
 class PrecisionRecallPlot(MplCanvasWidget):
     """Precision-recall curves kept across evaluations, with the current threshold marked.
 
-    Each model keeps its own line (re-evaluating a model replaces its line), so models of
-    different sizes can be compared; the legend gives the average precision. Clicking near
+    Each name (the Evaluate dock uses model, image and frames) keeps its own line;
+    setting a name again replaces its line, so models of different sizes can be compared; the legend gives the average precision. Clicking near
     a curve emits ``threshold_picked`` with the threshold of the nearest point.
 
     Signals
@@ -45,7 +45,7 @@ class PrecisionRecallPlot(MplCanvasWidget):
     def __init__(self, viewer: Any = None, parent: Any = None) -> None:
         self.curves: dict[str, Any] = {}
         self.threshold = 0.5
-        super().__init__(viewer, parent, height=3.0)
+        super().__init__(viewer, parent, height=3.0, title="Precision-recall")
         self.canvas.mpl_connect("button_press_event", self._on_click)
         self.redraw()
 
@@ -54,6 +54,12 @@ class PrecisionRecallPlot(MplCanvasWidget):
         """Add or replace the curve of model ``name`` (a ``PrecisionRecallCurve``)."""
         self.curves[name] = curve
         self.redraw()
+
+    def clear_curves(self) -> None:
+        """Drop every line."""
+        if self.curves:
+            self.curves.clear()
+            self.redraw()
 
     def remove_curve(self, name: str) -> None:
         """Drop a model's line."""

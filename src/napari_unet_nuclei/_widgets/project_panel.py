@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, PushButton
 from qtpy.QtWidgets import QFileDialog, QMessageBox
 
+from ._dock_layout import wrapping_label
 from .ledger_table import LedgerTable
 
 __all__ = [
@@ -49,7 +50,7 @@ class ProjectPanel(Container):
     def __init__(self) -> None:
         super().__init__(labels=True)
         self.margins = (0, 0, 0, 0)
-        self.folder_label = Label(value="No project folder: the ledger needs one.")
+        self.folder_label = wrapping_label("No project folder: the ledger needs one.")
         self.open_button = PushButton(text="Open / create project folder...")
         self.add_as = ComboBox(
             choices=[ADD_AS_TRAIN, ADD_AS_HELD_OUT],
@@ -60,7 +61,7 @@ class ProjectPanel(Container):
         self.crop = CheckBox(text="store only the annotated regions", value=False)
         self.add_button = PushButton(text="Add to training set")
         self.use_project = CheckBox(text="train on the project set too", value=True)
-        self.summary = Label(value="")
+        self.summary = wrapping_label("")
         self.stored = ComboBox(
             choices=[],
             label="stored image",
@@ -68,8 +69,14 @@ class ProjectPanel(Container):
             nullable=True,
         )
         self.remove_button = PushButton(text="Remove from project...")
-        self.rollback_button = PushButton(text="Roll back to selected round")
-        self.compare_button = PushButton(text="Compare selected rounds")
+        self.rollback_button = PushButton(
+            text="Roll back",
+            tooltip="Make the model of the round selected in the table the current model again",
+        )
+        self.compare_button = PushButton(
+            text="Compare rounds",
+            tooltip="Draw the precision-recall curves of the selected rounds in Evaluate",
+        )
         self.extend(
             [
                 self.folder_label,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._jobs import _guarded
+from ._jobs import guarded_job
 
 __all__ = ["JobNotice", "LayerData", "RoundRecorded", "ScoringHeldOut", "round_job"]
 
@@ -99,7 +99,7 @@ def _gather(
     return images, labels, annotated, names, items, dropped
 
 
-@_guarded
+@guarded_job
 def round_job(
     layers: LayerData,
     config: Any,

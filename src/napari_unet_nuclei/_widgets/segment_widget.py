@@ -22,7 +22,6 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSlider,
-    Label,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -30,6 +29,7 @@ from magicgui.widgets import (
 )
 
 from ._background_job import BackgroundJobMixin
+from ._dock_layout import ScrollingDock, compact_combo_boxes, scroll_body, wrapping_label
 from ._jobs import JobFailed, SegmentFrame, SegmentProgress, SegmentResult, SegmentTask
 from ._layers import (
     OWNER_KEY,
@@ -39,6 +39,7 @@ from ._layers import (
     grey_shape,
     put_output_layer,
     read_only_view,
+    unique_layer_name,
 )
 from ._notify import report_info
 from ._object_jobs import (
@@ -59,6 +60,10 @@ ALL_FRAMES = "all frames"
 ALL_LAYERS = "every image layer"
 #: Finished frames of a stack are drawn at most this often (seconds) while it runs.
 FRAME_REFRESH_S = 0.5
+#: Role prefix of a re-run's outputs while it runs: the earlier result stays as it is.
+RUNNING = "running"
+#: Role prefix of the frames a cancelled (or failed) re-run finished.
+UNFINISHED = "unfinished"
 PROGRESS_STEPS = 1000
 
 
@@ -101,7 +106,7 @@ def ask_csv_path(parent: Any = None, suggested: str = "") -> str:
     return path
 
 
-class SegmentWidget(BackgroundJobMixin, Container):
+class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
     """Segment nuclei with a session model; outputs ``<image> probabilities`` and ``<image> nuclei``.
 
     The outputs are replaced when the widget runs again; layers the plugin did not create
@@ -125,8 +130,9 @@ class SegmentWidget(BackgroundJobMixin, Container):
     job_title = "Segmentation"
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         viewer = self._attach_to_viewer(viewer)
+        self.body = scroll_body(self)
         self.runs_started = 0
         self._tasks: list[SegmentTask] = []
         self._task_layers: list[Any] = []
@@ -135,6 +141,8 @@ class SegmentWidget(BackgroundJobMixin, Container):
         self._lazy: dict[int, tuple[weakref.ref, LazyOutputs, str]] = {}
         # Stack tasks of the running job: probabilities and finished frames so far.
         self._partial: dict[int, _PartialStack] = {}
+        # Tasks whose image already has outputs: this run's go to "running" layers until done.
+        self._staged: set[int] = set()
         self._last_frame_shown = 0.0
         self._run_lazy: dict[int, LazyOutputs] = {}
         self._run_threshold = self.registry.threshold
@@ -178,7 +186,7 @@ class SegmentWidget(BackgroundJobMixin, Container):
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=PROGRESS_STEPS, label="progress")
-        self.status = Label(value="Pick a model and an image, then Segment.")
+        self.status = wrapping_label("Pick a model and an image, then Segment.")
         self.threshold = FloatSlider(
             value=self.registry.threshold,
             min=0.01,
@@ -187,7 +195,7 @@ class SegmentWidget(BackgroundJobMixin, Container):
             label="threshold",
             tooltip="Probability above which a pixel is nucleus; updates the masks at once",
         )
-        self.extend(
+        self.body.extend(
             [
                 self.model,
                 self.image_layer,
@@ -215,6 +223,7 @@ class SegmentWidget(BackgroundJobMixin, Container):
         self.threshold.changed.connect(self._on_threshold_changed)
         self.registry.threshold_changed.connect(self._on_shared_threshold_changed)
         viewer.layers.events.removed.connect(self._on_layer_removed)
+        compact_combo_boxes(self.body.native)
 
     @property
     def running(self) -> bool:
@@ -299,6 +308,13 @@ class SegmentWidget(BackgroundJobMixin, Container):
             return None
         self._stop = threading.Event()
         self._tasks, self._task_layers, self._run_model = tasks, layers, name
+        self._staged = {
+            number
+            for number, task in enumerate(tasks)
+            if task.frame is None
+            and len(task.image.shape) > 2
+            and find_owned_layer(self._viewer, "nuclei", task.layer_name) is not None
+        }
         self._partial, self._last_frame_shown = {}, 0.0
         self._run_lazy, self._run_threshold = outputs, self.threshold.value
         self.progress.value = 0
@@ -352,13 +368,16 @@ class SegmentWidget(BackgroundJobMixin, Container):
             self._apply_result(
                 self._tasks[event.task], self._task_layers[event.task], event.probabilities
             )
+            if event.task in self._staged:
+                self._staged.discard(event.task)
+                self._remove_stage(self._tasks[event.task].layer_name, RUNNING)
         elif isinstance(event, ObjectsResult):
             self._apply_objects(
                 self._tasks[event.task], self._task_layers[event.task], event.labels, event.table
             )
         elif isinstance(event, LazyFrameDone):
             outputs = self._run_lazy[event.task]
-            self._show_lazy(self._task_layers[event.task], outputs)
+            self._show_lazy(self._task_layers[event.task], outputs, event.task)
             self.status.value = (
                 f"'{self._tasks[event.task].layer_name}': {outputs.n_done} of "
                 f"{event.n_frames} frame(s) written to {outputs.probabilities_path.parent}"
@@ -394,16 +413,48 @@ class SegmentWidget(BackgroundJobMixin, Container):
             partial.threshold = threshold
         else:
             partial.mask.reshape(flat)[event.frame] = _mask(event.probabilities, threshold)
-        self._remember_probabilities(layer, partial.probabilities, partial.done)
+        staged = event.task in self._staged
+        if not staged:  # a re-run leaves the earlier result (and its cache) alone
+            self._remember_probabilities(layer, partial.probabilities, partial.done)
         now = time.perf_counter()
         if first or now - self._last_frame_shown >= FRAME_REFRESH_S:
             self._last_frame_shown = now
-            self._show_partial(layer, partial)
+            self._show_partial(layer, partial, RUNNING if staged else None)
 
-    def _show_partial(self, layer: Any, partial: _PartialStack) -> None:
+    def _show_partial(
+        self, layer: Any, partial: _PartialStack, stage: str | None, suffix: str = ""
+    ) -> None:
         self._put_probabilities_and_nuclei(
-            layer, partial.probabilities, partial.mask, {"model": self._run_model}
+            layer, partial.probabilities, partial.mask, {"model": self._run_model}, stage, suffix
         )
+
+    def _remove_stage(self, source: str, stage: str) -> None:
+        """Remove the ``stage`` outputs (``RUNNING`` or ``UNFINISHED``) of image ``source``."""
+        for role in ("probabilities", "nuclei", "instances"):
+            layer = find_owned_layer(self._viewer, f"{stage} {role}", source)
+            if layer is not None:
+                self._viewer.layers.remove(layer)
+
+    def _keep_unfinished(self, source: str, done: int, total: int) -> str:
+        """Turn a stopped re-run's ``RUNNING`` outputs of ``source`` into ``UNFINISHED`` ones
+        (an earlier unfinished run's are replaced); return the kept nuclei layer's name."""
+        self._remove_stage(source, UNFINISHED)
+        kept = ""
+        for role in ("probabilities", "nuclei", "instances"):
+            layer = find_owned_layer(self._viewer, f"{RUNNING} {role}", source)
+            if layer is None:
+                continue
+            layer.metadata[OWNER_KEY] = {
+                **layer.metadata[OWNER_KEY],
+                "role": f"{UNFINISHED} {role}",
+                "frames_done": done,
+            }
+            layer.name = unique_layer_name(
+                self._viewer, f"{source} {role} (unfinished run, {done} of {total} frames)"
+            )
+            if role == "nuclei":
+                kept = layer.name
+        return kept
 
     def _apply_result(self, task: SegmentTask, layer: Any, probabilities: np.ndarray) -> None:
         if layer not in self._viewer.layers:
@@ -438,16 +489,24 @@ class SegmentWidget(BackgroundJobMixin, Container):
         self._lazy.pop(id(layer), None)
 
     def _put_probabilities_and_nuclei(
-        self, layer: Any, probabilities: Any, mask: Any, extra: dict[str, Any]
+        self,
+        layer: Any,
+        probabilities: Any,
+        mask: Any,
+        extra: dict[str, Any],
+        stage: str | None = None,
+        suffix: str = "",
     ) -> None:
-        """Create or update the plugin-owned ``<image> probabilities`` and ``<image> nuclei``."""
+        """Create or update the plugin-owned ``<image> probabilities`` and ``<image> nuclei``
+        (with ``stage``: the ``RUNNING`` layers of a re-run, named with ``suffix``)."""
+        prefix = f"{stage} " if stage else ""
         put_output_layer(
             self._viewer,
-            "probabilities",
+            f"{prefix}probabilities",
             layer.name,
             probabilities,
             "image",
-            name=f"{layer.name} probabilities",
+            name=f"{layer.name} probabilities{suffix}",
             extra=extra,
             colormap="magma",
             contrast_limits=(0.0, 1.0),
@@ -455,11 +514,11 @@ class SegmentWidget(BackgroundJobMixin, Container):
         )
         put_output_layer(
             self._viewer,
-            "nuclei",
+            f"{prefix}nuclei",
             layer.name,
             mask,
             "labels",
-            name=f"{layer.name} nuclei",
+            name=f"{layer.name} nuclei{suffix}",
             extra=extra,
             opacity=0.5,
         )
@@ -522,37 +581,51 @@ class SegmentWidget(BackgroundJobMixin, Container):
         order = np.argsort(merged["label"], kind="stable")
         return full, {name: np.asarray(values)[order] for name, values in merged.items()}
 
-    def _show_lazy(self, layer: Any, outputs: LazyOutputs) -> None:
-        """Add or refresh the dask-backed outputs of a lazy image (finished frames only)."""
+    def _show_lazy(self, layer: Any, outputs: LazyOutputs, task: int) -> None:
+        """Add or refresh the dask-backed outputs of a lazy image (finished frames only).
+
+        A re-run of an image that has outputs shows its frames in ``RUNNING`` layers until
+        every frame is written; then they replace the earlier outputs.
+        """
         from ..measurements import to_layer_features
 
         if layer not in self._viewer.layers or outputs.n_done == 0:
             return
         model_name = self._run_model
         extra = {"model": model_name, "store": str(outputs.probabilities_path)}
-        self._lazy[id(layer)] = (weakref.ref(layer), outputs, model_name)
-        self._outputs.pop(id(layer), None)
+        complete = outputs.n_done == outputs.frames_done.size
+        stage = RUNNING if task in self._staged and not complete else None
+        suffix = " (running)" if stage else ""
+        if stage is None:
+            self._lazy[id(layer)] = (weakref.ref(layer), outputs, model_name)
+            self._outputs.pop(id(layer), None)
+            if task in self._staged:
+                self._staged.discard(task)
+                self._remove_stage(layer.name, RUNNING)
         self._put_probabilities_and_nuclei(
             layer,
             outputs.view("probabilities"),
             outputs.view("mask", self.threshold.value),
             extra,
+            stage,
+            suffix,
         )
         if outputs.labels is not None:
             target = put_output_layer(
                 self._viewer,
-                "instances",
+                f"{stage} instances" if stage else "instances",
                 layer.name,
                 outputs.view("labels"),
                 "labels",
-                name=f"{layer.name} instances",
+                name=f"{layer.name} instances{suffix}",
                 extra={**extra, "store": str(outputs.labels_path)},
                 opacity=0.6,
             )
             target.metadata[OWNER_KEY]["threshold"] = self._run_threshold
             target.features = to_layer_features(outputs.table())
-            self._last_instances = weakref.ref(target)
-            self.save_csv_button.enabled = True
+            if stage is None:
+                self._last_instances = weakref.ref(target)
+                self.save_csv_button.enabled = True
 
     def _on_returned(self, n_done: int) -> None:
         if self._closed:
@@ -568,25 +641,42 @@ class SegmentWidget(BackgroundJobMixin, Container):
         self._set_running(False)
         if not self._closed:
             for number, outputs in self._run_lazy.items():
-                self._show_lazy(self._task_layers[number], outputs)
+                self._show_lazy(self._task_layers[number], outputs, number)
                 total = outputs.frames_done.size
-                if self._stop.is_set() and outputs.n_done < total:
+                if outputs.n_done < total:
+                    source = self._tasks[number].layer_name
+                    where = f"in {outputs.probabilities_path.parent}"
+                    if number in self._staged:
+                        kept = self._keep_unfinished(source, outputs.n_done, total)
+                        where = f"in '{kept}' and {outputs.probabilities_path.parent}; the "
+                        where += f"earlier result of '{source}' is unchanged"
                     self.status.value = (
-                        f"Segmentation cancelled: {outputs.n_done} of {total} frame(s) of "
-                        f"'{self._tasks[number].layer_name}' finished (kept in "
-                        f"{outputs.probabilities_path.parent})."
+                        f"Segmentation stopped: {outputs.n_done} of {total} frame(s) of "
+                        f"'{source}' finished, kept {where}."
                     )
             for number, partial in self._partial.items():
                 layer = self._task_layers[number]
-                if layer in self._viewer.layers:
-                    # Cancelled mid-stack: draw the frames finished since the last redraw.
-                    self._show_partial(layer, partial)
-                    done = partial.done
+                if layer not in self._viewer.layers:
+                    continue
+                done, total = int(partial.done.sum()), partial.done.size
+                if number in self._staged:
+                    # A stopped re-run: the earlier complete result stays where it is.
+                    self._show_partial(layer, partial, RUNNING)
+                    kept = self._keep_unfinished(layer.name, done, total)
                     self.status.value = (
-                        f"Segmentation cancelled: {int(done.sum())} of {done.size} frame(s) of "
+                        f"Segmentation stopped: the earlier result of '{layer.name}' is "
+                        f"unchanged; the {done} of {total} frame(s) this run finished are in "
+                        f"'{kept}'."
+                    )
+                else:
+                    # Stopped mid-stack: draw the frames finished since the last redraw.
+                    self._show_partial(layer, partial, None)
+                    self.status.value = (
+                        f"Segmentation stopped: {done} of {total} frame(s) of "
                         f"'{layer.name}' finished and kept."
                     )
         self._partial = {}
+        self._staged = set()
         self._task_layers = []
 
     def _on_layer_removed(self, event: Any) -> None:

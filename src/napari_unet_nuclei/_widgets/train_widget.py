@@ -5,25 +5,24 @@ from __future__ import annotations
 import math
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import napari
 import numpy as np
 from magicgui.widgets import (
     CheckBox,
     Container,
-    Label,
     ProgressBar,
     PushButton,
     create_widget,
 )
 from qtpy.QtCore import QTimer
-from superqt import QCollapsible
 
+from ..events import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep
 from ._background_job import BackgroundJobMixin
+from ._dock_layout import ScrollingDock, compact_combo_boxes, scroll_body, wrapping_label
 from ._jobs import JobFailed
 from ._layers import (
-    current_frame_index,
     grey_layer_data,
     grey_shape,
     labelled_frames,
@@ -38,7 +37,7 @@ from ._notify import (
 from .annotated_regions import annotated_regions
 from .loss_plot import LossPlot
 from .model_picker import ModelPicker, ask_model_path
-from .project_panel import ADD_AS_HELD_OUT, ProjectPanel, ask_project_folder, confirm_removal
+from .project_controller import ProjectController
 from .round_job import (
     DataGathered,
     JobNotice,
@@ -49,11 +48,6 @@ from .round_job import (
     round_job,
 )
 from .training_settings import TrainingSettings
-
-if TYPE_CHECKING:
-    from ..events import TrainingFinished
-    from ..ledger import Ledger
-    from ..project import ProjectEntry, TrainingProject
 
 __all__ = ["TrainWidget", "format_seconds"]
 
@@ -75,21 +69,7 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-ONE_VALUE_NOTE = (
-    "The labels paint every nucleus with one value: they are split into connected parts, "
-    "so touching nuclei painted with one value teach the model to merge them. Give each "
-    "nucleus its own label id (napari's label tool: a new label for each nucleus)."
-)
-
-
-def labels_paint_one_value(labels: Any) -> bool:
-    """Whether some training frame paints several separate nuclei with one value."""
-    from ..object_targets import painted_with_one_value
-
-    return any(painted_with_one_value(frame) for frame in labels)
-
-
-class TrainWidget(BackgroundJobMixin, Container):
+class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
     """Train a new U-Net, or fine-tune a session model, on painted labels.
 
     Frame ``i`` of the labels layer goes with frame ``i`` of the image layer; only frames
@@ -117,18 +97,16 @@ class TrainWidget(BackgroundJobMixin, Container):
     job_title = "Training"
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         viewer = self._attach_to_viewer(viewer)
+        self.body = scroll_body(self)
         self.last_result: TrainingFinished | None = None
         self.current_model_name: str | None = None
         self._discard = False
         self._run_layers: tuple[Any, ...] = ()
         self._phase = "idle"
-        self.project: TrainingProject | None = None
-        self.ledger: Ledger | None = None
-        self.last_round: Any = None
-        self.last_warning: str | None = None
-        self.compared_curves: list[str] = []
+        # The sentence that ended the last training run (the ledger's steps add to it).
+        self._finished_text = ""
 
         self.image_layer = create_widget(annotation=napari.layers.Image, label="image")
         self.labels_layer = create_widget(annotation=napari.layers.Labels, label="labels")
@@ -142,7 +120,7 @@ class TrainWidget(BackgroundJobMixin, Container):
             },
         )
         self.empty_frames_background = CheckBox(text="empty frames are background", value=False)
-        self.frames_info = Label(value="")
+        self.frames_info = wrapping_label("")
         self.start_from = ModelPicker(
             self.registry,
             new_entry=True,
@@ -154,10 +132,10 @@ class TrainWidget(BackgroundJobMixin, Container):
         self.start_button = PushButton(text="Start training")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=PROGRESS_STEPS, label="progress")
-        self.status = Label(value="Pick an image and its labels, then Start.")
+        self.status = wrapping_label("Pick an image and its labels, then Start.")
         self.save_button = PushButton(text="Save model...")
         self.load_button = PushButton(text="Load model...")
-        self.extend(
+        self.body.extend(
             [
                 self.image_layer,
                 self.labels_layer,
@@ -165,7 +143,6 @@ class TrainWidget(BackgroundJobMixin, Container):
                 self.empty_frames_background,
                 self.frames_info,
                 self.start_from,
-                self.settings,
                 Container(
                     widgets=[self.start_button, self.cancel_button],
                     layout="horizontal",
@@ -182,22 +159,23 @@ class TrainWidget(BackgroundJobMixin, Container):
                 ),
             ]
         )
-        self.project_panel = ProjectPanel()
-        self.ledger_table = self.project_panel.table
-        self.project_section = QCollapsible("Project folder and ledger")
-        self.project_section.addWidget(self.project_panel.native)
-        self.native.layout().addWidget(self.project_section)
+        # The settings form has its own label column: not inside a labelled row of the body.
+        self.body.native.layout().insertWidget(6, self.settings.native)
+        self.projects = ProjectController(
+            viewer,
+            self.registry,
+            self.status,
+            lambda: (self.image_layer.value, self.labels_layer.value, self.annotated_layer.value),
+            self._pick_model,
+            self._report_failure,
+        )
+        self.body.native.layout().addWidget(self.projects.section)
         self.loss_plot = LossPlot(viewer)
-        self.native.layout().addWidget(self.loss_plot)
+        self.body.native.layout().addWidget(self.loss_plot)
 
         self.image_layer.changed.connect(self._on_data_choice_changed)
         self.labels_layer.changed.connect(self._on_data_choice_changed)
         self.annotated_layer.changed.connect(self._on_data_choice_changed)
-        self.project_panel.open_button.changed.connect(self._on_open_project_clicked)
-        self.project_panel.add_button.changed.connect(self._on_add_clicked)
-        self.project_panel.remove_button.changed.connect(self._on_remove_clicked)
-        self.project_panel.rollback_button.changed.connect(self._on_rollback_clicked)
-        self.project_panel.compare_button.changed.connect(self._on_compare_clicked)
         self.empty_frames_background.changed.connect(self._on_data_choice_changed)
         self.start_from.changed.connect(self._on_start_from_changed)
         self.start_button.changed.connect(self._on_start_clicked)
@@ -205,6 +183,7 @@ class TrainWidget(BackgroundJobMixin, Container):
         self.save_button.changed.connect(self._on_save_clicked)
         self.load_button.changed.connect(self._on_load_clicked)
         viewer.layers.events.removed.connect(self._on_layer_removed)
+        compact_combo_boxes(self.body.native)
 
     # --------------------------------------------------------------------- state
     @property
@@ -216,6 +195,11 @@ class TrainWidget(BackgroundJobMixin, Container):
         self.start_button.enabled = not running
         self.cancel_button.enabled = running
         self.load_button.enabled = not running
+
+    def reset_choices(self, *args: Any) -> None:
+        """Refresh the layer choices and the line saying which frames will be used."""
+        super().reset_choices(*args)
+        self._on_data_choice_changed()
 
     # ------------------------------------------------------------------- settings
     def _on_start_from_changed(self, _value: Any = None) -> None:
@@ -249,10 +233,11 @@ class TrainWidget(BackgroundJobMixin, Container):
             return None
         image_layer, labels_layer = self.image_layer.value, self.labels_layer.value
         shapes_layer = self.annotated_layer.value
-        use_project = self.project is not None and self.project_panel.use_project.value
+        project = self.projects.project
+        use_project = self.projects.use_project
         try:
             if image_layer is None or labels_layer is None:
-                if not (use_project and self.project.names("train")):
+                if not (use_project and project.names("train")):
                     raise ValueError(
                         "pick an image layer and a labels layer first (or open a project "
                         "folder with training images)"
@@ -275,8 +260,8 @@ class TrainWidget(BackgroundJobMixin, Container):
             layer for layer in (image_layer, labels_layer, shapes_layer) if layer is not None
         )
         self.last_result = None
-        self.last_round = None
-        self.last_warning = None
+        self.projects.start_round()
+        self._finished_text = ""
         if describe:
             self.frames_info.value = describe
         self.loss_plot.reset(config.epochs)
@@ -286,19 +271,25 @@ class TrainWidget(BackgroundJobMixin, Container):
         self.status.value = f"Preparing {what} on {len(layers.images)} frame(s){project_part}..."
         if rgb_note:
             report_info(rgb_note)
-        learns_maps = init_model.object_maps if init_model is not None else config.object_maps
-        if learns_maps and labels_paint_one_value(layers.labels):
-            report_warning(ONE_VALUE_NOTE)
-        return self._start_worker(
+        worker = self._start_worker(
             round_job,
             layers,
             config,
-            project_folder=str(self.project.folder) if self.project is not None else None,
+            project_folder=str(project.folder) if project is not None else None,
             use_project=use_project,
             init_model=init_model,
             started_from=init_name,
             stop=self._stop,
         )
+        worker.warned.connect(self._on_job_warned)
+        return worker
+
+    def _on_job_warned(self, args: tuple) -> None:
+        """Keep the engine's partial-labels sentence in view (it is also a notification)."""
+        from ..label_coverage import PartialLabelsWarning
+
+        if not self._closed and issubclass(args[1], PartialLabelsWarning):
+            self.frames_info.value = str(args[0])
 
     def _layer_training_data(
         self, image_layer: Any, labels_layer: Any, shapes_layer: Any
@@ -381,7 +372,6 @@ class TrainWidget(BackgroundJobMixin, Container):
     def _on_yielded(self, event: Any) -> None:
         if self._closed or self._discard:
             return
-        kind = type(event).__name__
         if isinstance(event, JobFailed):
             self._on_errored(event.message)
         elif isinstance(event, JobNotice):
@@ -393,11 +383,11 @@ class TrainWidget(BackgroundJobMixin, Container):
             )
         elif isinstance(event, ScoringHeldOut):
             self.status.value = (
-                f"{self.status.value} Scoring on {event.n_images} held-out image(s)..."
+                f"{self._finished_text} Scoring on {event.n_images} held-out image(s)..."
             )
         elif isinstance(event, RoundRecorded):
-            self._on_round_recorded(event)
-        elif kind == "TrainingStarted":
+            self.status.value = f"{self._finished_text} {self.projects.record_round(event)}"
+        elif isinstance(event, TrainingStarted):
             budget = (
                 f"{format_seconds(event.time_budget)} budget"
                 if event.time_budget
@@ -407,16 +397,16 @@ class TrainWidget(BackgroundJobMixin, Container):
                 f"Training on {event.n_train_images} image(s), validating on "
                 f"{event.n_val_images}, {budget}, {event.device}."
             )
-        elif kind == "TrainingStep":
+        elif isinstance(event, TrainingStep):
             self.progress.value = int(round(PROGRESS_STEPS * min(1.0, event.fraction_done)))
             self.status.value = (
                 f"epoch {event.epoch}, step {event.global_step}"
                 f"{'/' + str(event.total_steps) if event.total_steps else ''}: loss "
                 f"{event.loss:.4f}, ETA {format_seconds(event.eta)}"
             )
-        elif kind == "EpochEnd":
+        elif isinstance(event, EpochEnd):
             self.loss_plot.add_epoch(event.epoch, event.train_loss, event.val_f1)
-        elif kind == "TrainingFinished":
+        elif isinstance(event, TrainingFinished):
             self._on_training_finished(event)
 
     def _on_training_finished(self, event: TrainingFinished) -> None:
@@ -444,10 +434,11 @@ class TrainWidget(BackgroundJobMixin, Container):
         self.progress.value = (
             PROGRESS_STEPS if event.reason != "cancelled" else self.progress.value
         )
-        self.status.value = (
+        self._finished_text = (
             f"{name}: {reasons.get(event.reason, event.reason)} after {event.epochs} epoch(s), "
             f"{format_seconds(event.elapsed)}{best_text}."
         )
+        self.status.value = self._finished_text
         if event.message:
             (report_warning if event.reason == "diverged" else report_info)(event.message)
 
@@ -496,6 +487,12 @@ class TrainWidget(BackgroundJobMixin, Container):
         self.status.value = f"Saved {self.current_model_name} to {written}."
         return written
 
+    def _pick_model(self, name: str) -> None:
+        """Make the session model ``name`` the current one and Train's *start from*."""
+        self.current_model_name = name
+        self.start_from.reset_choices()
+        self.start_from.value = name
+
     def load_model_from(self, path: str | Path) -> str | None:
         """Load a ``.pt`` model, register it and pick it as *start from*; its name or None."""
         name = self.start_from.load(path)
@@ -514,239 +511,3 @@ class TrainWidget(BackgroundJobMixin, Container):
         path = ask_model_path(self.native)
         if path:
             self.load_model_from(path)
-
-    # ------------------------------------------------------------- project & ledger
-    def open_project(self, folder: str | Path) -> TrainingProject | None:
-        """Open the training project in ``folder``, or create one there if it is empty.
-
-        Returns the project, or None (with an error notification) when the folder is
-        neither a project nor empty, or the project is damaged.
-        """
-        from ..ledger import Ledger
-        from ..project import ProjectError, TrainingProject
-
-        try:
-            project = TrainingProject.open_or_create(folder)
-            ledger = Ledger(project.folder)
-        except (OSError, ProjectError) as error:
-            report_error(error_sentence(error, "Opening the project"))
-            return None
-        self.project, self.ledger = project, ledger
-        self.project_panel.set_project_open(True)
-        self.project_panel.folder_label.value = f"Project: {project.folder}"
-        self.project_section.expand(animate=False)
-        self.refresh_project()
-        self.status.value = (
-            f"Opened the project {project.folder.name}: {project.describe()} "
-            f"{len(ledger)} round(s) in the ledger."
-        )
-        return project
-
-    def refresh_project(self) -> None:
-        """Re-read the project index and the ledger and show them."""
-        if self.project is None or self.ledger is None:
-            return
-        from ..project import ProjectError
-
-        try:
-            self.project.reload()
-            self.ledger.reload()
-        except ProjectError as error:
-            report_error(error_sentence(error, "Reading the project"))
-            return
-        self.project_panel.summary.value = self.project.describe()
-        self.project_panel.show_entries(self.project.entries)
-        regressions = [r.number for r in self.ledger.rounds if self.ledger.is_regression(r.number)]
-        self.ledger_table.set_rounds(self.ledger.rounds, regressions)
-
-    def add_to_training_set(self, role: str | None = None) -> ProjectEntry | None:
-        """Store the shown frame of the image with its labels (and annotated regions).
-
-        Parameters
-        ----------
-        role : {"train", "held-out"}, optional
-            By default the panel's *add as* choice.
-
-        Returns
-        -------
-        ProjectEntry or None
-            The stored entry; None (with an error notification) on failure.
-        """
-        from ..project import HELD_OUT, TRAIN, ProjectError
-
-        image_layer, labels_layer = self.image_layer.value, self.labels_layer.value
-        shapes_layer = self.annotated_layer.value
-        if role is None:
-            role = HELD_OUT if self.project_panel.add_as.value == ADD_AS_HELD_OUT else TRAIN
-        try:
-            if self.project is None:
-                raise ValueError("open or create a project folder first")
-            if image_layer is None or labels_layer is None:
-                raise ValueError("pick an image layer and a labels layer first")
-            image_data, _ = grey_layer_data(image_layer)
-            shape = tuple(np.shape(image_data))
-            if shape != tuple(labels_layer.data.shape):
-                raise ValueError(
-                    f"the labels (shape {tuple(labels_layer.data.shape)}) do not match the "
-                    f"image '{image_layer.name}' (shape {shape})"
-                )
-            frame = current_frame_index(self._viewer, labels_layer)
-            image = np.array(image_data[frame], copy=True)
-            labels = np.array(labels_layer.data[frame], copy=True)
-            flat = int(np.ravel_multi_index(frame, shape[:-2])) if frame else 0
-            name = f"{image_layer.name} [{flat}]" if frame else image_layer.name
-            annotated = None
-            if shapes_layer is not None:
-                annotated = annotated_regions(shapes_layer, shape, image_layer).frame(flat)
-                if not annotated.any():
-                    raise ValueError(
-                        f"the shapes layer '{shapes_layer.name}' has no region on this frame"
-                    )
-            entry = self.project.add(
-                image,
-                labels,
-                name,
-                annotated=annotated,
-                role=role,
-                crop_to_annotated=self.project_panel.crop.value,
-            )
-        except (ValueError, OSError, ProjectError) as error:
-            self._report_failure(error, "Adding to the training set")
-            return None
-        self.refresh_project()
-        self.status.value = (
-            f"Stored '{entry.name}' as a {entry.role} image ({entry.annotated_pixels:,} "
-            f"annotated px) in {self.project.folder.name}: {self.project.describe()}"
-        )
-        return entry
-
-    def remove_from_project(self, name: str | None = None) -> bool:
-        """Remove a stored image and its files from the project (no question asked).
-
-        By default the panel's *stored image*. The ledger keeps the rounds trained with it;
-        the next round is trained (and, for a held-out image, scored) without it. Returns
-        True when it was removed.
-        """
-        from ..project import ProjectError
-
-        try:
-            if self.project is None:
-                raise ValueError("open or create a project folder first")
-            name = name if name is not None else self.project_panel.stored.value
-            if not name:
-                raise ValueError("pick a stored image first")
-            self.project.remove(name)
-        except (ValueError, KeyError, OSError, ProjectError) as error:
-            self._report_failure(error, "Removing from the project")
-            return False
-        self.refresh_project()
-        self.status.value = (
-            f"Removed '{name}' from {self.project.folder.name}: {self.project.describe()}"
-        )
-        return True
-
-    def rollback(self, number: int | None = None) -> str | None:
-        """Register round ``number``'s exact model as the session's current model.
-
-        The model is read back from the round's file (checked against its hashes), added
-        to the session's models and picked as *start from*. Returns its session name, or
-        None on failure. By default the round selected in the ledger table.
-        """
-        from ..project import ProjectError
-
-        try:
-            if self.ledger is None:
-                raise ValueError("open a project folder first")
-            if number is None:
-                selected = self.ledger_table.selected_rounds()
-                if len(selected) != 1:
-                    raise ValueError("select one round in the ledger table")
-                number = selected[0]
-            model = self.ledger.rollback(number)
-        except (ValueError, KeyError, ProjectError) as error:
-            report_error(error_sentence(error, "Rolling back"))
-            return None
-        name = self.registry.add(model, f"{model.name} round {number}")
-        self.current_model_name = name
-        self.start_from.reset_choices()
-        self.start_from.value = name
-        self.status.value = (
-            f"Rolled back to round {number}: '{name}' (its exact weights) is the current model."
-        )
-        return name
-
-    def compare_rounds(self, numbers: list[int] | None = None) -> list[str]:
-        """Show the held-out precision-recall curves of rounds in the Evaluate plot.
-
-        By default the rounds selected in the ledger table. The curves of an earlier
-        comparison are replaced; model curves drawn by Evaluate stay. Returns the curve
-        names (empty on failure).
-        """
-        try:
-            if self.ledger is None:
-                raise ValueError("open a project folder first")
-            numbers = list(numbers) if numbers is not None else self.ledger_table.selected_rounds()
-            if not numbers:
-                raise ValueError("select rounds in the ledger table")
-            curves = {}
-            for number in numbers:
-                curve = self.ledger.curve(number)
-                if curve is None:
-                    raise ValueError(
-                        f"round {number} has no held-out scores: add held-out images to the "
-                        "project before training"
-                    )
-                curves[f"round {number} (held-out)"] = curve
-            plot = self._evaluate_plot()
-        except (ValueError, KeyError) as error:
-            report_error(error_sentence(error, "Comparing rounds"))
-            return []
-        for name in self.compared_curves:
-            plot.remove_curve(name)
-        for name, curve in curves.items():
-            plot.set_curve(name, curve)
-        self.compared_curves = list(curves)
-        self.status.value = "Held-out precision-recall of " + ", ".join(
-            f"round {n} (F1 {self.ledger.round(n).held_out.f1:.3f})" for n in numbers
-        )
-        return self.compared_curves
-
-    def _evaluate_plot(self) -> Any:
-        """The Evaluate widget's precision-recall plot (the widget is opened if needed)."""
-        window = getattr(self._viewer, "window", None)
-        if window is None:
-            raise ValueError("the viewer has no window to show the Evaluate widget in")
-        _, widget = window.add_plugin_dock_widget(PLUGIN_NAME, "Evaluate")
-        return widget.pr_plot
-
-    def _on_round_recorded(self, event: RoundRecorded) -> None:
-        self.last_round = event.round
-        self.refresh_project()
-        held = event.round.held_out
-        scored = f", held-out F1 {held.f1:.3f}" if held is not None else ""
-        base = self.status.value.split(" Scoring on ")[0].split(" Round ")[0]
-        self.status.value = f"{base} Round {event.round.number} recorded{scored}."
-        if event.warning:
-            self.last_warning = event.warning
-            report_warning(event.warning)
-
-    def _on_open_project_clicked(self, _value: Any = None) -> None:
-        folder = ask_project_folder(self.native)
-        if folder:
-            self.open_project(folder)
-
-    def _on_add_clicked(self, _value: Any = None) -> None:
-        self.add_to_training_set()
-
-    def _on_remove_clicked(self, _value: Any = None) -> None:
-        name = self.project_panel.stored.value
-        if not name:
-            self.remove_from_project()  # explains what to pick
-        elif confirm_removal(name, self.native):
-            self.remove_from_project(name)
-
-    def _on_rollback_clicked(self, _value: Any = None) -> None:
-        self.rollback()
-
-    def _on_compare_clicked(self, _value: Any = None) -> None:
-        self.compare_rounds()

@@ -37,9 +37,10 @@ class TrainingSettings(Container):
         )
         self.model_name = LineEdit(value="unet", label="model name")
         self.object_maps = CheckBox(
-            text="separate touching nuclei (centre + boundary maps)",
+            text="separate touching nuclei",
             value=True,
-            tooltip="A new network also learns where nuclei are centred and where they touch, "
+            tooltip="A new network also learns centre and boundary maps: where nuclei are "
+            "centred and where they touch, "
             "so that Instances splits touching nuclei; off: the lab's probability-only U-Net",
         )
         self.extend(
@@ -70,12 +71,13 @@ class TrainingSettings(Container):
         self.rotations90 = CheckBox(text="90° rotations", value=True)
         self.intensity = CheckBox(text="intensity", value=False)
         self.affine = CheckBox(text="affine", value=False)
-        self.augmentation = Container(
-            widgets=[self.flips, self.rotations90, self.intensity, self.affine],
-            layout="horizontal",
-            labels=False,
-            label="augmentation",
-        )
+        rows = [
+            Container(widgets=pair, layout="horizontal", labels=False)
+            for pair in ((self.flips, self.rotations90), (self.intensity, self.affine))
+        ]
+        for row in rows:
+            row.margins = (0, 0, 0, 0)
+        self.augmentation = Container(widgets=rows, labels=False, label="augmentation")
         self.augmentation.margins = (0, 0, 0, 0)
         self.validation_fraction = FloatSpinBox(
             value=0.1, min=0.0, max=0.5, step=0.05, label="validation fraction"

@@ -1,0 +1,85 @@
+"""Progress on the terminal for the command line and the demo: tqdm bars and training."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+__all__ = ["progress_bar", "train_with_progress"]
+
+
+def progress_bar(total: float | None, desc: str) -> Any:
+    """A tqdm bar on stderr counting ``total`` units (steps, seconds or images)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True, leave=True
+    )
+
+
+def train_with_progress(
+    items: list[Any],
+    val_items: list[Any] | None,
+    config: Any,
+    init_model: Any = None,
+    quiet: bool = False,
+) -> Any:
+    """Train on dataset items with a progress bar on stderr; return the model.
+
+    Parameters
+    ----------
+    items : list of LabelledImage
+        Training images with their labels.
+    val_items : list of LabelledImage or None
+        Validation images; None: the configured fraction of ``items`` is held out.
+    config : TrainingConfig
+        The recipe.
+    init_model : NucleiModel, optional
+        Fine-tune a copy of this model.
+    quiet : bool
+        No progress bar (the epoch lines and the final message still go to stderr).
+
+    Returns
+    -------
+    NucleiModel or None
+        The model (None when training stopped before the first epoch ended).
+    """
+    from .events import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep
+    from .training import train
+
+    options: dict[str, Any] = {"names": [item.name for item in items], "init_model": init_model}
+    if val_items is not None:
+        options.update(
+            val_images=[item.image for item in val_items],
+            val_labels=[item.labels for item in val_items],
+            val_names=[item.name for item in val_items],
+        )
+    bar = None
+    model = None
+    for event in train(
+        [item.image for item in items], [item.labels for item in items], config, **options
+    ):
+        if isinstance(event, TrainingStarted) and not quiet:
+            total = event.total_steps if event.total_steps else event.time_budget
+            unit = "step" if event.total_steps else "s"
+            bar = progress_bar(total, f"training on {event.device} ({event.precision})")
+            bar.unit = unit
+        elif isinstance(event, TrainingStep) and bar is not None:
+            if bar.unit == "step":
+                bar.update(1)
+            else:
+                bar.n = min(bar.total, round(event.elapsed, 1))
+                bar.refresh()
+            bar.set_postfix(loss=f"{event.loss:.3f}", epoch=event.epoch, refresh=False)
+        elif isinstance(event, EpochEnd) and bar is not None:
+            bar.write(
+                f"epoch {event.epoch:3d}  loss {event.train_loss:.4f}  val precision "
+                f"{event.val_precision:.3f}  recall {event.val_recall:.3f}  F1 {event.val_f1:.4f}"
+            )
+        elif isinstance(event, TrainingFinished):
+            model = event.model
+            if bar is not None:
+                bar.close()
+            if event.message:
+                print(event.message, file=sys.stderr)
+    return model
