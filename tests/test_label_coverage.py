@@ -88,3 +88,24 @@ def test_training_warns_on_partial_labels_unless_regions_say_where(kromp_pairs) 
     with warnings.catch_warnings():
         warnings.simplefilter("error", PartialLabelsWarning)
         train_model([image], [labels], config, annotated=[annotated])
+
+
+def test_training_on_a_tiny_image_says_it_is_too_small() -> None:
+    from napari_unet_nuclei.normalization import ImageWarning
+
+    rng = np.random.default_rng(0)
+    image = rng.random((5, 5)).astype(np.float32)
+    labels = np.zeros((5, 5), np.int32)
+    labels[1:3, 1:3] = 1
+    config = TrainingConfig(
+        features=4,
+        depth=2,
+        epochs=1,
+        steps_per_epoch=1,
+        batch_size=1,
+        patch_size=16,
+        validation_fraction=0.0,
+        device="cpu",
+    )
+    with pytest.warns(ImageWarning, match="5 x 5 pixels: too small"):
+        train_model([image], [labels], config)

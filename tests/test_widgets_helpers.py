@@ -21,10 +21,11 @@ def test_registry_names_are_unique_and_signal(small_model) -> None:
     registry.models_changed.connect(lambda: changes.append(1))
     assert registry.add(small_model, "unet") == "unet"
     assert registry.add(small_model, "unet") == "unet (2)"
-    assert registry.add(small_model) == "unet (3)"  # model.name
-    assert registry.names() == ["unet", "unet (2)", "unet (3)"] and len(changes) == 3
+    assert registry.add(small_model) == "tiny"  # model.name
+    assert registry.add(small_model) == "tiny (2)"
+    assert registry.names() == ["unet", "unet (2)", "tiny", "tiny (2)"] and len(changes) == 4
     registry.remove("unet (2)")
-    assert "unet (2)" not in registry and len(registry) == 2
+    assert "unet (2)" not in registry and len(registry) == 3
     with pytest.raises(KeyError, match="No model named"):
         registry.get("missing")
 

@@ -1,11 +1,17 @@
-"""One background job at a time per widget: the ``thread_worker`` wiring that Train,
-Segment, Evaluate and Annotate next share.
+"""One background job at a time per dock: the job runner that Train, Segment, Evaluate and
+Annotate next share.
 
-The job is a plain generator of the engine (or of :mod:`._jobs`); it runs in a napari
-``thread_worker`` so the GUI never blocks. Its events come back on the GUI thread through
-``_on_yielded``, its return value through ``_on_returned``, an exception through
-``_on_errored`` (a notification with one sentence, no traceback), Python warnings as
-notifications, and ``_on_finished`` re-enables the controls.
+The job is a plain generator of the engine (or of :mod:`._jobs`) taking a ``stop`` event;
+it runs in a napari ``thread_worker`` so the GUI never blocks. The runner owns the job's
+stop event, Cancel, failures, progress and what happens when the dock closes:
+
+- its events come back on the GUI thread: a :class:`~._jobs.JobFailed` becomes one
+  sentence in the status line and an error notification (never a traceback), any other
+  event goes to the dock's ``_on_event``;
+- its return value goes to ``_on_returned``, an exception to ``_on_errored``, Python
+  warnings to notifications; ``_on_finished`` re-enables the controls;
+- :meth:`cancel` sets the stop event, stops the worker (:meth:`_stop_worker`) and says so;
+- closing the dock cancels its job.
 """
 
 from __future__ import annotations
@@ -16,21 +22,29 @@ from typing import Any, ClassVar
 
 from napari.qt.threading import thread_worker
 
+from ._jobs import JobFailed
 from ._notify import error_sentence, relay_warnings, report_error
 from ._warmup import warm_up_engine
 from .model_registry import registry_for, unwrap_viewer
 
+__all__ = ["PROGRESS_STEPS", "BackgroundJobMixin"]
+
+#: Resolution of the docks' progress bars.
+PROGRESS_STEPS = 1000
+
 
 class BackgroundJobMixin:
-    """Mixin for a magicgui ``Container`` that runs long jobs off the GUI thread.
+    """Job runner for a magicgui ``Container`` dock.
 
-    The widget calls :meth:`_attach_to_viewer` first thing after ``Container.__init__``
-    and provides ``status`` (a text widget), ``_enable_controls(running)``, which switches
-    its Run/Cancel buttons, and ``cancel()``, which sets the job's stop flag. Subclasses
-    override the ``_on_*`` hooks they need.
+    The dock calls :meth:`_attach_to_viewer` first thing after ``Container.__init__`` and
+    provides ``status`` (a text widget), ``progress`` (a progress bar with maximum
+    :data:`PROGRESS_STEPS`) and ``_enable_controls(running)``, which switches its Run and
+    Cancel buttons. It overrides the ``_on_*`` hooks it needs.
     """
 
     job_title: ClassVar[str] = "The job"
+    #: What the status line says after Cancel.
+    cancel_message: ClassVar[str] = "Cancelled."
     worker: Any = None
     _busy: bool = False
     _closed: bool = False
@@ -52,10 +66,26 @@ class BackgroundJobMixin:
         self.native.destroyed.connect(self._on_destroyed)  # type: ignore[attr-defined]
         return viewer
 
+    # ------------------------------------------------------------------------ state
+    @property
+    def running(self) -> bool:
+        """Whether a job is in progress."""
+        return self._busy
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether the running (or last) job was asked to stop."""
+        return self._stop.is_set()
+
+    # ---------------------------------------------------------------------- running
     def _start_worker(self, job: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Start ``job(*args, **kwargs)`` in a thread worker wired to this widget's hooks."""
-        worker = thread_worker(job, start_thread=False, ignore_errors=True)(*args, **kwargs)
-        worker.yielded.connect(self._on_yielded)
+        """Start ``job(*args, stop=<a new stop event>, **kwargs)`` in a thread worker wired
+        to this dock's hooks; return the worker."""
+        self._stop = threading.Event()
+        worker = thread_worker(job, start_thread=False, ignore_errors=True)(
+            *args, stop=self._stop, **kwargs
+        )
+        worker.yielded.connect(self._on_job_event)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
         relay_warnings(worker)
@@ -64,6 +94,25 @@ class BackgroundJobMixin:
         self._set_running(True)
         worker.start()
         return worker
+
+    def cancel(self, message: str | None = None) -> None:
+        """Ask the running job to stop (it checks between tiles or steps) and say so in the
+        status line (``message``, by default :attr:`cancel_message`)."""
+        if self.worker is None or not self._busy:
+            return
+        self._stop.set()
+        self._stop_worker(self.worker)
+        if not self._closed:
+            self.status.value = message or self.cancel_message  # type: ignore[attr-defined]
+
+    def _stop_worker(self, worker: Any) -> None:
+        """Stop the worker after the stop event was set (at its next yield by default)."""
+        worker.quit()
+
+    def _show_progress(self, fraction: float) -> None:
+        """Set the progress bar to ``fraction`` (0-1) of the job."""
+        fraction = min(1.0, max(0.0, float(fraction)))
+        self.progress.value = int(round(PROGRESS_STEPS * fraction))  # type: ignore[attr-defined]
 
     def _enable_controls(self, running: bool) -> None:
         """Enable the Run buttons when idle and Cancel while ``running``."""
@@ -74,7 +123,20 @@ class BackgroundJobMixin:
         if not self._closed:
             self._enable_controls(running)
 
-    def _on_yielded(self, event: Any) -> None:
+    # ------------------------------------------------------------------------ hooks
+    def _ignores_events(self) -> bool:
+        """Whether the job's events are dropped now (after closing, by default)."""
+        return self._closed
+
+    def _on_job_event(self, event: Any) -> None:
+        if self._ignores_events():
+            return
+        if isinstance(event, JobFailed):
+            self._on_errored(event.message)
+        else:
+            self._on_event(event)
+
+    def _on_event(self, event: Any) -> None:
         """Progress event of the job (GUI thread)."""
 
     def _on_returned(self, result: Any) -> None:

@@ -19,9 +19,9 @@ from magicgui.widgets import (
 )
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
-from ._background_job import BackgroundJobMixin
+from ._background_job import PROGRESS_STEPS, BackgroundJobMixin
 from ._dock_layout import ScrollingDock, compact_combo_boxes, scroll_body, wrapping_label
-from ._jobs import JobFailed, guarded_job
+from ._jobs import guarded_job
 from ._layers import (
     OWNER_KEY,
     current_frame_index,
@@ -38,7 +38,6 @@ from .model_picker import ModelPicker
 
 __all__ = ["AnnotateNextWidget", "RankingEntry", "ranking_job", "viewer_camera"]
 
-PROGRESS_STEPS = 1000
 TILES_ROLE = "annotate next tiles"
 COLUMNS = ("rank", "frame or tile", "score")
 
@@ -171,6 +170,7 @@ class AnnotateNextWidget(ScrollingDock, BackgroundJobMixin, Container):
     """
 
     job_title = "Ranking"
+    cancel_message = "Ranking cancelled."
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
@@ -229,11 +229,6 @@ class AnnotateNextWidget(ScrollingDock, BackgroundJobMixin, Container):
         self.table.cellClicked.connect(self._on_cell_clicked)
         viewer.layers.events.removed.connect(self._on_layer_removed)
         compact_combo_boxes(self.body.native)
-
-    @property
-    def running(self) -> bool:
-        """Whether a ranking is in progress."""
-        return self._busy
 
     def _enable_controls(self, running: bool) -> None:
         self.frames_button.enabled = not running
@@ -294,7 +289,6 @@ class AnnotateNextWidget(ScrollingDock, BackgroundJobMixin, Container):
         except (ValueError, KeyError) as error:
             self._report_failure(error, doing)
             return None
-        self._stop = threading.Event()
         self._run = {
             "mode": mode,
             "layer": layer,
@@ -314,16 +308,7 @@ class AnnotateNextWidget(ScrollingDock, BackgroundJobMixin, Container):
             tile=int(self.tile.value),
             diversity=float(self.diversity.value),
             labelled=labelled,
-            stop=self._stop,
         )
-
-    def cancel(self, message: str = "Ranking cancelled.") -> None:
-        """Stop between network tiles; the previous ranking stays in the table."""
-        if self.worker is not None and self._busy:
-            self._stop.set()
-            self.worker.quit()
-            if not self._closed:
-                self.status.value = message
 
     def _on_frames_clicked(self, _value: Any = None) -> None:
         self.run("frames")
@@ -335,20 +320,19 @@ class AnnotateNextWidget(ScrollingDock, BackgroundJobMixin, Container):
         self.cancel()
 
     # -------------------------------------------------------------------- results
-    def _on_yielded(self, event: Any) -> None:
+    def _ignores_events(self) -> bool:
+        return self._closed or self.stop_requested  # Cancel keeps the previous ranking
+
+    def _on_event(self, event: Any) -> None:
         from ..uncertainty import RankingProgress
 
-        if self._closed or self._stop.is_set():
-            return
-        if isinstance(event, JobFailed):
-            self._on_errored(event.message)
-        elif isinstance(event, RankingProgress):
-            self.progress.value = int(round(PROGRESS_STEPS * min(1.0, event.fraction)))
+        if isinstance(event, RankingProgress):
+            self._show_progress(event.fraction)
             if event.n_frames > 1:
                 self.status.value = f"Scoring frame {event.frame + 1}/{event.n_frames}..."
 
     def _on_returned(self, result: Any) -> None:
-        if self._closed or result is None or self._stop.is_set():
+        if self._closed or result is None or self.stop_requested:
             return
         layer = self._run["layer"]
         if layer not in self._viewer.layers:

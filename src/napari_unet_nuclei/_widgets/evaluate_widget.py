@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +17,9 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from ._background_job import BackgroundJobMixin
+from ._background_job import PROGRESS_STEPS, BackgroundJobMixin
 from ._dock_layout import ScrollingDock, compact_combo_boxes, scroll_body, wrapping_label
-from ._jobs import EvaluationResult, JobFailed, SegmentProgress, evaluation_job
+from ._jobs import EvaluationResult, SegmentProgress, evaluation_job
 from ._layers import (
     OWNER_KEY,
     current_frame_index,
@@ -38,7 +37,6 @@ from .pr_plot import PrecisionRecallPlot
 
 __all__ = ["EvaluateWidget", "PredictionSource"]
 
-PROGRESS_STEPS = 1000
 
 #: Roles of the plugin's overlay layers (never offered as a prediction).
 OVERLAY_ROLES = ("errors", "object errors")
@@ -120,6 +118,7 @@ class EvaluateWidget(ScrollingDock, BackgroundJobMixin, Container):
     """
 
     job_title = "Evaluation"
+    cancel_message = "Evaluation cancelled."
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
@@ -209,11 +208,6 @@ class EvaluateWidget(ScrollingDock, BackgroundJobMixin, Container):
         if added:
             self.source.value = PredictionSource("model", added[-1])
 
-    @property
-    def running(self) -> bool:
-        """Whether an evaluation is in progress."""
-        return self._busy
-
     def _enable_controls(self, running: bool) -> None:
         self.evaluate_button.enabled = not running
         self.cancel_button.enabled = running
@@ -281,19 +275,10 @@ class EvaluateWidget(ScrollingDock, BackgroundJobMixin, Container):
             "image": weakref.ref(image_layer) if image_layer is not None else (lambda: None),
             "ran_model": "image" in inputs,
         }
-        self._stop = threading.Event()
         self.progress.value = 0
         self.status.value = f"Evaluating {self.source.value}..."
         job = object_evaluation_job if self.objects.value else evaluation_job
-        return self._start_worker(job, stop=self._stop, **inputs)
-
-    def cancel(self, message: str = "Evaluation cancelled.") -> None:
-        """Stop the evaluation (between tiles)."""
-        if self.worker is not None and self._busy:
-            self._stop.set()
-            self.worker.quit()
-            if not self._closed:
-                self.status.value = message
+        return self._start_worker(job, **inputs)
 
     def _on_evaluate_clicked(self, _value: Any = None) -> None:
         self.evaluate()
@@ -301,11 +286,9 @@ class EvaluateWidget(ScrollingDock, BackgroundJobMixin, Container):
     def _on_cancel_clicked(self, _value: Any = None) -> None:
         self.cancel()
 
-    def _on_yielded(self, event: Any) -> None:
-        if not self._closed and isinstance(event, JobFailed):
-            self._on_errored(event.message)
-        elif not self._closed and isinstance(event, SegmentProgress):
-            self.progress.value = int(round(PROGRESS_STEPS * min(1.0, event.fraction)))
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, SegmentProgress):
+            self._show_progress(event.fraction)
             frames = f" frame {event.frame + 1}/{event.n_frames}" if event.n_frames > 1 else ""
             self.status.value = f"Running the model{frames}..."
 
@@ -431,7 +414,3 @@ class EvaluateWidget(ScrollingDock, BackgroundJobMixin, Container):
         run_layers = (self._run.get("truth"), self._run.get("image", lambda: None)())
         if self._busy and any(event.value is layer for layer in run_layers):
             self.cancel(f"Evaluation stopped: the layer '{event.value.name}' was removed.")
-
-    def _on_destroyed(self, *_args: Any) -> None:
-        self._closed = True
-        self.cancel()

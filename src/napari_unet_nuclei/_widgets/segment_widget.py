@@ -8,7 +8,6 @@ owns, shown as dask-backed layers that fill in as frames finish.
 
 from __future__ import annotations
 
-import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -28,9 +27,9 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from ._background_job import BackgroundJobMixin
+from ._background_job import PROGRESS_STEPS, BackgroundJobMixin
 from ._dock_layout import ScrollingDock, compact_combo_boxes, scroll_body, wrapping_label
-from ._jobs import JobFailed, SegmentFrame, SegmentProgress, SegmentResult, SegmentTask
+from ._jobs import SegmentFrame, SegmentProgress, SegmentResult, SegmentTask
 from ._layers import (
     OWNER_KEY,
     current_frame_index,
@@ -39,19 +38,18 @@ from ._layers import (
     grey_shape,
     put_output_layer,
     read_only_view,
-    unique_layer_name,
 )
 from ._notify import report_info
 from ._object_jobs import (
     LazyFrameDone,
     LazyOutputs,
     ObjectsResult,
-    frame_columns,
     is_lazy,
     segment_objects_job,
 )
 from .model_picker import ModelPicker
 from .model_registry import CachedProbabilities
+from .segment_outputs import RUNNING, OutputLayers, features_table
 
 __all__ = ["ALL_FRAMES", "ALL_LAYERS", "CURRENT_FRAME", "SegmentWidget", "full_resolution"]
 
@@ -60,11 +58,6 @@ ALL_FRAMES = "all frames"
 ALL_LAYERS = "every image layer"
 #: Finished frames of a stack are drawn at most this often (seconds) while it runs.
 FRAME_REFRESH_S = 0.5
-#: Role prefix of a re-run's outputs while it runs: the earlier result stays as it is.
-RUNNING = "running"
-#: Role prefix of the frames a cancelled (or failed) re-run finished.
-UNFINISHED = "unfinished"
-PROGRESS_STEPS = 1000
 
 
 @dataclass
@@ -86,12 +79,6 @@ def _mask(probabilities: np.ndarray, threshold: float) -> np.ndarray:
 def full_resolution(layer: Any) -> Any:
     """The layer's data at full resolution (level 0 of a multiscale image)."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-
-
-def _features_table(layer: Any) -> dict[str, np.ndarray]:
-    """A labels layer's features as measurement columns (without napari's ``index``)."""
-    features = layer.features
-    return {name: features[name].to_numpy() for name in features.columns if name != "index"}
 
 
 def ask_csv_path(parent: Any = None, suggested: str = "") -> str:
@@ -128,11 +115,13 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
     """
 
     job_title = "Segmentation"
+    cancel_message = "Segmentation cancelled."
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
         viewer = self._attach_to_viewer(viewer)
         self.body = scroll_body(self)
+        self.outputs = OutputLayers(viewer)
         self.runs_started = 0
         self._tasks: list[SegmentTask] = []
         self._task_layers: list[Any] = []
@@ -225,11 +214,6 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
         viewer.layers.events.removed.connect(self._on_layer_removed)
         compact_combo_boxes(self.body.native)
 
-    @property
-    def running(self) -> bool:
-        """Whether a segmentation is in progress."""
-        return self._busy
-
     def _enable_controls(self, running: bool) -> None:
         self.run_button.enabled = not running
         self.cancel_button.enabled = running
@@ -306,7 +290,6 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
         except (ValueError, KeyError, OSError) as error:
             self._report_failure(error, "Segmentation")
             return None
-        self._stop = threading.Event()
         self._tasks, self._task_layers, self._run_model = tasks, layers, name
         self._staged = {
             number
@@ -328,19 +311,14 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
             instances=instances,
             stack_axis=self.stack_axis.value,
             lazy_outputs=outputs,
-            stop=self._stop,
         )
 
-    def cancel(self, message: str = "Segmentation cancelled.") -> None:
-        """Stop between tiles; outputs of the images already done are kept."""
-        if self.worker is not None and self._busy:
-            self._stop.set()
-            if not self._run_lazy:
-                # A lazy run ends by itself within a batch of tiles, after erasing the
-                # frame it was writing; quitting could leave that frame half written.
-                self.worker.quit()
-            if not self._closed:
-                self.status.value = message
+    def _stop_worker(self, worker: Any) -> None:
+        """Outputs of the images already done are kept. A lazy run ends by itself within a
+        batch of tiles, after erasing the frame it was writing: quitting could leave that
+        frame half written."""
+        if not self._run_lazy:
+            worker.quit()
 
     def _on_run_clicked(self, _value: Any = None) -> None:
         self.run()
@@ -349,13 +327,12 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
         self.cancel()
 
     # -------------------------------------------------------------------- results
-    def _on_yielded(self, event: Any) -> None:
-        if self._closed or self._stop.is_set():
-            return
-        if isinstance(event, JobFailed):
-            self._on_errored(event.message)
-        elif isinstance(event, SegmentProgress):
-            self.progress.value = int(round(PROGRESS_STEPS * min(1.0, event.fraction)))
+    def _ignores_events(self) -> bool:
+        return self._closed or self.stop_requested  # after Cancel: see _on_finished
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, SegmentProgress):
+            self._show_progress(event.fraction)
             layer = self._tasks[event.task].layer_name
             frames = f", frame {event.frame + 1}/{event.n_frames}" if event.n_frames > 1 else ""
             self.status.value = (
@@ -370,7 +347,7 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
             )
             if event.task in self._staged:
                 self._staged.discard(event.task)
-                self._remove_stage(self._tasks[event.task].layer_name, RUNNING)
+                self.outputs.remove_stage(self._tasks[event.task].layer_name, RUNNING)
         elif isinstance(event, ObjectsResult):
             self._apply_objects(
                 self._tasks[event.task], self._task_layers[event.task], event.labels, event.table
@@ -424,37 +401,9 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
     def _show_partial(
         self, layer: Any, partial: _PartialStack, stage: str | None, suffix: str = ""
     ) -> None:
-        self._put_probabilities_and_nuclei(
+        self.outputs.put_probabilities_and_nuclei(
             layer, partial.probabilities, partial.mask, {"model": self._run_model}, stage, suffix
         )
-
-    def _remove_stage(self, source: str, stage: str) -> None:
-        """Remove the ``stage`` outputs (``RUNNING`` or ``UNFINISHED``) of image ``source``."""
-        for role in ("probabilities", "nuclei", "instances"):
-            layer = find_owned_layer(self._viewer, f"{stage} {role}", source)
-            if layer is not None:
-                self._viewer.layers.remove(layer)
-
-    def _keep_unfinished(self, source: str, done: int, total: int) -> str:
-        """Turn a stopped re-run's ``RUNNING`` outputs of ``source`` into ``UNFINISHED`` ones
-        (an earlier unfinished run's are replaced); return the kept nuclei layer's name."""
-        self._remove_stage(source, UNFINISHED)
-        kept = ""
-        for role in ("probabilities", "nuclei", "instances"):
-            layer = find_owned_layer(self._viewer, f"{RUNNING} {role}", source)
-            if layer is None:
-                continue
-            layer.metadata[OWNER_KEY] = {
-                **layer.metadata[OWNER_KEY],
-                "role": f"{UNFINISHED} {role}",
-                "frames_done": done,
-            }
-            layer.name = unique_layer_name(
-                self._viewer, f"{source} {role} (unfinished run, {done} of {total} frames)"
-            )
-            if role == "nuclei":
-                kept = layer.name
-        return kept
 
     def _apply_result(self, task: SegmentTask, layer: Any, probabilities: np.ndarray) -> None:
         if layer not in self._viewer.layers:
@@ -477,7 +426,7 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
             full[task.frame] = probabilities
             done[task.frame] = True
         self._remember_probabilities(layer, full, done)
-        self._put_probabilities_and_nuclei(
+        self.outputs.put_probabilities_and_nuclei(
             layer, full, _mask(full, self.threshold.value), {"model": model_name}
         )
 
@@ -487,41 +436,6 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
         self.registry.store_probabilities(model_name, layer, CachedProbabilities(full, done))
         self._outputs[id(layer)] = (weakref.ref(layer), model_name)
         self._lazy.pop(id(layer), None)
-
-    def _put_probabilities_and_nuclei(
-        self,
-        layer: Any,
-        probabilities: Any,
-        mask: Any,
-        extra: dict[str, Any],
-        stage: str | None = None,
-        suffix: str = "",
-    ) -> None:
-        """Create or update the plugin-owned ``<image> probabilities`` and ``<image> nuclei``
-        (with ``stage``: the ``RUNNING`` layers of a re-run, named with ``suffix``)."""
-        prefix = f"{stage} " if stage else ""
-        put_output_layer(
-            self._viewer,
-            f"{prefix}probabilities",
-            layer.name,
-            probabilities,
-            "image",
-            name=f"{layer.name} probabilities{suffix}",
-            extra=extra,
-            colormap="magma",
-            contrast_limits=(0.0, 1.0),
-            visible=False,
-        )
-        put_output_layer(
-            self._viewer,
-            f"{prefix}nuclei",
-            layer.name,
-            mask,
-            "labels",
-            name=f"{layer.name} nuclei{suffix}",
-            extra=extra,
-            opacity=0.5,
-        )
 
     def _apply_objects(
         self, task: SegmentTask, layer: Any, labels: np.ndarray, table: dict[str, np.ndarray]
@@ -533,7 +447,7 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
             return
         shape = grey_shape(layer)
         if task.frame is not None:
-            labels, table = self._merge_frame(layer, shape, task.frame, labels, table)
+            labels, table = self.outputs.merge_frame(layer.name, shape, task.frame, labels, table)
         if tuple(labels.shape) != shape:
             return
         target = put_output_layer(
@@ -549,37 +463,6 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
         target.features = to_layer_features(table)
         self._last_instances = weakref.ref(target)
         self.save_csv_button.enabled = True
-
-    def _merge_frame(
-        self,
-        layer: Any,
-        shape: tuple[int, ...],
-        frame: tuple[int, ...],
-        labels: np.ndarray,
-        table: dict[str, np.ndarray],
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Put one frame's nuclei into the stack's instances, ids kept unique."""
-        existing = find_owned_layer(self._viewer, "instances", layer.name)
-        names = frame_columns(len(frame))
-        if existing is not None and tuple(existing.data.shape) == shape:
-            full = np.array(existing.data, dtype=np.int32)
-            old = _features_table(existing)
-        else:
-            full, old = np.zeros(shape, np.int32), {}
-        full[frame] = 0
-        offset = int(full.max())
-        full[frame] = np.where(labels > 0, labels + offset, 0)
-        count = table["label"].size
-        new = {name: np.full(count, value, np.int64) for name, value in zip(names, frame)}
-        new.update(table)
-        new["label"] = np.asarray(table["label"]) + offset
-        if old and set(old) == set(new):
-            keep = ~np.all([old[name] == value for name, value in zip(names, frame)], axis=0)
-            merged = {name: np.concatenate([old[name][keep], new[name]]) for name in new}
-        else:
-            merged = new
-        order = np.argsort(merged["label"], kind="stable")
-        return full, {name: np.asarray(values)[order] for name, values in merged.items()}
 
     def _show_lazy(self, layer: Any, outputs: LazyOutputs, task: int) -> None:
         """Add or refresh the dask-backed outputs of a lazy image (finished frames only).
@@ -601,8 +484,8 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
             self._outputs.pop(id(layer), None)
             if task in self._staged:
                 self._staged.discard(task)
-                self._remove_stage(layer.name, RUNNING)
-        self._put_probabilities_and_nuclei(
+                self.outputs.remove_stage(layer.name, RUNNING)
+        self.outputs.put_probabilities_and_nuclei(
             layer,
             outputs.view("probabilities"),
             outputs.view("mask", self.threshold.value),
@@ -630,7 +513,7 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
     def _on_returned(self, n_done: int) -> None:
         if self._closed:
             return
-        if n_done == len(self._tasks) and not self._stop.is_set():
+        if n_done == len(self._tasks) and not self.stop_requested:
             self.progress.value = PROGRESS_STEPS
             self.status.value = (
                 f"Segmented {n_done} image(s) with {self._run_model}; move the threshold to "
@@ -647,7 +530,7 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
                     source = self._tasks[number].layer_name
                     where = f"in {outputs.probabilities_path.parent}"
                     if number in self._staged:
-                        kept = self._keep_unfinished(source, outputs.n_done, total)
+                        kept = self.outputs.keep_unfinished(source, outputs.n_done, total)
                         where = f"in '{kept}' and {outputs.probabilities_path.parent}; the "
                         where += f"earlier result of '{source}' is unchanged"
                     self.status.value = (
@@ -662,7 +545,7 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
                 if number in self._staged:
                     # A stopped re-run: the earlier complete result stays where it is.
                     self._show_partial(layer, partial, RUNNING)
-                    kept = self._keep_unfinished(layer.name, done, total)
+                    kept = self.outputs.keep_unfinished(layer.name, done, total)
                     self.status.value = (
                         f"Segmentation stopped: the earlier result of '{layer.name}' is "
                         f"unchanged; the {done} of {total} frame(s) this run finished are in "
@@ -756,7 +639,7 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
         try:
             if layer is None:
                 raise ValueError("no measurements yet: tick 'Instances' and Segment first")
-            written = write_measurements_csv(_features_table(layer), Path(path))
+            written = write_measurements_csv(features_table(layer), Path(path))
         except (OSError, ValueError) as error:
             self._report_failure(error, "Saving the measurements")
             return None

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-import threading
 from pathlib import Path
 from typing import Any
 
 import napari
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
     Container,
@@ -19,14 +17,11 @@ from magicgui.widgets import (
 from qtpy.QtCore import QTimer
 
 from ..events import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep
-from ._background_job import BackgroundJobMixin
+from ._background_job import PROGRESS_STEPS, BackgroundJobMixin
 from ._dock_layout import ScrollingDock, compact_combo_boxes, scroll_body, wrapping_label
-from ._jobs import JobFailed
 from ._layers import (
-    grey_layer_data,
     grey_shape,
     labelled_frames,
-    training_data,
 )
 from ._notify import (
     error_sentence,
@@ -44,14 +39,13 @@ from .round_job import (
     LayerData,
     RoundRecorded,
     ScoringHeldOut,
-    layer_data,
     round_job,
 )
+from .training_layers import layers_to_training_data
 from .training_settings import TrainingSettings
 
 __all__ = ["TrainWidget", "format_seconds"]
 
-PROGRESS_STEPS = 1000
 PLUGIN_NAME = "napari-unet-nuclei"
 #: After Cancel, the worker is asked to quit if it has not ended within this time.
 QUIT_GRACE_MS = 10_000
@@ -95,6 +89,7 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
     """
 
     job_title = "Training"
+    cancel_message = "Cancelling after the current step..."
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
@@ -186,11 +181,6 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
         compact_combo_boxes(self.body.native)
 
     # --------------------------------------------------------------------- state
-    @property
-    def running(self) -> bool:
-        """Whether a training run is in progress."""
-        return self._busy
-
     def _enable_controls(self, running: bool) -> None:
         self.start_button.enabled = not running
         self.cancel_button.enabled = running
@@ -242,10 +232,13 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
                         "pick an image layer and a labels layer first (or open a project "
                         "folder with training images)"
                     )
-                layers, describe, rgb_note = LayerData(), "", None
+                layers, describe, notes = LayerData(), "", []
             else:
-                layers, describe, rgb_note = self._layer_training_data(
-                    image_layer, labels_layer, shapes_layer
+                layers, describe, notes = layers_to_training_data(
+                    image_layer,
+                    labels_layer,
+                    shapes_layer,
+                    use_empty_frames=self.empty_frames_background.value,
                 )
             init_name = self.start_from.model_name
             init_model = self.registry.get(init_name) if init_name is not None else None
@@ -253,7 +246,6 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
         except (ValueError, KeyError) as error:
             self._report_failure(error, "Training")
             return None
-        self._stop = threading.Event()
         self._discard = False
         self._phase = "training"
         self._run_layers = tuple(
@@ -269,8 +261,8 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
         what = f"fine-tuning {init_name}" if init_name else "a new network"
         project_part = " and the project set" if use_project else ""
         self.status.value = f"Preparing {what} on {len(layers.images)} frame(s){project_part}..."
-        if rgb_note:
-            report_info(rgb_note)
+        for note in notes:
+            report_info(note)
         worker = self._start_worker(
             round_job,
             layers,
@@ -279,7 +271,6 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
             use_project=use_project,
             init_model=init_model,
             started_from=init_name,
-            stop=self._stop,
         )
         worker.warned.connect(self._on_job_warned)
         return worker
@@ -291,66 +282,19 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
         if not self._closed and issubclass(args[1], PartialLabelsWarning):
             self.frames_info.value = str(args[0])
 
-    def _layer_training_data(
-        self, image_layer: Any, labels_layer: Any, shapes_layer: Any
-    ) -> tuple[LayerData, str, str | None]:
-        """Frames (copies) of the layers, with annotated maps from ``shapes_layer``."""
-        image_data, rgb_note = grey_layer_data(image_layer)
-        if shapes_layer is None:
-            data = training_data(
-                image_data,
-                labels_layer.data,
-                use_empty_frames=self.empty_frames_background.value,
-                name=image_layer.name,
-            )
-            return layer_data(data.images, data.labels, data.names), data.describe(), rgb_note
-        # Partial annotations: the frames with annotated regions, empty ones included.
-        data = training_data(
-            image_data, labels_layer.data, use_empty_frames=True, name=image_layer.name
-        )
-        regions = annotated_regions(shapes_layer, np.shape(image_data), image_layer)
-        keep = [i for i, mask in enumerate(regions.masks) if mask.any()]
-        if not keep:
-            raise ValueError(
-                f"the shapes layer '{shapes_layer.name}' has no rectangle, polygon or ellipse "
-                f"on the image '{image_layer.name}'"
-            )
-        if regions.n_skipped:
-            report_info(
-                f"{regions.n_skipped} shape(s) of '{shapes_layer.name}' were ignored: lines "
-                "and paths enclose no area, or the shape lies outside the image."
-            )
-        pixels = int(sum(int(regions.masks[i].sum()) for i in keep))
-        describe = (
-            f"Training on the annotated regions of {len(keep)} of {data.n_total} frame(s) "
-            f"({pixels:,} px)."
-        )
-        layers = layer_data(
-            [data.images[i] for i in keep],
-            [data.labels[i] for i in keep],
-            [data.names[i] for i in keep],
-            [regions.masks[i].copy() for i in keep],
-        )
-        return layers, describe, rgb_note
-
-    def cancel(self) -> None:
-        """Stop after the current step, keeping the best weights so far.
+    def _stop_worker(self, worker: Any) -> None:
+        """Cancel stops after the current step, keeping the best weights so far.
 
         The engine polls the stop flag after every step and then ends with a
         ``TrainingFinished(reason="cancelled")`` holding the best weights. ``worker.quit()``
         is only the fallback after :data:`QUIT_GRACE_MS`: quitting at once could drop that
-        final event (the worker stops at its next yield).
+        final event (the worker stops at its next yield). Only while training: once the
+        model exists, the round is recorded and scored.
         """
-        if self.worker is not None and self._busy:
-            self._stop.set()
-            worker = self.worker
-            # Only while training: once the model exists, the round is recorded and scored.
-            QTimer.singleShot(
-                QUIT_GRACE_MS,
-                lambda: worker.quit() if self._busy and self._phase == "training" else None,
-            )
-            if not self._closed:
-                self.status.value = "Cancelling after the current step..."
+        QTimer.singleShot(
+            QUIT_GRACE_MS,
+            lambda: worker.quit() if self._busy and self._phase == "training" else None,
+        )
 
     def _hard_stop(self, message: str) -> None:
         """Stop the worker and drop its result (layer removed, viewer closed)."""
@@ -369,12 +313,11 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
     def _on_cancel_clicked(self, _value: Any = None) -> None:
         self.cancel()
 
-    def _on_yielded(self, event: Any) -> None:
-        if self._closed or self._discard:
-            return
-        if isinstance(event, JobFailed):
-            self._on_errored(event.message)
-        elif isinstance(event, JobNotice):
+    def _ignores_events(self) -> bool:
+        return self._closed or self._discard
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, JobNotice):
             report_info(event.message)
         elif isinstance(event, DataGathered) and event.n_project:
             self.frames_info.value = (
@@ -398,7 +341,7 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
                 f"{event.n_val_images}, {budget}, {event.device}."
             )
         elif isinstance(event, TrainingStep):
-            self.progress.value = int(round(PROGRESS_STEPS * min(1.0, event.fraction_done)))
+            self._show_progress(event.fraction_done)
             self.status.value = (
                 f"epoch {event.epoch}, step {event.global_step}"
                 f"{'/' + str(event.total_steps) if event.total_steps else ''}: loss "
