@@ -15,6 +15,15 @@ from napari_unet_nuclei.label_coverage import (
 )
 from napari_unet_nuclei.training import TrainingConfig, train_model
 
+#: One training step of a tiny network, no validation: enough to see what training says.
+ONE_STEP = {
+    "features": 4,
+    "depth": 2,
+    "epochs": 1,
+    "steps_per_epoch": 1,
+    "validation_fraction": 0.0,
+    "device": "cpu",
+}
 NAMES = ("Ganglioneuroblastoma_0", "Neuroblastoma_14", "normal_16", "otherspecimen_9")
 
 
@@ -70,16 +79,7 @@ def test_training_warns_on_partial_labels_unless_regions_say_where(kromp_pairs) 
     image, labels = kromp_pairs[0]
     crop = (slice(0, 256), slice(0, 256))
     image, labels = image[crop], _keep_some(labels[crop], 0.2)
-    config = TrainingConfig(
-        features=4,
-        depth=2,
-        epochs=1,
-        steps_per_epoch=1,
-        batch_size=2,
-        patch_size=64,
-        validation_fraction=0.0,
-        device="cpu",
-    )
+    config = TrainingConfig(**ONE_STEP, batch_size=2, patch_size=64)
     with pytest.warns(PartialLabelsWarning, match="only part of the nuclei"):
         model = train_model([image], [labels], config)
     assert model.config.features == 4
@@ -97,15 +97,6 @@ def test_training_on_a_tiny_image_says_it_is_too_small() -> None:
     image = rng.random((5, 5)).astype(np.float32)
     labels = np.zeros((5, 5), np.int32)
     labels[1:3, 1:3] = 1
-    config = TrainingConfig(
-        features=4,
-        depth=2,
-        epochs=1,
-        steps_per_epoch=1,
-        batch_size=1,
-        patch_size=16,
-        validation_fraction=0.0,
-        device="cpu",
-    )
+    config = TrainingConfig(**ONE_STEP, batch_size=1, patch_size=16)
     with pytest.warns(ImageWarning, match="5 x 5 pixels: too small"):
         train_model([image], [labels], config)
