@@ -531,7 +531,8 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
                     where = f"in {outputs.probabilities_path.parent}"
                     if number in self._staged:
                         kept = self.outputs.keep_unfinished(source, outputs.n_done, total)
-                        where = f"in '{kept}' and {outputs.probabilities_path.parent}; the "
+                        shown = f"'{kept}' and " if kept else ""
+                        where = f"in {shown}{outputs.probabilities_path.parent}; the "
                         where += f"earlier result of '{source}' is unchanged"
                     self.status.value = (
                         f"Segmentation stopped: {outputs.n_done} of {total} frame(s) of "
