@@ -381,3 +381,34 @@ def test_cli_segment_glob_as_zarr_labels_with_measurements(
     assert "0 segmented, 1 skipped" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([*args, "--workers", "1", "--scheduler", "tcp://x:1"])
+
+
+def test_worker_reads_of_dask_arrays_leave_dask_global_callbacks_alone() -> None:
+    """A worker's read must not swap dask's global callbacks (napari's cache) out and back in:
+    done while napari computes a dask layer on the GUI thread, that swap corrupts the cache
+    callbacks (a KeyError in dask/cache.py ended a Segment run)."""
+    import dask.array as da
+    from dask.callbacks import Callback
+
+    from napari_unet_nuclei.lazy import read_array
+
+    seen_during_compute: list[bool] = []
+    calls: list[str] = []
+
+    class Recorder(Callback):
+        def _pretask(self, key, dsk, state):
+            calls.append("pretask")
+
+    def look(block):
+        seen_during_compute.append(any(c[2] is not None for c in Callback.active))
+        return block * 2
+
+    stack = da.ones((3, 64, 64), chunks=(1, 32, 32))
+    with Recorder():
+        values = read_array(stack[1].map_blocks(look))
+        assert values.shape == (64, 64) and float(values.sum()) == 2 * 64 * 64
+        # The global callback stayed registered while the read computed, and was not used.
+        assert seen_during_compute and all(seen_during_compute)
+        assert calls == []
+        np.testing.assert_array_equal(np.asarray(stack[1]), np.ones((64, 64)))
+        assert calls  # an ordinary compute uses it (and swaps it out meanwhile)

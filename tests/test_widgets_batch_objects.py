@@ -224,7 +224,7 @@ def test_cancel_mid_stack_shows_only_finished_frames(
     qtbot.waitUntil(lambda: "z probabilities" in viewer.layers, timeout=60_000)
     segment.cancel()
     wait_done(qtbot, segment, timeout=10_000)
-    outputs = segment._run_lazy[0]
+    outputs = segment.last_run.lazy_outputs[0]
     done = outputs.frames_done
     n_done = int(done.sum())
     assert 1 <= n_done < 60 and done[:n_done].all() and not done[n_done:].any()

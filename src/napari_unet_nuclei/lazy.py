@@ -23,7 +23,7 @@ import numpy as np
 
 from .events import FrameDone, TileDone
 from .normalization import (
-    _PERCENTILE_SAMPLE,
+    PERCENTILE_SAMPLE,
     NormalizationConfig,
     intensity_range,
     scale_intensities,
@@ -41,6 +41,23 @@ __all__ = [
 _SAMPLE_BAND = 256
 
 
+def read_array(data: Any) -> np.ndarray:
+    """Values of a numpy, zarr or dask array (or a slice of one) as a numpy array.
+
+    A dask array is computed with a callback list of its own. Without one, dask swaps its
+    global callbacks out and back in around every compute; a worker thread doing that while
+    napari computes a dask layer on the GUI thread corrupts dask's (and napari's) cache
+    callbacks (``KeyError`` in ``dask/cache.py``). Schedulers that take no callbacks
+    (distributed) compute as usual.
+    """
+    if hasattr(data, "dask") and hasattr(data, "compute"):
+        try:
+            return np.asarray(data.compute(callbacks=[]))
+        except TypeError:  # a scheduler without a ``callbacks`` argument
+            return np.asarray(data.compute())
+    return np.asarray(data)
+
+
 class _Frame:
     """One 2-D frame of an array-like, read lazily by rows (zarr reads eagerly otherwise)."""
 
@@ -52,7 +69,7 @@ class _Frame:
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as a numpy array."""
-        return np.asarray(self.array[(*self.index, slice(start, stop))])
+        return read_array(self.array[(*self.index, slice(start, stop))])
 
 
 def frame_intensity_range(
@@ -86,7 +103,7 @@ def frame_intensity_range(
     size = height * width
 
     def sample_pass(finite_only: bool, total: int) -> tuple[np.ndarray, int]:
-        step = total // _PERCENTILE_SAMPLE + 1 if total > _PERCENTILE_SAMPLE else 1
+        step = total // PERCENTILE_SAMPLE + 1 if total > PERCENTILE_SAMPLE else 1
         pieces, seen, n_finite = [], 0, 0
         for start in range(0, height, _SAMPLE_BAND):
             values = view.rows(start, min(height, start + _SAMPLE_BAND))

@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 #: Above this many pixels, percentiles are estimated on a regular subsample.
-_PERCENTILE_SAMPLE = 1 << 20
+PERCENTILE_SAMPLE = 1 << 20
 _DEGENERATE_RANGE = (
     1e-6  # percentile range below this fraction of the full range: use the full range
 )
@@ -154,8 +154,8 @@ def normalize_frame(frame: np.ndarray, config: NormalizationConfig | None = None
         warn_frame_problems(0, int(finite.size), float("nan"))
         return np.zeros(frame.shape, np.float32)
     sample = sample.ravel()
-    if sample.size > _PERCENTILE_SAMPLE:
-        sample = sample[:: sample.size // _PERCENTILE_SAMPLE + 1]
+    if sample.size > PERCENTILE_SAMPLE:
+        sample = sample[:: sample.size // PERCENTILE_SAMPLE + 1]
     value_range = intensity_range(sample, config)
     if value_range is None:
         warn_frame_problems(0, int(finite.size), float(sample.min()))

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..lazy import read_array
 from ..workflows.evaluate import object_frame_scores, pool_object_scores
 from ._jobs import (
     EvaluationResult,
@@ -314,7 +315,7 @@ def _measure(labels: np.ndarray, image: Any, index: tuple[int, ...]) -> dict[str
     """Measurements of one 2-D frame, with its frame columns in front."""
     from ..measurements import measure_nuclei
 
-    table = measure_nuclei(labels, np.asarray(image))
+    table = measure_nuclei(labels, read_array(image))
     count = table["label"].size
     front = {
         name: np.full(count, value, np.int64)
@@ -345,7 +346,7 @@ def _instances_in_memory(
     if stop.is_set():
         return None
     volume = stack_axis == "z" and labels.ndim == 3
-    return labels, measure_nuclei(labels, np.asarray(image), per_frame=not volume)
+    return labels, measure_nuclei(labels, read_array(image), per_frame=not volume)
 
 
 def _lazy_task(

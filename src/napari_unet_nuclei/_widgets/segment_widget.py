@@ -8,13 +8,10 @@ owns, shown as dask-backed layers that fill in as frames finish.
 
 from __future__ import annotations
 
-import time
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 import napari
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -29,51 +26,29 @@ from magicgui.widgets import (
 
 from ._background_job import PROGRESS_STEPS, BackgroundJobMixin
 from ._dock_layout import ScrollingDock, compact_combo_boxes, scroll_body, wrapping_label
-from ._jobs import SegmentFrame, SegmentProgress, SegmentResult, SegmentTask
+from ._jobs import SegmentProgress, SegmentTask
 from ._layers import (
     OWNER_KEY,
     current_frame_index,
     find_owned_layer,
     grey_layer_data,
-    grey_shape,
-    put_output_layer,
     read_only_view,
 )
 from ._notify import report_info
 from ._object_jobs import (
-    LazyFrameDone,
     LazyOutputs,
-    ObjectsResult,
     is_lazy,
     segment_objects_job,
 )
 from .model_picker import ModelPicker
-from .model_registry import CachedProbabilities
-from .segment_outputs import RUNNING, OutputLayers, features_table
+from .segment_outputs import OutputLayers, features_table
+from .segment_run import SegmentRun, ThresholdFollowers
 
 __all__ = ["ALL_FRAMES", "ALL_LAYERS", "CURRENT_FRAME", "SegmentWidget", "full_resolution"]
 
 CURRENT_FRAME = "current frame"
 ALL_FRAMES = "all frames"
 ALL_LAYERS = "every image layer"
-#: Finished frames of a stack are drawn at most this often (seconds) while it runs.
-FRAME_REFRESH_S = 0.5
-
-
-@dataclass
-class _PartialStack:
-    """Outputs of a stack being segmented: the frames finished so far."""
-
-    probabilities: np.ndarray
-    done: np.ndarray  # bool per frame
-    mask: np.ndarray
-    threshold: float  # of ``mask``
-
-
-def _mask(probabilities: np.ndarray, threshold: float) -> np.ndarray:
-    from ..inference import threshold_mask
-
-    return threshold_mask(probabilities, threshold)
 
 
 def full_resolution(layer: Any) -> Any:
@@ -122,19 +97,9 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
         viewer = self._attach_to_viewer(viewer)
         self.body = scroll_body(self)
         self.outputs = OutputLayers(viewer)
+        self.followers = ThresholdFollowers(viewer, self.registry)
         self.runs_started = 0
-        self._tasks: list[SegmentTask] = []
-        self._task_layers: list[Any] = []
-        self._run_model: str | None = None
-        self._outputs: dict[int, tuple[weakref.ref, str]] = {}
-        self._lazy: dict[int, tuple[weakref.ref, LazyOutputs, str]] = {}
-        # Stack tasks of the running job: probabilities and finished frames so far.
-        self._partial: dict[int, _PartialStack] = {}
-        # Tasks whose image already has outputs: this run's go to "running" layers until done.
-        self._staged: set[int] = set()
-        self._last_frame_shown = 0.0
-        self._run_lazy: dict[int, LazyOutputs] = {}
-        self._run_threshold = self.registry.threshold
+        self.last_run: SegmentRun | None = None
         self._last_instances: weakref.ref | None = None
 
         self.model = ModelPicker(self.registry, label="model")
@@ -290,16 +255,18 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
         except (ValueError, KeyError, OSError) as error:
             self._report_failure(error, "Segmentation")
             return None
-        self._tasks, self._task_layers, self._run_model = tasks, layers, name
-        self._staged = {
-            number
-            for number, task in enumerate(tasks)
-            if task.frame is None
-            and len(task.image.shape) > 2
-            and find_owned_layer(self._viewer, "nuclei", task.layer_name) is not None
-        }
-        self._partial, self._last_frame_shown = {}, 0.0
-        self._run_lazy, self._run_threshold = outputs, self.threshold.value
+        self.last_run = SegmentRun(
+            self._viewer,
+            self.outputs,
+            self.registry,
+            self.followers,
+            name,
+            tasks,
+            layers,
+            outputs,
+            threshold=lambda: self.threshold.value,
+            instances_shown=self._on_instances_shown,
+        )
         self.progress.value = 0
         self.status.value = f"Segmenting {len(tasks)} image(s) with {name}..."
         self.runs_started += 1
@@ -317,7 +284,7 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
         """Outputs of the images already done are kept. A lazy run ends by itself within a
         batch of tiles, after erasing the frame it was writing: quitting could leave that
         frame half written."""
-        if not self._run_lazy:
+        if self.last_run is None or not self.last_run.lazy_outputs:
             worker.quit()
 
     def _on_run_clicked(self, _value: Any = None) -> None:
@@ -331,240 +298,43 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
         return self._closed or self.stop_requested  # after Cancel: see _on_finished
 
     def _on_event(self, event: Any) -> None:
+        run = self.last_run
         if isinstance(event, SegmentProgress):
             self._show_progress(event.fraction)
-            layer = self._tasks[event.task].layer_name
+            layer = run.tasks[event.task].layer_name
             frames = f", frame {event.frame + 1}/{event.n_frames}" if event.n_frames > 1 else ""
             self.status.value = (
                 f"Segmenting '{layer}' ({event.task + 1}/{event.n_tasks}){frames}..."
             )
-        elif isinstance(event, SegmentFrame):
-            self._apply_frame(self._tasks[event.task], self._task_layers[event.task], event)
-        elif isinstance(event, SegmentResult):
-            self._partial.pop(event.task, None)
-            self._apply_result(
-                self._tasks[event.task], self._task_layers[event.task], event.probabilities
-            )
-            if event.task in self._staged:
-                self._staged.discard(event.task)
-                self.outputs.remove_stage(self._tasks[event.task].layer_name, RUNNING)
-        elif isinstance(event, ObjectsResult):
-            self._apply_objects(
-                self._tasks[event.task], self._task_layers[event.task], event.labels, event.table
-            )
-        elif isinstance(event, LazyFrameDone):
-            outputs = self._run_lazy[event.task]
-            self._show_lazy(self._task_layers[event.task], outputs, event.task)
-            self.status.value = (
-                f"'{self._tasks[event.task].layer_name}': {outputs.n_done} of "
-                f"{event.n_frames} frame(s) written to {outputs.probabilities_path.parent}"
-            )
-
-    def _apply_frame(self, task: SegmentTask, layer: Any, event: SegmentFrame) -> None:
-        """Show a finished frame of a stack while the others are computed.
-
-        The outputs are redrawn at most every :data:`FRAME_REFRESH_S` seconds (and at the
-        first frame), so that many small frames do not keep the GUI thread busy.
-        """
-        if task.frame is not None or layer not in self._viewer.layers:
-            return
-        shape = grey_shape(layer)
-        if len(shape) < 3 or tuple(event.probabilities.shape) != shape[-2:]:
-            return
-        threshold = float(self.threshold.value)
-        partial = self._partial.get(event.task)
-        first = partial is None
-        if first:
-            partial = _PartialStack(
-                np.zeros(shape, np.float32),
-                np.zeros(shape[:-2], bool),
-                np.zeros(shape, np.uint8),
-                threshold,
-            )
-            self._partial[event.task] = partial
-        flat = (-1, *shape[-2:])
-        partial.probabilities.reshape(flat)[event.frame] = event.probabilities
-        partial.done.reshape(-1)[event.frame] = True
-        if partial.threshold != threshold:  # the slider moved during the run
-            partial.mask[...] = _mask(partial.probabilities, threshold)
-            partial.threshold = threshold
         else:
-            partial.mask.reshape(flat)[event.frame] = _mask(event.probabilities, threshold)
-        staged = event.task in self._staged
-        if not staged:  # a re-run leaves the earlier result (and its cache) alone
-            self._remember_probabilities(layer, partial.probabilities, partial.done)
-        now = time.perf_counter()
-        if first or now - self._last_frame_shown >= FRAME_REFRESH_S:
-            self._last_frame_shown = now
-            self._show_partial(layer, partial, RUNNING if staged else None)
+            message = run.apply(event)
+            if message:
+                self.status.value = message
 
-    def _show_partial(
-        self, layer: Any, partial: _PartialStack, stage: str | None, suffix: str = ""
-    ) -> None:
-        self.outputs.put_probabilities_and_nuclei(
-            layer, partial.probabilities, partial.mask, {"model": self._run_model}, stage, suffix
-        )
-
-    def _apply_result(self, task: SegmentTask, layer: Any, probabilities: np.ndarray) -> None:
-        if layer not in self._viewer.layers:
-            return
-        model_name = self._run_model
-        shape = grey_shape(layer)
-        expected = shape if task.frame is None else shape[-2:]
-        if tuple(probabilities.shape) != expected:
-            self.status.value = f"'{layer.name}' changed shape while it was segmented; run again."
-            return
-        if task.frame is None:
-            full = np.asarray(probabilities, np.float32)
-            done = np.ones(shape[:-2], bool)
-        else:
-            cached = self.registry.cached_probabilities(model_name, layer)
-            if cached is not None and cached.probabilities.shape == shape:
-                full, done = cached.probabilities, cached.frames_done
-            else:
-                full, done = np.zeros(shape, np.float32), np.zeros(shape[:-2], bool)
-            full[task.frame] = probabilities
-            done[task.frame] = True
-        self._remember_probabilities(layer, full, done)
-        self.outputs.put_probabilities_and_nuclei(
-            layer, full, _mask(full, self.threshold.value), {"model": model_name}
-        )
-
-    def _remember_probabilities(self, layer: Any, full: np.ndarray, done: np.ndarray) -> None:
-        """Cache the run's in-memory probabilities of ``layer`` for the threshold slider."""
-        model_name = self._run_model
-        self.registry.store_probabilities(model_name, layer, CachedProbabilities(full, done))
-        self._outputs[id(layer)] = (weakref.ref(layer), model_name)
-        self._lazy.pop(id(layer), None)
-
-    def _apply_objects(
-        self, task: SegmentTask, layer: Any, labels: np.ndarray, table: dict[str, np.ndarray]
-    ) -> None:
-        """Show nuclei labels as ``<image> instances`` with the measurements as features."""
-        from ..measurements import to_layer_features
-
-        if layer not in self._viewer.layers:
-            return
-        shape = grey_shape(layer)
-        if task.frame is not None:
-            labels, table = self.outputs.merge_frame(layer.name, shape, task.frame, labels, table)
-        if tuple(labels.shape) != shape:
-            return
-        target = put_output_layer(
-            self._viewer,
-            "instances",
-            layer.name,
-            labels,
-            "labels",
-            name=f"{layer.name} instances",
-            extra={"model": self._run_model, "threshold": self._run_threshold},
-            opacity=0.6,
-        )
-        target.features = to_layer_features(table)
-        self._last_instances = weakref.ref(target)
+    def _on_instances_shown(self, layer: Any) -> None:
+        self._last_instances = weakref.ref(layer)
         self.save_csv_button.enabled = True
-
-    def _show_lazy(self, layer: Any, outputs: LazyOutputs, task: int) -> None:
-        """Add or refresh the dask-backed outputs of a lazy image (finished frames only).
-
-        A re-run of an image that has outputs shows its frames in ``RUNNING`` layers until
-        every frame is written; then they replace the earlier outputs.
-        """
-        from ..measurements import to_layer_features
-
-        if layer not in self._viewer.layers or outputs.n_done == 0:
-            return
-        model_name = self._run_model
-        extra = {"model": model_name, "store": str(outputs.probabilities_path)}
-        complete = outputs.n_done == outputs.frames_done.size
-        stage = RUNNING if task in self._staged and not complete else None
-        suffix = " (running)" if stage else ""
-        if stage is None:
-            self._lazy[id(layer)] = (weakref.ref(layer), outputs, model_name)
-            self._outputs.pop(id(layer), None)
-            if task in self._staged:
-                self._staged.discard(task)
-                self.outputs.remove_stage(layer.name, RUNNING)
-        self.outputs.put_probabilities_and_nuclei(
-            layer,
-            outputs.view("probabilities"),
-            outputs.view("mask", self.threshold.value),
-            extra,
-            stage,
-            suffix,
-        )
-        if outputs.labels is not None:
-            target = put_output_layer(
-                self._viewer,
-                f"{stage} instances" if stage else "instances",
-                layer.name,
-                outputs.view("labels"),
-                "labels",
-                name=f"{layer.name} instances{suffix}",
-                extra={**extra, "store": str(outputs.labels_path)},
-                opacity=0.6,
-            )
-            target.metadata[OWNER_KEY]["threshold"] = self._run_threshold
-            target.features = to_layer_features(outputs.table())
-            if stage is None:
-                self._last_instances = weakref.ref(target)
-                self.save_csv_button.enabled = True
 
     def _on_returned(self, n_done: int) -> None:
         if self._closed:
             return
-        if n_done == len(self._tasks) and not self.stop_requested:
+        if n_done == len(self.last_run.tasks) and not self.stop_requested:
             self.progress.value = PROGRESS_STEPS
             self.status.value = (
-                f"Segmented {n_done} image(s) with {self._run_model}; move the threshold to "
-                "adjust the masks."
+                f"Segmented {n_done} image(s) with {self.last_run.model_name}; move the "
+                "threshold to adjust the masks."
             )
 
     def _on_finished(self) -> None:
         self._set_running(False)
-        if not self._closed:
-            for number, outputs in self._run_lazy.items():
-                self._show_lazy(self._task_layers[number], outputs, number)
-                total = outputs.frames_done.size
-                if outputs.n_done < total:
-                    source = self._tasks[number].layer_name
-                    where = f"in {outputs.probabilities_path.parent}"
-                    if number in self._staged:
-                        kept = self.outputs.keep_unfinished(source, outputs.n_done, total)
-                        shown = f"'{kept}' and " if kept else ""
-                        where = f"in {shown}{outputs.probabilities_path.parent}; the "
-                        where += f"earlier result of '{source}' is unchanged"
-                    self.status.value = (
-                        f"Segmentation stopped: {outputs.n_done} of {total} frame(s) of "
-                        f"'{source}' finished, kept {where}."
-                    )
-            for number, partial in self._partial.items():
-                layer = self._task_layers[number]
-                if layer not in self._viewer.layers:
-                    continue
-                done, total = int(partial.done.sum()), partial.done.size
-                if number in self._staged:
-                    # A stopped re-run: the earlier complete result stays where it is.
-                    self._show_partial(layer, partial, RUNNING)
-                    kept = self.outputs.keep_unfinished(layer.name, done, total)
-                    self.status.value = (
-                        f"Segmentation stopped: the earlier result of '{layer.name}' is "
-                        f"unchanged; the {done} of {total} frame(s) this run finished are in "
-                        f"'{kept}'."
-                    )
-                else:
-                    # Stopped mid-stack: draw the frames finished since the last redraw.
-                    self._show_partial(layer, partial, None)
-                    self.status.value = (
-                        f"Segmentation stopped: {done} of {total} frame(s) of "
-                        f"'{layer.name}' finished and kept."
-                    )
-        self._partial = {}
-        self._staged = set()
-        self._task_layers = []
+        if not self._closed and self.last_run is not None:
+            message = self.last_run.finish()
+            if message:
+                self.status.value = message
 
     def _on_layer_removed(self, event: Any) -> None:
-        if self._busy and any(event.value is layer for layer in self._task_layers):
+        run_layers = self.last_run.layers if self.last_run is not None else []
+        if self._busy and any(event.value is layer for layer in run_layers):
             message = f"Segmentation stopped: the layer '{event.value.name}' was removed."
             self.cancel(message)
             report_info(message)
@@ -575,30 +345,7 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
 
         The network does not run. Returns the number of masks updated.
         """
-        threshold = self.threshold.value if threshold is None else float(threshold)
-        updated = 0
-        for key, (ref, model_name) in list(self._outputs.items()):
-            layer = ref()
-            if layer is None or layer not in self._viewer.layers:
-                del self._outputs[key]
-                continue
-            cached = self.registry.cached_probabilities(model_name, layer)
-            target = find_owned_layer(self._viewer, "nuclei", layer.name)
-            if cached is None or target is None:
-                continue
-            target.data = _mask(cached.probabilities, threshold)
-            updated += 1
-        for key, (ref, outputs, _model) in list(self._lazy.items()):
-            layer = ref()
-            target = (
-                None if layer is None else find_owned_layer(self._viewer, "nuclei", layer.name)
-            )
-            if layer is None or layer not in self._viewer.layers or target is None:
-                del self._lazy[key]
-                continue
-            target.data = outputs.view("mask", threshold)
-            updated += 1
-        return updated
+        return self.followers.apply(self.threshold.value if threshold is None else threshold)
 
     def _on_threshold_changed(self, value: float) -> None:
         self.registry.set_threshold(value)
