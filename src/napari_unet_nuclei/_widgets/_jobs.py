@@ -29,6 +29,7 @@ __all__ = [
     "SegmentResult",
     "SegmentTask",
     "evaluation_job",
+    "ranking_job",
     "segmentation_job",
     "training_job",
 ]
@@ -299,3 +300,47 @@ def evaluation_job(
         probabilities=probabilities,
         maps=computed_maps,
     )
+
+
+# ------------------------------------------------------------------------------- ranking
+@guarded_job
+def ranking_job(
+    model: Any,
+    data: Any,
+    *,
+    mode: str,
+    tile: int = 256,
+    diversity: float = 0.5,
+    labelled: Sequence[int] = (),
+    tile_size: int = 512,
+    stop: threading.Event,
+) -> Generator[Any, None, Any]:
+    """Rank frames (``mode="frames"``) or tiles (``"tiles"``) with the uncertainty engine.
+
+    Returns
+    -------
+    FrameRanking, list of TileScore, or None
+        None when ``stop`` was set before the end.
+    """
+    from ..inference import InferenceCancelled
+    from ..uncertainty import iter_rank_frames, iter_rank_tiles
+
+    overlap = None  # inference.default_overlap(tile_size), as on the command line
+    if mode == "frames":
+        events = iter_rank_frames(
+            model,
+            data,
+            diversity=diversity,
+            labelled=labelled,
+            tile_size=tile_size,
+            overlap=overlap,
+            should_stop=stop.is_set,
+        )
+    else:
+        events = iter_rank_tiles(
+            model, data, tile=tile, tile_size=tile_size, overlap=overlap, should_stop=stop.is_set
+        )
+    try:
+        return (yield from events)
+    except InferenceCancelled:
+        return None

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-__all__ = ["error_sentence", "relay_warnings", "report_error", "report_info", "report_warning"]
+__all__ = [
+    "error_sentence",
+    "format_seconds",
+    "relay_warnings",
+    "report_error",
+    "report_info",
+    "report_warning",
+]
 
 
 def error_sentence(error: BaseException | str, doing: str) -> str:
@@ -50,3 +58,15 @@ def relay_warnings(worker: Any) -> None:
         report_warning(str(args[0]))
 
     worker.warned.connect(show)
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``"2 min 05 s"``, ``"42 s"`` or ``"?"``."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

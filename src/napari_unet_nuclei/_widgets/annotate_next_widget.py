@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -21,7 +20,7 @@ from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableW
 
 from ._background_job import PROGRESS_STEPS, BackgroundJobMixin
 from ._dock_layout import ScrollingDock, compact_combo_boxes, scroll_body, wrapping_label
-from ._jobs import guarded_job
+from ._jobs import ranking_job
 from ._layers import (
     OWNER_KEY,
     current_frame_index,
@@ -36,7 +35,7 @@ from ._layers import (
 from ._notify import report_info
 from .model_picker import ModelPicker
 
-__all__ = ["AnnotateNextWidget", "RankingEntry", "ranking_job", "viewer_camera"]
+__all__ = ["AnnotateNextWidget", "RankingEntry", "viewer_camera"]
 
 TILES_ROLE = "annotate next tiles"
 COLUMNS = ("rank", "frame or tile", "score")
@@ -71,49 +70,6 @@ class RankingEntry:
         y, x, h, w = self.tile
         where = f"frame {frame}: " if frame else ""
         return f"{where}y {y}, x {x} ({h} x {w})"
-
-
-@guarded_job
-def ranking_job(
-    model: Any,
-    data: Any,
-    *,
-    mode: str,
-    tile: int = 256,
-    diversity: float = 0.5,
-    labelled: Sequence[int] = (),
-    tile_size: int = 512,
-    stop: threading.Event,
-) -> Generator[Any, None, Any]:
-    """Rank frames (``mode="frames"``) or tiles (``"tiles"``) with the uncertainty engine.
-
-    Returns
-    -------
-    FrameRanking, list of TileScore, or None
-        None when ``stop`` was set before the end.
-    """
-    from ..inference import InferenceCancelled
-    from ..uncertainty import iter_rank_frames, iter_rank_tiles
-
-    overlap = None  # inference.default_overlap(tile_size), as on the command line
-    if mode == "frames":
-        events = iter_rank_frames(
-            model,
-            data,
-            diversity=diversity,
-            labelled=labelled,
-            tile_size=tile_size,
-            overlap=overlap,
-            should_stop=stop.is_set,
-        )
-    else:
-        events = iter_rank_tiles(
-            model, data, tile=tile, tile_size=tile_size, overlap=overlap, should_stop=stop.is_set
-        )
-    try:
-        return (yield from events)
-    except InferenceCancelled:
-        return None
 
 
 def viewer_camera(viewer: Any) -> Any:

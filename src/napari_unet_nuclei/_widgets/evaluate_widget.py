@@ -31,7 +31,7 @@ from ._layers import (
 from ._notify import report_info
 from ._object_jobs import ObjectEvaluation, object_evaluation_job
 from .error_legend import ErrorLegend, ObjectErrorLegend, error_colormap, object_error_colormap
-from .metrics_table import SCORE_ROWS, MetricsTable
+from .metrics_table import EvaluationTable
 from .model_registry import CachedProbabilities
 from .pr_plot import PrecisionRecallPlot
 
@@ -40,14 +40,6 @@ __all__ = ["EvaluateWidget", "PredictionSource"]
 
 #: Roles of the plugin's overlay layers (never offered as a prediction).
 OVERLAY_ROLES = ("errors", "object errors")
-
-#: Object rows of the metrics table: (key in ObjectEvaluation.scores, row title).
-OBJECT_ROWS = (
-    ("object_precision", "object precision"),
-    ("object_recall", "object recall"),
-    ("object_f1", "object F1 (IoU \u2265 0.5)"),
-    ("dsb_ap", "AP IoU 0.5:0.95 (DSB)"),
-)
 
 
 def curve_name(model: str, image: str, result: EvaluationResult) -> str:
@@ -58,31 +50,6 @@ def curve_name(model: str, image: str, result: EvaluationResult) -> str:
     """
     frames = len(result.frame_scores)
     return f"{model} on {image}" + (f" ({frames} frames)" if frames > 1 else "")
-
-
-class EvaluationTable(MetricsTable):
-    """The pixel scores, then the object scores (empty until objects are evaluated)."""
-
-    ROWS = (*SCORE_ROWS, *OBJECT_ROWS)
-
-    def __init__(self, parent: object = None) -> None:
-        super().__init__(parent)
-        self.setRowCount(len(self.ROWS))
-        self.setVerticalHeaderLabels([title for _, title in self.ROWS])
-        height = self.horizontalHeader().sizeHint().height() + 2 * self.frameWidth() + 2
-        self.setFixedHeight(height + self.verticalHeader().length())
-
-    def show_scores(self, current: Any, overall: Any) -> None:
-        """Fill the table from score dicts (pixel and object keys); None leaves a column empty."""
-        from qtpy.QtWidgets import QTableWidgetItem
-
-        for column, scores in enumerate((current, overall)):
-            name = self.horizontalHeaderItem(column).text()
-            self.scores[name] = dict(scores) if scores is not None else None
-            for row, (key, _) in enumerate(self.ROWS):
-                value = None if scores is None else scores.get(key)
-                text = "" if value is None or value != value else f"{value:.4f}"
-                self.setItem(row, column, QTableWidgetItem(text))
 
 
 @dataclass(frozen=True)

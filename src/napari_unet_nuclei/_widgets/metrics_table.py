@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -14,7 +15,7 @@ from qtpy.QtWidgets import (
     QTableWidgetItem,
 )
 
-__all__ = ["SCORE_ROWS", "MetricsTable"]
+__all__ = ["OBJECT_ROWS", "SCORE_ROWS", "EvaluationTable", "MetricsTable"]
 
 #: (key in the engine's score dicts, row title)
 SCORE_ROWS = (
@@ -58,3 +59,37 @@ class MetricsTable(QTableWidget):
         """The number shown for score ``key`` in ``column`` (for scripts and tests)."""
         scores = self.scores.get(column)
         return None if scores is None else scores.get(key)
+
+
+#: Object rows of the metrics table: (key in ObjectEvaluation.scores, row title).
+OBJECT_ROWS = (
+    ("object_precision", "object precision"),
+    ("object_recall", "object recall"),
+    ("object_f1", "object F1 (IoU \u2265 0.5)"),
+    ("dsb_ap", "AP IoU 0.5:0.95 (DSB)"),
+)
+
+
+class EvaluationTable(MetricsTable):
+    """The pixel scores, then the object scores (empty until objects are evaluated)."""
+
+    ROWS = (*SCORE_ROWS, *OBJECT_ROWS)
+
+    def __init__(self, parent: object = None) -> None:
+        super().__init__(parent)
+        self.setRowCount(len(self.ROWS))
+        self.setVerticalHeaderLabels([title for _, title in self.ROWS])
+        height = self.horizontalHeader().sizeHint().height() + 2 * self.frameWidth() + 2
+        self.setFixedHeight(height + self.verticalHeader().length())
+
+    def show_scores(self, current: Any, overall: Any) -> None:
+        """Fill the table from score dicts (pixel and object keys); None leaves a column empty."""
+        from qtpy.QtWidgets import QTableWidgetItem
+
+        for column, scores in enumerate((current, overall)):
+            name = self.horizontalHeaderItem(column).text()
+            self.scores[name] = dict(scores) if scores is not None else None
+            for row, (key, _) in enumerate(self.ROWS):
+                value = None if scores is None else scores.get(key)
+                text = "" if value is None or value != value else f"{value:.4f}"
+                self.setItem(row, column, QTableWidgetItem(text))

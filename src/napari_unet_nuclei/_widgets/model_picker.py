@@ -11,7 +11,14 @@ from magicgui.widgets import ComboBox
 from ._notify import error_sentence, report_error
 from .model_registry import ModelRegistry
 
-__all__ = ["LOAD_FILE", "NEW_NETWORK", "NO_MODEL", "ModelPicker", "ask_model_path"]
+__all__ = [
+    "LOAD_FILE",
+    "NEW_NETWORK",
+    "NO_MODEL",
+    "ModelPicker",
+    "ask_model_path",
+    "save_session_model",
+]
 
 
 class _Choice(str):
@@ -43,6 +50,22 @@ def export_format_for(path: str | Path) -> str | None:
         if name.endswith(ending):
             return format_name
     return None
+
+
+def save_session_model(registry: Any, name: str, path: str | Path) -> Path:
+    """Write the session model ``name`` to ``path``; return the path written.
+
+    The file ending picks the format: ``.pt`` (this plugin's model file), ``.zip``
+    (bioimage.io model package), ``.onnx`` or ``.torchscript``.
+    """
+    from ..export import export_model
+    from ..model_io import save_model
+
+    model = registry.get(name)
+    format_name = export_format_for(path)
+    if format_name is None:
+        return save_model(model, path)
+    return export_model(model, path, format_name)
 
 
 def ask_model_path(parent: Any = None, save: bool = False, suggested: str = "") -> str:

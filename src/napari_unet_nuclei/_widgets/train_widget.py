@@ -25,13 +25,14 @@ from ._layers import (
 )
 from ._notify import (
     error_sentence,
+    format_seconds,
     report_error,
     report_info,
     report_warning,
 )
 from .annotated_regions import annotated_regions
 from .loss_plot import LossPlot
-from .model_picker import ModelPicker, ask_model_path
+from .model_picker import ModelPicker, ask_model_path, save_session_model
 from .project_controller import ProjectController
 from .round_job import (
     DataGathered,
@@ -44,23 +45,11 @@ from .round_job import (
 from .training_layers import layers_to_training_data
 from .training_settings import TrainingSettings
 
-__all__ = ["TrainWidget", "format_seconds"]
+__all__ = ["TrainWidget"]
 
 PLUGIN_NAME = "napari-unet-nuclei"
 #: After Cancel, the worker is asked to quit if it has not ended within this time.
 QUIT_GRACE_MS = 10_000
-
-
-def format_seconds(seconds: float | None) -> str:
-    """``"2 min 05 s"``, ``"42 s"`` or ``"?"``."""
-    if seconds is None or not math.isfinite(seconds):
-        return "?"
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
@@ -408,22 +397,12 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
     def save_model_to(self, path: str | Path) -> Path | None:
         """Save the last trained or loaded model to ``path``; None on failure.
 
-        The file ending picks the format: ``.pt`` (this plugin's model file), ``.zip``
-        (bioimage.io model package), ``.onnx`` or ``.torchscript``.
+        The file ending picks the format (see :func:`.model_picker.save_session_model`).
         """
-        from ..export import export_model
-        from ..model_io import save_model
-        from .model_picker import export_format_for
-
         try:
             if self.current_model_name is None:
                 raise ValueError("there is no model yet; train or load one first")
-            model = self.registry.get(self.current_model_name)
-            format_name = export_format_for(path)
-            if format_name is None:
-                written = save_model(model, path)
-            else:
-                written = export_model(model, path, format_name)
+            written = save_session_model(self.registry, self.current_model_name, path)
         except (OSError, ValueError, KeyError, ImportError) as error:
             report_error(error_sentence(error, "Saving the model"))
             return None
