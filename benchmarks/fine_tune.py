@@ -63,6 +63,7 @@ def main() -> None:
     import torch
 
     from napari_unet_nuclei.model_io import load_model
+    from napari_unet_nuclei.object_targets import OBJECT_MAPS
     from napari_unet_nuclei.public_data import DataPart, load_part
     from napari_unet_nuclei.training import TrainingConfig, train_model
 
@@ -82,7 +83,7 @@ def main() -> None:
             time_budget=args.budget,
             seed=seed,
             validation_fraction=0.2,
-            object_maps=("centre", "boundary"),
+            object_maps=OBJECT_MAPS,
         )
         start = time.perf_counter()
         tuned = train_model(images, labels, config, init_model=builtin)

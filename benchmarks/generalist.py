@@ -181,6 +181,7 @@ def main() -> None:
     from napari_unet_nuclei.instances import instances_from_mask, instances_from_probabilities
     from napari_unet_nuclei.metrics import otsu_mask
     from napari_unet_nuclei.model_io import load_model, save_model
+    from napari_unet_nuclei.object_targets import OBJECT_MAPS
     from napari_unet_nuclei.public_data import (
         GENERALIST_TEST_PARTS,
         GENERALIST_TRAINING_PARTS,
@@ -218,7 +219,7 @@ def main() -> None:
         items = load_parts(GENERALIST_TRAINING_PARTS)
         for label, maps in (
             ("U-Net prob. + watershed", ()),
-            ("U-Net objects", ("centre", "boundary")),
+            ("U-Net objects", OBJECT_MAPS),
         ):
             if label in models:
                 continue

@@ -106,6 +106,7 @@ def main() -> None:
     from napari_unet_nuclei.augmentation import AugmentationConfig
     from napari_unet_nuclei.events import EpochEnd
     from napari_unet_nuclei.model_io import save_model
+    from napari_unet_nuclei.object_targets import OBJECT_MAPS
     from napari_unet_nuclei.public_data import GENERALIST_TRAINING_PARTS, load_parts
     from napari_unet_nuclei.training import TrainingConfig, train_model
 
@@ -141,7 +142,7 @@ def main() -> None:
         seed=args.seed,
         device=args.device,
         validation_names=val_names,
-        object_maps=("centre", "boundary"),
+        object_maps=OBJECT_MAPS,
         augmentation=AugmentationConfig(flips=True, rotations90=True, intensity=True, affine=True),
         learning_rate=args.lr,
         name="fluo-nuclei",

@@ -751,7 +751,7 @@ def iter_segment_image(
                     **inference,
                 )
             if streamed_instances:
-                if config.seeds in ("centre", "boundary"):
+                if config.uses_object_map:
                     config = replace(config, seeds="distance")
                 labels = np.zeros(shape, np.int32)
                 for _ in iter_instances(

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .object_targets import OBJECT_MAPS
+
 __all__ = [
     "SEEDS",
     "InstanceConfig",
@@ -30,7 +32,7 @@ __all__ = [
 ]
 
 
-SEEDS = ("distance", "probability", "centre", "boundary")
+SEEDS = ("distance", "probability", *OBJECT_MAPS)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,11 @@ class InstanceConfig:
             raise ValueError(
                 f"InstanceConfig.connectivity must be 1 or 2, got {self.connectivity}."
             )
+
+    @property
+    def uses_object_map(self) -> bool:
+        """Whether the seeds come from one of the network's object maps."""
+        return self.seeds in OBJECT_MAPS
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-compatible dictionary."""
@@ -282,7 +289,7 @@ def instances_from_maps(
 
     config = config or InstanceConfig()
     probabilities = np.asarray(probabilities, dtype=np.float32)
-    if config.seeds not in ("centre", "boundary"):
+    if not config.uses_object_map:
         return instances_from_probabilities(probabilities, config)
     if config.seeds not in maps:
         raise ValueError(

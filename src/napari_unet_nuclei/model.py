@@ -8,6 +8,7 @@ from typing import Any
 
 from .network import UNet, UNetConfig, build_unet
 from .normalization import NormalizationConfig
+from .object_targets import OBJECT_MAPS
 
 __all__ = ["NucleiModel", "create_model"]
 
@@ -61,7 +62,7 @@ class NucleiModel:
         """How instances are seeded by default: from the best object map the network
         predicts (``"centre"``, then ``"boundary"``), else from the distance transform of
         the thresholded mask (``"distance"``, the probability-only models)."""
-        for name in ("centre", "boundary"):
+        for name in OBJECT_MAPS:
             if name in self.object_maps:
                 return name
         return "distance"

@@ -19,12 +19,10 @@ from torch.nn import functional as F
 
 # The building blocks live in the torch-only module shipped inside bioimage.io packages,
 # so the exported architecture and this one cannot drift apart.
+from .object_targets import OBJECT_MAPS
 from .portable_unet import ConvBlock, Down, UNetLayers, Up
 
 __all__ = ["OBJECT_MAPS", "ConvBlock", "Down", "UNet", "UNetConfig", "Up", "build_unet"]
-
-# Object maps a network can learn beside the nucleus probability (output channels 1, 2...).
-OBJECT_MAPS = ("centre", "boundary")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["instance_labels", "object_maps", "painted_with_one_value", "single_value_labels"]
+#: Object maps a network can learn beside the nucleus probability (output channels 1, 2...).
+OBJECT_MAPS = ("centre", "boundary")
+
+__all__ = [
+    "OBJECT_MAPS",
+    "instance_labels",
+    "object_maps",
+    "painted_with_one_value",
+    "single_value_labels",
+]
 
 
 def single_value_labels(labels: np.ndarray) -> bool:

@@ -50,7 +50,7 @@ def default_instance_config(model: NucleiModel, threshold: float | None = None) 
         fields = InstanceConfig.__dataclass_fields__
         with contextlib.suppress(TypeError, ValueError):  # a bad entry: the defaults
             config = InstanceConfig(**{k: v for k, v in stored.items() if k in fields})
-    if config.seeds in ("centre", "boundary") and config.seeds not in model.object_maps:
+    if config.uses_object_map and config.seeds not in model.object_maps:
         config = replace(config, seeds=model.instance_seeds)
     return replace(config, threshold=float(model.threshold if threshold is None else threshold))
 
@@ -90,7 +90,7 @@ def iter_predict_instances(
     config = instance_config or default_instance_config(model)
     if threshold is not None:
         config = replace(config, threshold=float(threshold))
-    use_maps = config.seeds in ("centre", "boundary")
+    use_maps = config.uses_object_map
     if use_maps and config.seeds not in model.object_maps:
         raise ValueError(
             f"Instances seeded by the {config.seeds!r} map need a model that predicts it; "

@@ -368,7 +368,7 @@ def _lazy_task(
     from ..instances import instances_from_probabilities
     from ..lazy import iter_predict_lazy
 
-    if config is not None and config.seeds in ("centre", "boundary"):
+    if config is not None and config.uses_object_map:
         # Streamed frames keep the nucleus probability only: split by its shape.
         config = replace(config, seeds="distance")
     indices = _frames(outputs.shape)

@@ -118,6 +118,7 @@ class TrainingSettings(Container):
     def config(self) -> Any:
         """The :class:`~napari_unet_nuclei.training.TrainingConfig` described by the form."""
         from ..augmentation import AugmentationConfig
+        from ..object_targets import OBJECT_MAPS
         from ..training import TrainingConfig
 
         by_time = self.duration.value == TIME_BUDGET
@@ -139,6 +140,6 @@ class TrainingSettings(Container):
             seed=self.seed.value,
             device=self.device.value,
             steps_per_epoch=self.steps_per_epoch.value or None,
-            object_maps=("centre", "boundary") if self.object_maps.value else (),
+            object_maps=OBJECT_MAPS if self.object_maps.value else (),
             name=self.model_name.value.strip() or "unet",
         )

@@ -163,7 +163,7 @@ def iter_evaluate_model(
 
     threshold = float(model.threshold if threshold is None else threshold)
     config = default_instance_config(model, threshold=threshold)
-    use_maps = config.seeds in ("centre", "boundary")
+    use_maps = config.uses_object_map
     rows: list[dict[str, Any]] = []
     pixel_counts, aps, object_parts = [], [], []
     for item in items:
