@@ -28,13 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from _machine import machine_info
 from napari_unet_nuclei.datasets import load_dataset, parse_split, select_by_names
 from napari_unet_nuclei.inference import predict
 from napari_unet_nuclei.metrics import segmentation_scores
@@ -158,12 +157,7 @@ def main() -> None:
             "metric": "per-image mean F1 on the 9 test images at probability 0.5",
         },
         "seconds": round(time.perf_counter() - begin, 1),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        "machine": machine_info(),
     }
     print(
         f"\nlab_70_9: test F1 (mean of {args.seeds} seeds) after each round of +{ADD} images, "

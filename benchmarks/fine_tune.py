@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
+
+from _machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,13 +122,7 @@ def main() -> None:
             f"{values['pixel_f1']:8.3f}"
         )
     report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "load_average_at_end": os.getloadavg(),
-        },
+        "machine": machine_info(load_average_at_end=os.getloadavg()),
         "n_images": args.n_images,
         "budget_seconds": args.budget,
         "n_test_images": len(test),

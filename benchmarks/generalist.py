@@ -29,11 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
+
+from _machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {  # issue 13's targets for the built-in model
@@ -291,13 +292,7 @@ def main() -> None:
         for label, r in speed.items():
             print(f"  {label:<26} {r['megapixels_per_s']:.2f} Mpx/s ({r['seconds']:.2f} s)")
     report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "load_average_at_end": os.getloadavg(),
-        },
+        "machine": machine_info(load_average_at_end=os.getloadavg()),
         "budget_seconds": args.budget,
         "training": training,
         "builtin": {"name": builtin.name, "summary_steps": builtin.summary.get("steps")},

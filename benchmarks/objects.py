@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
+
+from _machine import machine_info
 
 DATA = Path(
     os.environ.get(
@@ -142,13 +143,7 @@ def main() -> None:
             f"{r['n_pred']:5d}/{r['n_true']:<5d}"
         )
     report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "load_average_at_end": os.getloadavg(),
-        },
+        "machine": machine_info(load_average_at_end=os.getloadavg()),
         "training": {
             "budget": args.budget,
             "seconds": round(train_seconds, 1),

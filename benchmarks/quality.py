@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from _machine import machine_info
 from napari_unet_nuclei.datasets import load_dataset, parse_split, select_by_names
 from napari_unet_nuclei.inference import predict
 from napari_unet_nuclei.metrics import otsu_mask, segmentation_scores
@@ -192,12 +192,7 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/quality.json")
     args = parser.parse_args()
     report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        "machine": machine_info(),
         "lab_70_9": lab_benchmark(args.budget, args.seed),
     }
     print_table(

@@ -30,7 +30,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ import psutil
 import tifffile
 import torch
 
+from _machine import machine_info
 from napari_unet_nuclei.acceleration import cpu_supports_bf16, onnxruntime_available
 from napari_unet_nuclei.datasets import load_dataset, parse_split, select_by_names
 from napari_unet_nuclei.events import EpochEnd, TrainingStep
@@ -330,14 +330,7 @@ def main() -> None:
     )
     image = mosaic_image()
     report: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cpu_bf16": cpu_supports_bf16(),
-            "onnxruntime": onnxruntime_available(),
-        },
+        "machine": machine_info(cpu_bf16=cpu_supports_bf16(), onnxruntime=onnxruntime_available()),
         "image": list(image.shape),
         "widths": {},
     }
