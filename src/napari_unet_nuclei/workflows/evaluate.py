@@ -157,6 +157,7 @@ def iter_evaluate_model(
         ``objects`` the object scores and counts), ``mean`` (per-image average of each
         score), ``pooled`` (see the module's pooling rule) and ``pooling`` (the rule).
     """
+    from ..inference import iter_predict
     from ..instances import iter_instances
     from ..metrics import average_precision, confusion_counts
     from ..segmentation import default_instance_config
@@ -167,8 +168,12 @@ def iter_evaluate_model(
     rows: list[dict[str, Any]] = []
     pixel_counts, aps, object_parts = [], [], []
     for item in items:
-        probabilities, maps = yield from _probabilities_and_maps(
-            model, item.image, use_maps and objects, device, should_stop, options
+        maps = None
+        if use_maps and objects:
+            shape = np.shape(item.image)
+            maps = {name: np.empty(shape, np.float32) for name in model.object_maps}
+        probabilities = yield from iter_predict(
+            model, item.image, device=device, maps_out=maps, should_stop=should_stop, **options
         )
         truth_mask = np.asarray(item.labels) > 0
         counts = confusion_counts(probabilities >= threshold, truth_mask)
@@ -222,49 +227,3 @@ def _truth_labels(labels: np.ndarray) -> np.ndarray:
     from ..object_targets import instance_labels
 
     return instance_labels(np.asarray(labels))
-
-
-def _probabilities_and_maps(
-    model: Any,
-    image: np.ndarray,
-    with_maps: bool,
-    device: str,
-    should_stop: Callable[[], bool] | None,
-    options: dict[str, Any],
-) -> Generator[Any, None, tuple[np.ndarray, dict[str, np.ndarray] | None]]:
-    """Nucleus probabilities of a 2-D image (and its object maps by name when asked)."""
-    from ..inference import iter_frame_logits, sigmoid
-
-    probabilities = maps = None
-    for frame in (
-        yield from _frames(
-            iter_frame_logits(
-                model,
-                image,
-                all_channels=with_maps,
-                device=device,
-                should_stop=should_stop,
-                **options,
-            )
-        )
-    ):
-        logits = frame.logits
-        if with_maps:
-            probabilities = sigmoid(logits[0])
-            maps = {name: sigmoid(logits[1 + k]) for k, name in enumerate(model.object_maps)}
-        else:
-            probabilities = sigmoid(logits)
-    return np.asarray(probabilities, np.float32), maps
-
-
-def _frames(generator: Generator[Any, None, Any]) -> Generator[Any, None, list[Any]]:
-    """Pass the progress events of ``iter_frame_logits`` on; return its frames."""
-    from ..inference import FrameLogits
-
-    frames = []
-    for event in generator:
-        if isinstance(event, FrameLogits):
-            frames.append(event)
-        else:
-            yield event
-    return frames
