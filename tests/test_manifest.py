@@ -143,6 +143,7 @@ def test_kromp_sample_in_the_user_data_folder_in_the_archive_layout(
 ) -> None:
     """Where fetch_kromp() unpacks the BioStudies archive: rawimages/ and groundtruth/."""
     from napari_unet_nuclei import _napari_sample_data as samples
+    from napari_unet_nuclei import sample_data
 
     archive = tmp_path / "cache" / "kromp2020" / "dataset"
     (archive / "rawimages").mkdir(parents=True)
@@ -154,7 +155,7 @@ def test_kromp_sample_in_the_user_data_folder_in_the_archive_layout(
             )
     monkeypatch.delenv(samples.KROMP_ENV, raising=False)
     monkeypatch.setenv(samples.DATA_ENV, str(tmp_path / "nowhere"))
-    monkeypatch.setattr(samples, "_user_data_folder", lambda: tmp_path / "cache")
+    monkeypatch.setattr(sample_data, "user_cache_folder", lambda: tmp_path / "cache")
     (image, meta, _), (labels, _, _) = samples.kromp_nuclei()
     assert meta["metadata"]["source"] == str(tmp_path / "cache" / "kromp2020")
     assert image.shape == labels.shape and image.shape[0] >= 1
@@ -162,10 +163,11 @@ def test_kromp_sample_in_the_user_data_folder_in_the_archive_layout(
 
 def test_kromp_sample_says_where_it_looked_and_how_to_get_the_data(tmp_path, monkeypatch) -> None:
     from napari_unet_nuclei import _napari_sample_data as samples
+    from napari_unet_nuclei import sample_data
 
     monkeypatch.setenv(samples.KROMP_ENV, str(tmp_path / "nowhere"))
     monkeypatch.setenv(samples.DATA_ENV, str(tmp_path / "no data"))
-    monkeypatch.setattr(samples, "_user_data_folder", lambda: tmp_path / "no cache")
+    monkeypatch.setattr(sample_data, "user_cache_folder", lambda: tmp_path / "no cache")
     with pytest.raises(FileNotFoundError) as caught:
         samples.kromp_nuclei()
     message = str(caught.value)

@@ -53,6 +53,7 @@ def kromp_candidates() -> list[tuple[str, Path]]:
        the download.
     The folder the viewer was started from plays no part.
     """
+    from . import sample_data
     from .public_data import data_root
 
     found: list[tuple[str, Path]] = []
@@ -62,18 +63,10 @@ def kromp_candidates() -> list[tuple[str, Path]]:
         found.append((DATA_ENV, Path(os.environ[DATA_ENV]).expanduser() / "kromp2020"))
     else:
         found.append(("the shared data folder", data_root() / "kromp2020"))
-    found.append(("the user data folder", _user_data_folder() / "kromp2020"))
+    found.append(
+        ("the user data folder", sample_data.user_cache_folder() / sample_data.KROMP_FOLDER)
+    )
     return found
-
-
-def _user_data_folder() -> Path:
-    """The folder where ``fetch_kromp()`` keeps its download by default."""
-    try:
-        import pooch
-
-        return Path(pooch.os_cache("napari-unet-nuclei"))
-    except ImportError:  # pooch is a dependency; keep the lookup working without it
-        return Path.home() / ".cache" / "napari-unet-nuclei"
 
 
 def find_kromp_root() -> Path:

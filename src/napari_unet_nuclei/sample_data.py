@@ -29,6 +29,7 @@ __all__ = [
     "load_kromp",
     "make_synthetic_nuclei",
     "synthetic_dataset",
+    "user_cache_folder",
 ]
 
 #: The dataset archive of Kromp et al. 2020 on BioStudies (S-BSST265), about 1 GB.
@@ -42,6 +43,8 @@ KROMP_URL = "https://www.ebi.ac.uk/biostudies/files/S-BSST265/dataset.zip"
 #: disable downloading rather than accept an unverified file.
 KROMP_HASH: str | None = "8285987ed4d57c46a46a55a33c1c085875ea41f429b59cde31d249741aa07ad1"
 
+#: Folder (in the cache folder) that :func:`fetch_kromp` unpacks the archive into.
+KROMP_FOLDER = "kromp2020"
 #: Sub-folder names of the two layouts: this project's and the BioStudies archive's.
 _KROMP_LAYOUTS = (("images", "masks"), ("rawimages", "groundtruth"))
 
@@ -270,6 +273,13 @@ def _local_file_downloader(url: str, output_file: Any, pooch: Any = None) -> Non
             shutil.copyfileobj(handle, output_file)
 
 
+def user_cache_folder() -> Path:
+    """pooch's user cache folder of this plugin, where :func:`fetch_kromp` downloads to."""
+    import pooch
+
+    return Path(pooch.os_cache("napari-unet-nuclei"))
+
+
 def fetch_kromp(
     cache_dir: str | os.PathLike[str] | None = None,
     url: str = KROMP_URL,
@@ -307,11 +317,9 @@ def fetch_kromp(
             "archive could be corrupted or altered. Pass known_hash= after checking the file."
         )
     known_hash = known_hash if ":" in known_hash else f"sha256:{known_hash}"
-    cache = (
-        Path(cache_dir) if cache_dir is not None else Path(pooch.os_cache("napari-unet-nuclei"))
-    )
+    cache = Path(cache_dir) if cache_dir is not None else user_cache_folder()
     cache.mkdir(parents=True, exist_ok=True)
-    extract_dir = "kromp2020"
+    extract_dir = KROMP_FOLDER
     downloader = _local_file_downloader if url.startswith("file:") else None
     try:
         pooch.retrieve(
