@@ -22,7 +22,6 @@ __all__ = [
     "WrappingLabel",
     "compact_combo_boxes",
     "scroll_body",
-    "wrapping_label",
 ]
 
 #: Minimum height of a dock's scroll area: a few rows stay visible, the rest scrolls.
@@ -129,11 +128,6 @@ class WrappingLabel(Label):
     def value(self, text: str) -> None:
         Label.value.fset(self, text)
         self.native.setToolTip(str(text))
-
-
-def wrapping_label(value: str = "", **kwargs: Any) -> WrappingLabel:
-    """A :class:`WrappingLabel` showing ``value``."""
-    return WrappingLabel(value, **kwargs)
 
 
 def compact_combo_boxes(widget: QWidget) -> None:

@@ -19,7 +19,7 @@ from magicgui.widgets import (
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
 from ._background_job import PROGRESS_STEPS, BackgroundJobMixin
-from ._dock_layout import ScrollingDock, compact_combo_boxes, scroll_body, wrapping_label
+from ._dock_layout import ScrollingDock, WrappingLabel, compact_combo_boxes, scroll_body
 from ._jobs import ranking_job
 from ._layers import (
     OWNER_KEY,
@@ -157,7 +157,7 @@ class AnnotateNextWidget(ScrollingDock, BackgroundJobMixin, Container):
         self.tiles_button = PushButton(text="Rank tiles")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=PROGRESS_STEPS, label="progress")
-        self.status = wrapping_label("Pick a model and an image, then rank frames or tiles.")
+        self.status = WrappingLabel("Pick a model and an image, then rank frames or tiles.")
         self.body.extend(
             [
                 self.model,

@@ -18,7 +18,7 @@ from magicgui.widgets import (
 )
 
 from ._background_job import PROGRESS_STEPS, BackgroundJobMixin
-from ._dock_layout import ScrollingDock, compact_combo_boxes, scroll_body, wrapping_label
+from ._dock_layout import ScrollingDock, WrappingLabel, compact_combo_boxes, scroll_body
 from ._jobs import EvaluationResult, SegmentProgress, evaluation_job
 from ._layers import (
     OWNER_KEY,
@@ -106,7 +106,7 @@ class EvaluateWidget(ScrollingDock, BackgroundJobMixin, Container):
         self.evaluate_button = PushButton(text="Evaluate")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=PROGRESS_STEPS, label="progress")
-        self.status = wrapping_label("Pick a prediction and the ground truth, then Evaluate.")
+        self.status = WrappingLabel("Pick a prediction and the ground truth, then Evaluate.")
         self.show_errors = CheckBox(text="show error overlay on top", value=True)
         self.objects = CheckBox(
             text="object metrics (nuclei matched at IoU \u2265 0.5)",

@@ -12,7 +12,7 @@ from typing import Any
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton
 from qtpy.QtWidgets import QFileDialog, QMessageBox
 
-from ._dock_layout import wrapping_label
+from ._dock_layout import WrappingLabel
 from .ledger_table import LedgerTable
 
 __all__ = [
@@ -50,7 +50,7 @@ class ProjectPanel(Container):
     def __init__(self) -> None:
         super().__init__(labels=True)
         self.margins = (0, 0, 0, 0)
-        self.folder_label = wrapping_label("No project folder: the ledger needs one.")
+        self.folder_label = WrappingLabel("No project folder: the ledger needs one.")
         self.open_button = PushButton(text="Open / create project folder...")
         self.add_as = ComboBox(
             choices=[ADD_AS_TRAIN, ADD_AS_HELD_OUT],
@@ -61,7 +61,7 @@ class ProjectPanel(Container):
         self.crop = CheckBox(text="store only the annotated regions", value=False)
         self.add_button = PushButton(text="Add to training set")
         self.use_project = CheckBox(text="train on the project set too", value=True)
-        self.summary = wrapping_label("")
+        self.summary = WrappingLabel("")
         self.stored = ComboBox(
             choices=[],
             label="stored image",

@@ -25,7 +25,7 @@ from magicgui.widgets import (
 )
 
 from ._background_job import PROGRESS_STEPS, BackgroundJobMixin
-from ._dock_layout import ScrollingDock, compact_combo_boxes, scroll_body, wrapping_label
+from ._dock_layout import ScrollingDock, WrappingLabel, compact_combo_boxes, scroll_body
 from ._jobs import SegmentProgress, SegmentTask
 from ._layers import (
     OWNER_KEY,
@@ -140,7 +140,7 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=PROGRESS_STEPS, label="progress")
-        self.status = wrapping_label("Pick a model and an image, then Segment.")
+        self.status = WrappingLabel("Pick a model and an image, then Segment.")
         self.threshold = FloatSlider(
             value=self.registry.threshold,
             min=0.01,

@@ -18,7 +18,7 @@ from qtpy.QtCore import QTimer
 
 from ..events import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep
 from ._background_job import PROGRESS_STEPS, BackgroundJobMixin
-from ._dock_layout import ScrollingDock, compact_combo_boxes, scroll_body, wrapping_label
+from ._dock_layout import ScrollingDock, WrappingLabel, compact_combo_boxes, scroll_body
 from ._layers import (
     grey_shape,
     labelled_frames,
@@ -104,7 +104,7 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
             },
         )
         self.empty_frames_background = CheckBox(text="empty frames are background", value=False)
-        self.frames_info = wrapping_label("")
+        self.frames_info = WrappingLabel("")
         self.start_from = ModelPicker(
             self.registry,
             new_entry=True,
@@ -116,7 +116,7 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
         self.start_button = PushButton(text="Start training")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=PROGRESS_STEPS, label="progress")
-        self.status = wrapping_label("Pick an image and its labels, then Start.")
+        self.status = WrappingLabel("Pick an image and its labels, then Start.")
         self.save_button = PushButton(text="Save model...")
         self.load_button = PushButton(text="Load model...")
         self.body.extend(
