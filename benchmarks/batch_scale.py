@@ -72,9 +72,9 @@ def memory_child(args: argparse.Namespace) -> None:
     import torch
 
     from napari_unet_nuclei.inference import predict
-    from napari_unet_nuclei.lazy import iter_segment_to_zarr
     from napari_unet_nuclei.model import create_model
     from napari_unet_nuclei.model_io import load_model
+    from napari_unet_nuclei.workflows.segment import iter_segment_to_zarr
     from napari_unet_nuclei.zarr_io import open_zarr_image
 
     torch.set_num_threads(args.threads)

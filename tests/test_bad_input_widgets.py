@@ -276,12 +276,12 @@ def test_crafted_and_damaged_model_files_through_the_widgets(
     raw[offset + 64] ^= 0x10
     damaged.write_bytes(bytes(raw))
     train, segment = widget(viewer, "Train"), widget(viewer, "Segment")
-    assert train.load_model_from(crafted) is None
+    assert train.model_files.load_from(crafted) is None
     assert notes["error"][-1].startswith("Loading the model crafted.pt failed:")
     assert "could run code" in notes["error"][-1]
     assert segment.model.load(crafted) is None and "could run code" in notes["error"][-1]
-    assert train.load_model_from(damaged) is None
+    assert train.model_files.load_from(damaged) is None
     assert "damaged.pt is damaged: its weights do not match the checksum" in notes["error"][-1]
     assert all("\n" not in message for message in notes["error"])
     assert train.registry.names() == [] and not sentinel.exists()
-    assert train.load_model_from(good) == "tiny"  # a good file still loads afterwards
+    assert train.model_files.load_from(good) == "tiny"  # a good file still loads afterwards

@@ -25,11 +25,11 @@ from napari_unet_nuclei.inference import InferenceCancelled, iter_predict, predi
 from napari_unet_nuclei.lazy import (
     frame_intensity_range,
     iter_predict_lazy,
-    iter_segment_to_zarr,
     predict_lazy,
 )
 from napari_unet_nuclei.model_io import save_model
 from napari_unet_nuclei.normalization import normalize_frame
+from napari_unet_nuclei.workflows.segment import iter_segment_to_zarr
 from napari_unet_nuclei.zarr_io import create_ome_zarr
 
 #: Three small real images (430 x 550, 763 x 1014, 1024 x 1024).

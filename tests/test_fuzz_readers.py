@@ -1258,7 +1258,7 @@ def test_bad_model_files_in_the_pickers(make_napari_viewer, readers, work, monke
         assert shown[-1].startswith(f"Loading the model {path.name} failed:"), shown[-1]
         assert "\n" not in shown[-1] and "Traceback" not in shown[-1]
         count = len(shown)
-        assert train.load_model_from(path) is None  # Train's Load model
+        assert train.model_files.load_from(path) is None  # Train's Load model
         assert len(shown) == count + 1 and shown[-1].startswith(f"Loading the model {path.name}")
         if path.is_file():
             assert path.read_bytes() == bad_files[path.name]
@@ -1267,4 +1267,4 @@ def test_bad_model_files_in_the_pickers(make_napari_viewer, readers, work, monke
     monkeypatch.setattr(model_picker, "ask_model_path", lambda *_a, **_k: str(good))
     picker.value = LOAD_FILE
     assert picker.value not in (usable, LOAD_FILE)  # a good file still loads afterwards
-    assert train.load_model_from(good) is not None
+    assert train.model_files.load_from(good) is not None

@@ -202,7 +202,7 @@ def test_rounds_ledger_rollback_compare_and_worse_round_warning(
     # Roll back to round 1: its exact weights become the current model.
     train.projects.table.select_rounds([1])
     name = train.projects.rollback()
-    assert name == "round-one round 1" and train.current_model_name == name
+    assert name == "round-one round 1" and train.model_files.current_name == name
     assert train.start_from.model_name == name
     restored = train.registry.get(name).network.state_dict()
     original = train.registry.get("round-one").network.state_dict()

@@ -68,17 +68,18 @@ def fast_settings(train, name: str, seed: int = 0) -> None:
 
 
 def count_network_runs(monkeypatch) -> list[int]:
-    """Count calls of the engine's iter_predict (the network running on an image)."""
+    """Count calls of the engine's iter_frame_logits (the network running on an image:
+    ``iter_predict`` and the segment workflow both run it)."""
     from napari_unet_nuclei import inference
 
     calls: list[int] = []
-    original = inference.iter_predict
+    original = inference.iter_frame_logits
 
     def counting(*args, **kwargs):
         calls.append(1)
         return (yield from original(*args, **kwargs))
 
-    monkeypatch.setattr(inference, "iter_predict", counting)
+    monkeypatch.setattr(inference, "iter_frame_logits", counting)
     return calls
 
 
@@ -392,18 +393,18 @@ def test_save_and_load_model(qtbot, lab_viewer, tiny_model, tmp_path: Path, noti
     import torch
 
     train = add_widgets(lab_viewer)["Train"]
-    assert train.save_model_to(tmp_path / "none.pt") is None
+    assert train.model_files.save_to(tmp_path / "none.pt") is None
     assert "no model yet" in notifications[-1]
-    train.current_model_name = train.registry.add(tiny_model, "tiny")
-    written = train.save_model_to(tmp_path / "tiny.pt")
+    train.model_files.current_name = train.registry.add(tiny_model, "tiny")
+    written = train.model_files.save_to(tmp_path / "tiny.pt")
     assert written is not None and written.is_file()
-    name = train.load_model_from(written)
+    name = train.model_files.load_from(written)
     assert name == "tiny (2)" and train.start_from.model_name == name
     loaded = train.registry.get(name)
     for a, b in zip(tiny_model.network.parameters(), loaded.network.parameters()):
         assert torch.equal(a, b)
     (tmp_path / "bad.pt").write_bytes(b"not a model")
-    assert train.load_model_from(tmp_path / "bad.pt") is None
+    assert train.model_files.load_from(tmp_path / "bad.pt") is None
     assert "Loading the model bad.pt failed" in notifications[-1]
 
 
@@ -416,15 +417,15 @@ def test_save_as_other_formats(qtbot, lab_viewer, tiny_model, tmp_path: Path) ->
     from napari_unet_nuclei.export import import_bioimageio
 
     train = add_widgets(lab_viewer)["Train"]
-    train.current_model_name = train.registry.add(tiny_model, "tiny")
-    package = train.save_model_to(tmp_path / "tiny.zip")
+    train.model_files.current_name = train.registry.add(tiny_model, "tiny")
+    package = train.model_files.save_to(tmp_path / "tiny.zip")
     assert package is not None and "rdf.yaml" in zipfile.ZipFile(package).namelist()
     imported = import_bioimageio(package)
     for a, b in zip(tiny_model.network.parameters(), imported.network.parameters()):
         assert torch.equal(a, b)
-    onnx_file = train.save_model_to(tmp_path / "tiny.onnx")
+    onnx_file = train.model_files.save_to(tmp_path / "tiny.onnx")
     assert onnx_file is not None and onnx_file.read_bytes()[:2] != b""
-    scripted = train.save_model_to(tmp_path / "tiny.torchscript")
+    scripted = train.model_files.save_to(tmp_path / "tiny.torchscript")
     assert scripted is not None
     module = torch.jit.load(str(scripted))
     assert module(torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)

@@ -72,9 +72,6 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 _FILE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _GLOB_CHARACTERS = set("*?[")
-#: Arrays larger than this are never loaded whole when written as probabilities for
-#: instance labelling; a temporary zarr array on disk is used instead.
-_IN_MEMORY_BYTES = 2 << 30
 
 
 class BatchError(ValueError):
@@ -497,20 +494,6 @@ def _count_mask_nuclei(mask: Any) -> tuple[int, int]:
     return nuclei, foreground
 
 
-def _label_mask_stack(mask: np.ndarray) -> np.ndarray:
-    """Connected parts of each frame as labels, ids unique in the stack."""
-    from scipy import ndimage as ndi
-
-    labels = np.zeros(mask.shape, np.int32)
-    offset = 0
-    for index in np.ndindex(*mask.shape[:-2]) if mask.ndim > 2 else [()]:
-        frame, count = ndi.label(mask[index] > 0, structure=np.ones((3, 3), bool))
-        frame[frame > 0] += offset
-        labels[index] = frame
-        offset += count
-    return labels
-
-
 def _read_output(path: Path) -> Any:
     if path.suffix.lower() in _TIFF_SUFFIXES:
         import tifffile
@@ -666,10 +649,8 @@ def iter_segment_image(
     dict
         The summary row (columns :data:`SUMMARY_COLUMNS`, status ``"done"``).
     """
-    from .inference import default_overlap
-    from .instances import iter_instances
-    from .lazy import iter_predict_lazy
-    from .segmentation import default_instance_config, iter_predict_instances
+    from .segmentation import default_instance_config
+    from .workflows.segment import SegmentOutputs, iter_segment
     from .zarr_io import finish_atomic, partial_path
 
     options = options or SegmentOptions()
@@ -684,112 +665,70 @@ def iter_segment_image(
     threshold = float(model.threshold if options.threshold is None else options.threshold)
     zarr_out = options.format == "zarr"
     partials = {key: partial_path(path) for key, path in paths.items()}
-    temporary = out_dir / f".{source.name}.prob-tmp.zarr"
     attrs = {"source": source.path.name, "model": model.name, "threshold": threshold}
     try:
         with open_image(source, options.lazy_bytes) as (image, axes):
             shape = tuple(int(n) for n in image.shape)
             axes = _valid_axes(axes, len(shape))
-            probabilities = None
+            outputs = SegmentOutputs()
             if options.probabilities:
-                probabilities = _new_array(
+                outputs.probabilities = _new_array(
                     partials["probabilities"] if zarr_out else None,
                     shape,
                     np.float32,
                     axes,
                     {**attrs, "kind": "probabilities"},
                 )
-            # Instances straight from the network's outputs, a frame at a time, unless one
-            # frame is too large to hold: then probabilities are streamed to a temporary
-            # zarr and split with the distance watershed.
-            frame_fits = int(np.prod(shape[-2:])) * 16 <= _IN_MEMORY_BYTES
-            direct_instances = options.instances and frame_fits
-            streamed_instances = options.instances and not frame_fits
-            if streamed_instances and not options.probabilities:
-                probabilities = _new_array(temporary, shape, np.float32, axes, {})
-            mask = None
-            if not options.instances:
-                mask = _new_array(
+            config = None
+            if options.instances:
+                # Labels are held in memory, then written with the smallest dtype.
+                outputs.labels = np.zeros(shape, np.int32)
+                config = options.instance_config or default_instance_config(model)
+                if options.min_size is not None:
+                    config = replace(config, min_size=options.min_size)
+            else:
+                outputs.mask = _new_array(
                     partials["main"] if zarr_out else None,
                     shape,
                     np.uint8,
                     axes,
                     {**attrs, "kind": "mask"},
                 )
-            inference = {
-                "tile_size": options.tile_size,
-                "overlap": default_overlap(options.tile_size)
-                if options.overlap is None
-                else options.overlap,
-                "batch_size": options.batch_size,
-                "device": options.device,
-                "precision": options.precision,
-                "backend": options.backend,
-                "should_stop": should_stop,
-            }
+            summary = yield from iter_segment(
+                model,
+                image,
+                outputs,
+                threshold=threshold,
+                instances=config,
+                stack_axis=options.stack_axis if len(shape) == 3 else "frames",
+                measure=options.measure,
+                tile_size=options.tile_size,
+                overlap=options.overlap,
+                batch_size=options.batch_size,
+                device=options.device,
+                precision=options.precision,
+                backend=options.backend,
+                should_stop=should_stop,
+            )
+            nuclei, foreground = summary.nuclei, summary.foreground
             if options.instances:
-                config = options.instance_config or default_instance_config(model)
-                config = replace(config, threshold=threshold)
-                if options.min_size is not None:
-                    config = replace(config, min_size=options.min_size)
-            if direct_instances:
-                labels = yield from iter_predict_instances(
-                    model,
-                    image,
-                    instance_config=config,
-                    stack_axis=options.stack_axis if len(shape) == 3 else "frames",
-                    probabilities_out=probabilities,
-                    **inference,
-                )
-            else:
-                yield from iter_predict_lazy(
-                    model,
-                    image,
-                    out=probabilities,
-                    mask_out=mask,
-                    threshold=threshold,
-                    **inference,
-                )
-            if streamed_instances:
-                if config.uses_object_map:
-                    config = replace(config, seeds="distance")
-                labels = np.zeros(shape, np.int32)
-                for _ in iter_instances(
-                    probabilities,
-                    config,
-                    stack_axis=options.stack_axis,
-                    out=labels,
-                    should_stop=should_stop,
-                ):
-                    pass
-            if options.instances:
-                nuclei = int(labels.max())
-                foreground = int(np.count_nonzero(labels))
-                main_data = labels.astype(_labels_dtype(nuclei), copy=False)
+                main_data = outputs.labels.astype(_labels_dtype(nuclei), copy=False)
                 if zarr_out:
                     array = _new_array(
                         partials["main"], shape, main_data.dtype, axes, {**attrs, "kind": "labels"}
                     )
                     array[...] = main_data
             else:
-                nuclei, foreground = _count_mask_nuclei(mask)
-                main_data = mask
+                main_data = outputs.mask
             if options.measure:
-                from .measurements import measure_nuclei, write_measurements_csv
+                from .measurements import write_measurements_csv
 
-                labels_for_table = (
-                    main_data if options.instances else _label_mask_stack(np.asarray(mask))
-                )
-                volume = options.instances and options.stack_axis == "z" and len(shape) == 3
-                table = measure_nuclei(
-                    labels_for_table, np.asarray(image), per_frame=False if volume else None
-                )
-                write_measurements_csv(table, paths["measurements"])
+                write_measurements_csv(summary.table, paths["measurements"])
             if options.probabilities:
                 if zarr_out:
                     finish_atomic(partials["probabilities"], paths["probabilities"])
                 else:
-                    _write_tiff(paths["probabilities"], probabilities, axes)
+                    _write_tiff(paths["probabilities"], outputs.probabilities, axes)
             # The main output last: when it exists, everything else does.
             if zarr_out:
                 finish_atomic(partials["main"], paths["main"])
@@ -798,7 +737,6 @@ def iter_segment_image(
     finally:
         for partial in partials.values():
             _remove(partial)
-        _remove(temporary)
     return _row(
         source, paths["main"], "done", shape, nuclei, foreground, time.perf_counter() - start
     )

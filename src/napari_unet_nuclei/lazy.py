@@ -14,9 +14,7 @@ activations for ``batch_size`` tiles: an 8192 x 8192 image fits in well under 2 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Generator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +31,6 @@ from .normalization import (
 __all__ = [
     "frame_intensity_range",
     "iter_predict_lazy",
-    "iter_segment_to_zarr",
     "predict_lazy",
 ]
 
@@ -377,87 +374,3 @@ def predict_lazy(model: Any, image: Any, **options: Any) -> Any:
             next(generator)
         except StopIteration as stop:
             return stop.value
-
-
-def iter_segment_to_zarr(
-    model: Any,
-    image: Any,
-    path: str | os.PathLike[str],
-    *,
-    kind: str = "mask",
-    threshold: float | None = None,
-    axes: list[str] | None = None,
-    chunks: tuple[int, ...] | None = None,
-    overwrite: bool = False,
-    **options: Any,
-) -> Generator[TileDone | FrameDone, None, Any]:
-    """Segment a lazy image into an OME-Zarr on disk and return the result as a dask array.
-
-    The image is never loaded whole: frames are read in bands and results are written as
-    they come, into a hidden temporary folder renamed to ``path`` at the end (an
-    interrupted run leaves nothing under ``path``).
-
-    Parameters
-    ----------
-    model : NucleiModel
-        A trained model.
-    image : array-like
-        ``(H, W)`` or ``(..., H, W)`` dask, zarr or numpy array (2 to 5 dimensions).
-    path : path-like
-        OME-Zarr folder to write, e.g. ``"nuclei.ome.zarr"``.
-    kind : {"mask", "probabilities"}
-        Write the uint8 mask (1 = nucleus) or the float32 probabilities.
-    threshold : float, optional
-        Mask threshold (default: the model's).
-    axes : list of str, optional
-        OME axis names (default from the number of dimensions).
-    chunks : tuple of int, optional
-        Output chunks (default: one frame of up to 1024 x 1024 per chunk).
-    overwrite : bool
-        Replace an existing ``path``; otherwise an existing path is an error.
-    **options
-        ``tile_size``, ``overlap``, ``batch_size``, ``device``, ``should_stop`` of
-        :func:`iter_predict_lazy`.
-
-    Yields
-    ------
-    TileDone or FrameDone
-
-    Returns
-    -------
-    dask.array.Array
-        The written result, read lazily from ``path``.
-    """
-    from .zarr_io import create_ome_zarr, finish_atomic, partial_path, read_ome_zarr_lazy
-
-    if kind not in ("mask", "probabilities"):
-        raise ValueError(f"kind must be 'mask' or 'probabilities', got {kind!r}.")
-    target = Path(path)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
-    partial = partial_path(target)
-    threshold = float(model.threshold if threshold is None else threshold)
-    dtype = np.uint8 if kind == "mask" else np.float32
-    array = create_ome_zarr(
-        partial,
-        image.shape,
-        dtype,
-        axes=axes,
-        chunks=chunks,
-        attributes={"kind": kind, "threshold": threshold, "model": model.name},
-        overwrite=True,
-    )
-    try:
-        if kind == "mask":
-            yield from iter_predict_lazy(
-                model, image, mask_out=array, threshold=threshold, **options
-            )
-        else:
-            yield from iter_predict_lazy(model, image, out=array, **options)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    finish_atomic(partial, target)
-    return read_ome_zarr_lazy(target)

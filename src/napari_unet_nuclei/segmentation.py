@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 
 from .events import FrameDone, TileDone, run_to_end
-from .inference import FrameLogits, InferenceCancelled, check_image, iter_frame_logits, sigmoid
-from .instances import InstanceConfig, instances_from_maps
+from .inference import check_image
+from .instances import InstanceConfig
 from .model import NucleiModel
+from .workflows.segment import STACK_AXES
 
 __all__ = ["STACK_AXES", "default_instance_config", "iter_predict_instances", "predict_instances"]
-
-STACK_AXES = ("frames", "z")
 
 
 def default_instance_config(model: NucleiModel, threshold: float | None = None) -> InstanceConfig:
@@ -76,58 +75,23 @@ def iter_predict_instances(
     TileDone or FrameDone
         Progress after each batch of tiles and after each frame.
     """
-    if stack_axis not in STACK_AXES:
-        raise ValueError(
-            f"stack_axis must be 'frames' (time points or separate images) or 'z' (slices of "
-            f"one volume), got {stack_axis!r}."
-        )
-    shape = check_image(image)
-    if stack_axis == "z" and len(shape) != 3:
-        raise ValueError(
-            f"stack_axis='z' needs a (Z, H, W) stack, got shape {shape}; use 'frames' for a "
-            "2-D image or a stack of separate frames."
-        )
-    config = instance_config or default_instance_config(model)
-    if threshold is not None:
-        config = replace(config, threshold=float(threshold))
-    use_maps = config.uses_object_map
-    if use_maps and config.seeds not in model.object_maps:
-        raise ValueError(
-            f"Instances seeded by the {config.seeds!r} map need a model that predicts it; "
-            f"{model.name} predicts {list(model.object_maps) or 'the nucleus probability only'}."
-            " Use seeds='distance'."
-        )
-    labels = np.zeros(shape, np.int32)
-    offset = 0
-    frames = iter_frame_logits(
-        model, image, all_channels=use_maps, should_stop=should_stop, **options
-    )
-    for event in frames:
-        if not isinstance(event, FrameLogits):
-            yield event
-            continue
-        outputs = sigmoid(event.logits)
-        if probabilities_out is not None:
-            probabilities_out[event.index] = outputs[0] if use_maps else outputs
-        if use_maps:
-            maps = dict(zip(model.config.channel_names[1:], outputs[1:]))
-            frame_labels = instances_from_maps(outputs[0], maps, config)
-        else:
-            frame_labels = instances_from_maps(outputs, {}, config)
-        count = int(frame_labels.max())
-        if offset + count > np.iinfo(np.int32).max:
-            raise ValueError("More nuclei than int32 labels can hold; segment fewer frames.")
-        if offset and stack_axis == "frames":
-            frame_labels[frame_labels > 0] += offset
-        labels[event.index] = frame_labels
-        offset += count
-        yield FrameDone(event.number, event.n_frames)
-        if should_stop is not None and should_stop():
-            raise InferenceCancelled("Segmentation was cancelled.")
-    if stack_axis == "z":
-        from .stitching import stitch_slices
+    from .workflows.segment import SegmentOutputs, iter_segment
 
-        labels = stitch_slices(labels, min_iou=min_iou)
+    config = instance_config or default_instance_config(model)
+    labels = np.zeros(check_image(image), np.int32)
+    outputs = SegmentOutputs(probabilities=probabilities_out, labels=labels)
+    yield from iter_segment(
+        model,
+        image,
+        outputs,
+        threshold=threshold,
+        instances=config,
+        stack_axis=stack_axis,
+        min_iou=min_iou,
+        read="frames",
+        should_stop=should_stop,
+        **options,
+    )
     return labels
 
 

@@ -1,10 +1,10 @@
 """Worker jobs for nuclei as objects and for large (lazy) images: plain generators, no Qt.
 
-* :func:`segment_objects_job` segments in-memory images like
-  :func:`~._jobs.segmentation_job`, optionally splits the masks into nuclei (seeded
-  watershed) and measures them, and streams lazy images (dask, zarr, multiscale levels)
-  frame by frame into zarr arrays the plugin owns (:class:`LazyOutputs`), never holding a
-  whole stack in memory.
+* :func:`segment_objects_job` runs the engine's one segment path
+  (:func:`~napari_unet_nuclei.workflows.segment.iter_segment`) for the Segment dock:
+  in-memory images into new arrays, optionally split into nuclei (seeded watershed) and
+  measured; lazy images (dask, zarr, multiscale levels) frame by frame into zarr arrays
+  the plugin owns (:class:`LazyOutputs`), never holding a whole stack in memory.
 * :func:`object_evaluation_job` adds object-level scores (matching at IoU >= 0.5, the Data
   Science Bowl 2018 average precision over IoU 0.5:0.95) and an object error map to
   :func:`~._jobs.evaluation_job`.
@@ -24,18 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from ..lazy import read_array
 from ..workflows.evaluate import object_frame_scores, pool_object_scores
+from ..workflows.segment import SegmentOutputs, frame_columns
 from ._jobs import (
     EvaluationResult,
-    JobFailed,
     SegmentFrame,
     SegmentProgress,
     SegmentResult,
     SegmentTask,
     evaluation_job,
     guarded_job,
-    segmentation_job,
 )
 
 __all__ = [
@@ -44,7 +42,6 @@ __all__ = [
     "LazyOutputs",
     "ObjectEvaluation",
     "ObjectsResult",
-    "frame_columns",
     "is_lazy",
     "object_evaluation_job",
     "segment_objects_job",
@@ -59,13 +56,6 @@ OBJECT_SCORE_KEYS = ("object_precision", "object_recall", "object_f1", "dsb_ap")
 def is_lazy(data: Any) -> bool:
     """True for layer data that is not a numpy array (dask, zarr, a multiscale list)."""
     return not isinstance(data, np.ndarray)
-
-
-def frame_columns(n_leading: int) -> list[str]:
-    """Names of the frame columns of a measurement table (as ``measure_nuclei`` names them)."""
-    if n_leading == 0:
-        return []
-    return ["frame"] if n_leading == 1 else [f"frame_{i}" for i in range(n_leading)]
 
 
 def _frames(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -244,12 +234,6 @@ class LazyOutputs:
             if path is not None:
                 _set_attribute(path, ZARR_FORMAT_NAME, "frames_done", self.n_done)
 
-    def clear(self, index: tuple[int, ...]) -> None:
-        """Erase a frame that was not finished (a cancelled frame leaves no rows behind)."""
-        self.probabilities[index] = 0
-        if self.labels is not None:
-            self.labels[index] = 0
-
     def view(self, which: str, threshold: float | None = None) -> Any:
         """A dask view of the ``"probabilities"``, the ``"mask"`` at ``threshold`` or the
         ``"labels"``.
@@ -311,111 +295,50 @@ class LazyFrameDone:
     n_frames: int
 
 
-def _measure(labels: np.ndarray, image: Any, index: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Measurements of one 2-D frame, with its frame columns in front."""
-    from ..measurements import measure_nuclei
-
-    table = measure_nuclei(labels, read_array(image))
-    count = table["label"].size
-    front = {
-        name: np.full(count, value, np.int64)
-        for name, value in zip(frame_columns(len(index)), index)
-    }
-    return {**front, **table}
-
-
-def _instances_in_memory(
-    probabilities: np.ndarray,
-    maps: dict[str, np.ndarray],
-    image: np.ndarray,
-    config: Any,
-    stack_axis: str,
-    stop: threading.Event,
-) -> Generator[Any, None, tuple[np.ndarray, dict[str, np.ndarray]] | None]:
-    """Labels (ids unique in the stack, or 3-D nuclei of a z-stack) and measurements."""
-    from ..inference import InferenceCancelled
-    from ..instances import iter_instances
-    from ..measurements import measure_nuclei
-
-    try:
-        labels = yield from iter_instances(
-            probabilities, config, maps=maps, stack_axis=stack_axis, should_stop=stop.is_set
-        )
-    except InferenceCancelled:
-        return None
-    if stop.is_set():
-        return None
-    volume = stack_axis == "z" and labels.ndim == 3
-    return labels, measure_nuclei(labels, read_array(image), per_frame=not volume)
+def _task_outputs(
+    model: Any, shape: tuple[int, ...], instances: Any, lazy: LazyOutputs | None
+) -> SegmentOutputs:
+    """Where one task's results go: the lazy zarr arrays, or new numpy arrays."""
+    if lazy is not None:
+        return SegmentOutputs(probabilities=lazy.probabilities, labels=lazy.labels)
+    wanted = (instances.seeds,) if instances is not None and instances.uses_object_map else ()
+    return SegmentOutputs(
+        probabilities=np.empty(shape, np.float32),
+        labels=np.zeros(shape, np.int32) if instances is not None else None,
+        maps={name: np.empty(shape, np.float32) for name in wanted if name in model.object_maps},
+    )
 
 
-def _lazy_task(
-    model: Any,
+def _task_events(
+    events: Generator[Any, None, Any],
     number: int,
     n_tasks: int,
-    image: Any,
-    outputs: LazyOutputs,
-    *,
-    tile_size: int,
-    overlap: int,
-    device: str | None,
-    config: Any,
-    stop: threading.Event,
-) -> Generator[SegmentProgress | LazyFrameDone, None, bool]:
-    """Stream one lazy image into ``outputs``; False when cancelled."""
-    from ..events import FrameDone, TileDone
-    from ..inference import InferenceCancelled
-    from ..instances import instances_from_probabilities
-    from ..lazy import iter_predict_lazy
+    outputs: SegmentOutputs,
+    lazy: LazyOutputs | None,
+) -> Generator[SegmentProgress | SegmentFrame | LazyFrameDone, None, Any]:
+    """The engine's events of one task as the dock's events; returns its summary."""
+    from ..events import TileDone
+    from ..workflows.segment import FrameSegmented
 
-    if config is not None and config.uses_object_map:
-        # Streamed frames keep the nucleus probability only: split by its shape.
-        config = replace(config, seeds="distance")
-    indices = _frames(outputs.shape)
-    offset = 0
-    current = 0
-    completed = False
-    events = iter_predict_lazy(
-        model,
-        image,
-        out=outputs.probabilities,
-        tile_size=tile_size,
-        overlap=overlap,
-        device=device,
-        should_stop=stop.is_set,
-    )
-    try:
-        for event in events:
-            if isinstance(event, TileDone):
-                inner = (event.frame + event.tiles_done / max(1, event.n_tiles)) / event.n_frames
-                yield SegmentProgress(
-                    number, n_tasks, event.frame, event.n_frames, (number + inner) / n_tasks
-                )
-            elif isinstance(event, FrameDone):
-                index = indices[event.frame]
-                if outputs.labels is not None:
-                    labels = instances_from_probabilities(
-                        np.asarray(outputs.probabilities[index]), config
-                    )
-                    count = int(labels.max())
-                    if offset:
-                        labels[labels > 0] += offset
-                    outputs.labels[index] = labels
-                    outputs.tables[index] = _measure(labels, image[index], index)
-                    offset += count
-                outputs.mark_done(index)
-                current = event.frame + 1
+    while True:
+        try:
+            event = next(events)
+        except StopIteration as done:
+            return done.value
+        if isinstance(event, TileDone):
+            inner = (event.frame + event.tiles_done / max(1, event.n_tiles)) / event.n_frames
+            yield SegmentProgress(
+                number, n_tasks, event.frame, event.n_frames, (number + inner) / n_tasks
+            )
+        elif isinstance(event, FrameSegmented):
+            if lazy is not None:
+                if event.table is not None:
+                    lazy.tables[event.index] = event.table
+                lazy.mark_done(event.index)
                 yield LazyFrameDone(number, event.frame, event.n_frames)
-                if stop.is_set():
-                    raise InferenceCancelled("Segmentation was cancelled.")
-        completed = True
-    except InferenceCancelled:
-        return False
-    finally:
-        events.close()
-        if not completed and current < len(indices):
-            outputs.clear(indices[current])  # cancelled, failed or closed mid-frame
-    return True
+            elif event.n_frames > 1:
+                frame = np.array(outputs.probabilities[event.index], copy=True)
+                yield SegmentFrame(number, event.frame, event.n_frames, frame)
 
 
 # ------------------------------------------------------------------------ segmentation
@@ -431,24 +354,26 @@ def segment_objects_job(
     lazy_outputs: dict[int, LazyOutputs] | None = None,
     stop: threading.Event,
 ) -> Generator[Any, None, int]:
-    """Segment each task; split into nuclei and measure them when ``instances`` is given.
+    """Segment each task with :func:`~napari_unet_nuclei.workflows.segment.iter_segment`;
+    split into nuclei and measure them when ``instances`` is given.
 
     Parameters
     ----------
     model : NucleiModel
     tasks : sequence of SegmentTask
-        In-memory tasks (numpy) are segmented whole (:func:`~._jobs.segmentation_job`);
-        tasks listed in ``lazy_outputs`` are streamed frame by frame into their zarr arrays.
+        In-memory tasks (numpy) fill new arrays, each frame read whole; tasks listed in
+        ``lazy_outputs`` are streamed frame by frame into their zarr arrays (read in
+        bands when no nuclei are asked for).
     tile_size : int
         Tile side of the tiled inference.
     device : str, optional
         Where to compute.
     instances : InstanceConfig, optional
         Instance settings (threshold and seeds included); None: masks only. Seeds from
-        an object map make the job compute that map of the model too.
+        an object map make the job keep that map of the model too (in memory).
     stack_axis : {"frames", "z"}
         In-memory 3-D stacks: frames labelled on their own, or z-slices whose nuclei are
-        linked into 3-D objects.
+        linked into 3-D objects. Lazy stacks are labelled frame by frame.
     lazy_outputs : dict of int to LazyOutputs, optional
         Outputs of the lazy tasks, by task number.
     stop : threading.Event
@@ -463,62 +388,43 @@ def segment_objects_job(
     int
         Tasks done (fewer when cancelled).
     """
+    from ..inference import InferenceCancelled, check_image
+    from ..workflows.segment import iter_segment
+
     lazy_outputs = lazy_outputs or {}
     n_tasks = len(tasks)
-    overlap = None  # inference.default_overlap(tile_size), as on the command line
     for number, task in enumerate(tasks):
         if stop.is_set():
             return number
-        outputs = lazy_outputs.get(number)
-        if outputs is not None:
-            finished = yield from _lazy_task(
-                model,
-                number,
-                n_tasks,
-                task.image,
-                outputs,
-                tile_size=tile_size,
-                overlap=overlap,
-                device=device,
-                config=instances,
-                stop=stop,
-            )
-            if not finished:
-                return number
-            continue
-        probabilities, maps = None, {}
-        wanted_maps = (
-            (instances.seeds,)
-            if instances is not None and instances.seeds in model.object_maps
-            else ()
+        lazy = lazy_outputs.get(number)
+        shape = check_image(task.image)
+        outputs = _task_outputs(model, shape, instances, lazy)
+        events = iter_segment(
+            model,
+            task.image,
+            outputs,
+            instances=instances,
+            stack_axis=stack_axis if lazy is None and len(shape) == 3 else "frames",
+            measure=instances is not None,
+            read="frames" if lazy is None else "auto",
+            count_nuclei=False,
+            tile_size=tile_size,
+            overlap=None,  # inference.default_overlap(tile_size), as on the command line
+            device=device,
+            should_stop=stop.is_set,
         )
-        for event in segmentation_job(
-            model, [task], tile_size=tile_size, device=device, maps=wanted_maps, stop=stop
-        ):
-            if isinstance(event, JobFailed):
-                yield event
-                return number
-            if isinstance(event, SegmentProgress):
-                yield replace(
-                    event,
-                    task=number,
-                    n_tasks=n_tasks,
-                    fraction=(number + event.fraction) / n_tasks,
-                )
-            elif isinstance(event, SegmentFrame):
-                yield replace(event, task=number)
-            elif isinstance(event, SegmentResult):
-                probabilities, maps = event.probabilities, event.maps
-                yield SegmentResult(number, probabilities)
-        if probabilities is None or stop.is_set():
+        try:
+            summary = yield from _task_events(events, number, n_tasks, outputs, lazy)
+        except InferenceCancelled:
             return number
-        if instances is not None:
-            objects = yield from _instances_in_memory(
-                probabilities, maps, task.image, instances, stack_axis, stop
-            )
-            if objects is None:
-                return number
-            yield ObjectsResult(number, *objects)
+        finally:
+            events.close()
+        if stop.is_set():
+            return number
+        if lazy is None:
+            yield SegmentResult(number, outputs.probabilities, outputs.maps)
+            if instances is not None:
+                yield ObjectsResult(number, outputs.labels, summary.table)
     return n_tasks
 
 

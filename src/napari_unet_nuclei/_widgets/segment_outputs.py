@@ -2,7 +2,8 @@
 the layers of a re-run while it runs, and the frames a stopped re-run finished.
 
 Every output is a layer the plugin owns (``layer.metadata[OWNER_KEY]``: its role and the
-image it comes from); the user's layers are never written to.
+image it comes from); the user's layers are never written to. Their measurements are
+saved as CSV where :func:`ask_csv_path` says.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from ..workflows.segment import frame_columns
 from ._layers import OWNER_KEY, find_owned_layer, put_output_layer, unique_layer_name
-from ._object_jobs import frame_columns
 
-__all__ = ["RUNNING", "UNFINISHED", "OutputLayers", "features_table"]
+__all__ = ["RUNNING", "UNFINISHED", "OutputLayers", "ask_csv_path", "features_table"]
 
 #: Role prefix of a re-run's outputs while it runs: the earlier result stays as it is.
 RUNNING = "running"
@@ -127,3 +128,15 @@ class OutputLayers:
             merged = new
         order = np.argsort(merged["label"], kind="stable")
         return full, {name: np.asarray(values)[order] for name, values in merged.items()}
+
+
+def ask_csv_path(parent: Any = None, suggested: str = "") -> str:
+    """Ask where to save a CSV file with a Qt dialog; ``""`` when cancelled."""
+    from qtpy.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getSaveFileName(
+        parent, "Save measurements as", suggested, "CSV table (*.csv)"
+    )
+    if path and not path.lower().endswith(".csv"):
+        path += ".csv"
+    return path

@@ -41,7 +41,7 @@ from ._object_jobs import (
     segment_objects_job,
 )
 from .model_picker import ModelPicker
-from .segment_outputs import OutputLayers, features_table
+from .segment_outputs import OutputLayers, ask_csv_path, features_table
 from .segment_run import SegmentRun, ThresholdFollowers
 
 __all__ = ["ALL_FRAMES", "ALL_LAYERS", "CURRENT_FRAME", "SegmentWidget", "full_resolution"]
@@ -54,18 +54,6 @@ ALL_LAYERS = "every image layer"
 def full_resolution(layer: Any) -> Any:
     """The layer's data at full resolution (level 0 of a multiscale image)."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-
-
-def ask_csv_path(parent: Any = None, suggested: str = "") -> str:
-    """Ask where to save a CSV file with a Qt dialog; ``""`` when cancelled."""
-    from qtpy.QtWidgets import QFileDialog
-
-    path, _ = QFileDialog.getSaveFileName(
-        parent, "Save measurements as", suggested, "CSV table (*.csv)"
-    )
-    if path and not path.lower().endswith(".csv"):
-        path += ".csv"
-    return path
 
 
 class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):

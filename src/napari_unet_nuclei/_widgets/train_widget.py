@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import napari
@@ -24,15 +23,14 @@ from ._layers import (
     labelled_frames,
 )
 from ._notify import (
-    error_sentence,
     format_seconds,
-    report_error,
     report_info,
     report_warning,
 )
 from .annotated_regions import annotated_regions
 from .loss_plot import LossPlot
-from .model_picker import ModelPicker, ask_model_path, save_session_model
+from .model_files import ModelFiles
+from .model_picker import ModelPicker
 from .project_controller import ProjectController
 from .round_job import (
     DataGathered,
@@ -85,7 +83,6 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
         viewer = self._attach_to_viewer(viewer)
         self.body = scroll_body(self)
         self.last_result: TrainingFinished | None = None
-        self.current_model_name: str | None = None
         self._discard = False
         self._run_layers: tuple[Any, ...] = ()
         self._phase = "idle"
@@ -117,8 +114,7 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=PROGRESS_STEPS, label="progress")
         self.status = WrappingLabel("Pick an image and its labels, then Start.")
-        self.save_button = PushButton(text="Save model...")
-        self.load_button = PushButton(text="Load model...")
+        self.model_files = ModelFiles(self.registry, self.start_from, self.status)
         self.body.extend(
             [
                 self.image_layer,
@@ -135,12 +131,7 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
                 ),
                 self.progress,
                 self.status,
-                Container(
-                    widgets=[self.save_button, self.load_button],
-                    layout="horizontal",
-                    labels=False,
-                    label="",
-                ),
+                self.model_files,
             ]
         )
         # The settings form has its own label column: not inside a labelled row of the body.
@@ -150,7 +141,7 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
             self.registry,
             self.status,
             lambda: (self.image_layer.value, self.labels_layer.value, self.annotated_layer.value),
-            self._pick_model,
+            self.model_files.pick,
             self._report_failure,
         )
         self.body.native.layout().addWidget(self.projects.section)
@@ -164,8 +155,6 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
         self.start_from.changed.connect(self._on_start_from_changed)
         self.start_button.changed.connect(self._on_start_clicked)
         self.cancel_button.changed.connect(self._on_cancel_clicked)
-        self.save_button.changed.connect(self._on_save_clicked)
-        self.load_button.changed.connect(self._on_load_clicked)
         viewer.layers.events.removed.connect(self._on_layer_removed)
         compact_combo_boxes(self.body.native)
 
@@ -173,7 +162,7 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
     def _enable_controls(self, running: bool) -> None:
         self.start_button.enabled = not running
         self.cancel_button.enabled = running
-        self.load_button.enabled = not running
+        self.model_files.load_button.enabled = not running
 
     def reset_choices(self, *args: Any) -> None:
         """Refresh the layer choices and the line saying which frames will be used."""
@@ -350,7 +339,7 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
                 report_warning(event.message)
             return
         name = self.registry.add(event.model, self.settings.model_name.value.strip() or None)
-        self.current_model_name = name
+        self.model_files.current_name = name
         best = event.model.summary.get("best_val_f1", math.nan)
         best_text = (
             f", best validation F1 {best:.3f}" if isinstance(best, float) and best == best else ""
@@ -392,44 +381,3 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
     def _on_destroyed(self, *_args: Any) -> None:
         self._closed = True
         self._hard_stop("Training stopped: the window was closed.")
-
-    # ------------------------------------------------------------------ model files
-    def save_model_to(self, path: str | Path) -> Path | None:
-        """Save the last trained or loaded model to ``path``; None on failure.
-
-        The file ending picks the format (see :func:`.model_picker.save_session_model`).
-        """
-        try:
-            if self.current_model_name is None:
-                raise ValueError("there is no model yet; train or load one first")
-            written = save_session_model(self.registry, self.current_model_name, path)
-        except (OSError, ValueError, KeyError, ImportError) as error:
-            report_error(error_sentence(error, "Saving the model"))
-            return None
-        self.status.value = f"Saved {self.current_model_name} to {written}."
-        return written
-
-    def _pick_model(self, name: str) -> None:
-        """Make the session model ``name`` the current one and Train's *start from*."""
-        self.current_model_name = name
-        self.start_from.reset_choices()
-        self.start_from.value = name
-
-    def load_model_from(self, path: str | Path) -> str | None:
-        """Load a ``.pt`` model, register it and pick it as *start from*; its name or None."""
-        name = self.start_from.load(path)
-        if name is not None:
-            self.current_model_name = name
-            self.status.value = f"Loaded {name} from {Path(path).name}."
-        return name
-
-    def _on_save_clicked(self, _value: Any = None) -> None:
-        suggested = f"{self.current_model_name or 'unet'}.pt"
-        path = ask_model_path(self.native, save=True, suggested=suggested)
-        if path:
-            self.save_model_to(path)
-
-    def _on_load_clicked(self, _value: Any = None) -> None:
-        path = ask_model_path(self.native)
-        if path:
-            self.load_model_from(path)

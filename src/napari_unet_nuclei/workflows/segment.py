@@ -1,0 +1,606 @@
+"""Image to outputs: the one way this package segments into probabilities, masks, nuclei
+and their measurements.
+
+:func:`iter_segment` is used by :func:`~napari_unet_nuclei.predict_instances`, the batch
+runner (``napari-unet-nuclei segment``), :func:`~napari_unet_nuclei.iter_segment_to_zarr`
+and the Segment dock, in memory and into zarr. The caller hands it the arrays to fill
+(:class:`SegmentOutputs`: numpy, zarr or anything with numpy-style item assignment); it
+fills them frame by frame and yields progress.
+
+How a frame is read
+-------------------
+- ``"frames"``: each 2-D frame is read whole and the network's every output is at hand,
+  so nuclei can be seeded from the model's own object maps.
+- ``"bands"``: each frame is read in bands of rows and only the nucleus probability is
+  kept (:func:`~napari_unet_nuclei.lazy.iter_predict_lazy`), so memory stays bounded
+  whatever the image size. Nuclei are then split by the probability's shape (distance
+  seeds), from the probabilities written back.
+- ``"auto"`` (the default): frames, unless a frame is too large to hold in memory
+  (:data:`IN_MEMORY_FRAME_BYTES`), or the image is lazy (dask, zarr) and nuclei are not
+  asked for.
+
+Nuclei
+------
+With an :class:`~napari_unet_nuclei.instances.InstanceConfig`, each frame is split into
+nuclei by the seeded watershed; without one, the nuclei are the connected parts of the
+mask (8-neighbours). In a stack, ``stack_axis="frames"`` gives ids unique in the whole
+stack; ``"z"`` links the nuclei of consecutive slices into 3-D objects at the end.
+
+A cancelled or failed run leaves no half-written frame: the frame in progress is zeroed in
+every output (frames read whole are only written once finished).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..events import FrameDone, TileDone
+
+__all__ = [
+    "IN_MEMORY_FRAME_BYTES",
+    "READ_MODES",
+    "STACK_AXES",
+    "FrameSegmented",
+    "SegmentOutputs",
+    "SegmentSummary",
+    "frame_columns",
+    "iter_segment",
+    "iter_segment_to_zarr",
+    "read_mode",
+]
+
+#: What the leading axis of a 3-D stack can be.
+STACK_AXES = ("frames", "z")
+#: How frames are read (see the module's documentation).
+READ_MODES = ("auto", "frames", "bands")
+#: Memory a frame may take while it is segmented whole (16 bytes a pixel: the frame, its
+#: probabilities, labels and the watershed's working arrays).
+IN_MEMORY_FRAME_BYTES = 2 << 30
+_BYTES_PER_PIXEL = 16
+
+
+@dataclass
+class SegmentOutputs:
+    """The arrays a segmentation fills, each of the image's shape ``(..., H, W)``.
+
+    Any of them may be None (not wanted). numpy arrays, zarr arrays or any array-like with
+    numpy-style item assignment work.
+
+    Attributes
+    ----------
+    probabilities : array-like, optional
+        float32 nucleus probabilities.
+    mask : array-like, optional
+        uint8 mask, 1 where the probability reaches the threshold.
+    labels : array-like, optional
+        Integer nuclei labels (int32 is safe).
+    maps : dict of str to array-like
+        The model's object maps to keep (``"centre"``, ``"boundary"``), float32, by name.
+    """
+
+    probabilities: Any = None
+    mask: Any = None
+    labels: Any = None
+    maps: dict[str, Any] = field(default_factory=dict)
+
+    def arrays(self) -> list[Any]:
+        """Every array given, maps included."""
+        named = [self.probabilities, self.mask, self.labels, *self.maps.values()]
+        return [array for array in named if array is not None]
+
+
+@dataclass(frozen=True)
+class FrameSegmented(FrameDone):
+    """Every output of one 2-D frame is written.
+
+    Attributes
+    ----------
+    frame, n_frames : int
+        Flat frame number and count (as in :class:`~napari_unet_nuclei.events.FrameDone`).
+    index : tuple of int
+        The frame's index over the leading axes (``()`` for a 2-D image).
+    nuclei : int or None
+        Nuclei in the frame (before 3-D linking); None when not counted.
+    foreground : int or None
+        Nucleus pixels in the frame; None when not counted.
+    table : dict of str to numpy.ndarray, optional
+        The frame's measurements (frame columns first), when asked for and the stack is not
+        a z-stack (whose nuclei are measured as volumes at the end).
+    """
+
+    index: tuple[int, ...] = ()
+    nuclei: int | None = None
+    foreground: int | None = None
+    table: dict[str, np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class SegmentSummary:
+    """What a finished segmentation gives besides its outputs.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        The image's shape.
+    read : str
+        How frames were read: ``"frames"`` or ``"bands"``.
+    nuclei : int or None
+        Nuclei found (3-D objects of a z-stack count once); None when not counted.
+    foreground : int or None
+        Nucleus pixels; None when not counted.
+    table : dict of str to numpy.ndarray, optional
+        The measurements, one row per nucleus, when asked for.
+    """
+
+    shape: tuple[int, ...]
+    read: str
+    nuclei: int | None
+    foreground: int | None
+    table: dict[str, np.ndarray] | None = None
+
+
+def frame_columns(n_leading: int) -> list[str]:
+    """Names of the frame columns of a measurement table (as ``measure_nuclei`` names them).
+
+    Parameters
+    ----------
+    n_leading : int
+        Axes in front of ``(H, W)``.
+
+    Returns
+    -------
+    list of str
+        ``[]``, ``["frame"]`` or ``["frame_0", "frame_1", ...]``.
+    """
+    if n_leading == 0:
+        return []
+    return ["frame"] if n_leading == 1 else [f"frame_{i}" for i in range(n_leading)]
+
+
+def read_mode(image: Any, *, nuclei: bool, read: str = "auto") -> str:
+    """How :func:`iter_segment` reads the frames of ``image`` (see the module's rule).
+
+    Parameters
+    ----------
+    image : array-like
+        The image (its shape and type decide).
+    nuclei : bool
+        Nuclei are split with the watershed (object maps may be needed).
+    read : {"auto", "frames", "bands"}
+        A fixed choice, or ``"auto"``.
+
+    Returns
+    -------
+    str
+        ``"frames"`` or ``"bands"``.
+    """
+    if read not in READ_MODES:
+        raise ValueError(f"read must be one of {READ_MODES}, got {read!r}.")
+    if read != "auto":
+        return read
+    frame_pixels = int(np.prod(tuple(image.shape)[-2:]))
+    if frame_pixels * _BYTES_PER_PIXEL > IN_MEMORY_FRAME_BYTES:
+        return "bands"
+    return "frames" if isinstance(image, np.ndarray) or nuclei else "bands"
+
+
+def _frame_indices(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    return list(np.ndindex(*shape[:-2])) if len(shape) > 2 else [()]
+
+
+def _connected_parts(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    return ndi.label(mask, structure=np.ones((3, 3), bool))[0].astype(np.int32, copy=False)
+
+
+def _frame_table(labels: np.ndarray, image: Any, index: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Measurements of one 2-D frame, with its frame columns in front."""
+    from ..lazy import read_array
+    from ..measurements import measure_nuclei
+
+    table = measure_nuclei(labels, read_array(image[index] if index else image))
+    count = table["label"].size
+    front = {
+        name: np.full(count, value, np.int64)
+        for name, value in zip(frame_columns(len(index)), index)
+    }
+    return {**front, **table}
+
+
+def _concatenate(parts: list[dict[str, np.ndarray]], n_leading: int) -> dict[str, np.ndarray]:
+    from ..measurements import MEASUREMENT_COLUMNS, empty_table
+
+    if not parts:
+        return empty_table([*frame_columns(n_leading), *MEASUREMENT_COLUMNS])
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+class _FrameWriter:
+    """Splits a frame into nuclei, writes its outputs and keeps the running counts."""
+
+    def __init__(
+        self,
+        image: Any,
+        outputs: SegmentOutputs,
+        instances: Any,
+        threshold: float,
+        stack_axis: str,
+        measure: bool,
+        n_frames: int,
+    ) -> None:
+        self.image = image
+        self.outputs = outputs
+        self.instances = instances
+        self.threshold = threshold
+        self.per_frame_ids = stack_axis == "frames"
+        self.measure_frames = measure and stack_axis == "frames"
+        self.n_frames = n_frames
+        self.offset = 0
+        self.nuclei = 0
+        self.foreground = 0
+        self.tables: list[dict[str, np.ndarray]] = []
+        self.counts = True
+
+    def split(self, probabilities: np.ndarray, maps: dict[str, np.ndarray]) -> np.ndarray:
+        """Nuclei of one frame: the watershed (with the maps it uses) or connected parts."""
+        from ..instances import instances_from_maps
+
+        if self.instances is None:
+            return _connected_parts(probabilities >= self.threshold)
+        return instances_from_maps(probabilities, maps, self.instances)
+
+    def finish(
+        self, number: int, index: tuple[int, ...], labels: np.ndarray | None
+    ) -> FrameSegmented:
+        """Write a frame's labels (ids offset in a stack) and measure it."""
+        if labels is None:  # not counted
+            self.nuclei = self.foreground = None
+            return FrameSegmented(number, self.n_frames, None, index)
+        count = int(labels.max()) if labels.size else 0
+        if self.offset + count > np.iinfo(np.int32).max:
+            raise ValueError("More nuclei than int32 labels can hold; segment fewer frames.")
+        if self.offset and self.per_frame_ids:
+            labels[labels > 0] += self.offset
+        if self.outputs.labels is not None:
+            self.outputs.labels[index] = labels
+        foreground = int(np.count_nonzero(labels))
+        table = _frame_table(labels, self.image, index) if self.measure_frames else None
+        if table is not None:
+            self.tables.append(table)
+        self.offset += count
+        self.nuclei += count
+        self.foreground += foreground
+        return FrameSegmented(number, self.n_frames, None, index, count, foreground, table)
+
+
+def _clear_frame(outputs: SegmentOutputs, index: tuple[int, ...]) -> None:
+    for array in outputs.arrays():
+        array[index] = 0
+
+
+def iter_segment(
+    model: Any,
+    image: Any,
+    outputs: SegmentOutputs,
+    *,
+    threshold: float | None = None,
+    instances: Any = None,
+    stack_axis: str = "frames",
+    min_iou: float = 0.25,
+    measure: bool = False,
+    read: str = "auto",
+    count_nuclei: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    **inference: Any,
+) -> Generator[TileDone | FrameSegmented, None, SegmentSummary]:
+    """Segment ``image`` into ``outputs`` frame by frame, yielding progress.
+
+    Parameters
+    ----------
+    model : NucleiModel
+        A trained model.
+    image : array-like
+        ``(H, W)`` or ``(..., H, W)``: numpy, dask, zarr or any array-like with numpy
+        indexing, of any real dtype.
+    outputs : SegmentOutputs
+        The arrays to fill (any may be None).
+    threshold : float, optional
+        Nucleus probability threshold of the mask and the nuclei; the model's (or the
+        instance settings') when omitted.
+    instances : InstanceConfig, optional
+        Split nuclei with the seeded watershed (e.g.
+        :func:`~napari_unet_nuclei.segmentation.default_instance_config`); without it,
+        nuclei are the connected parts of the mask.
+    stack_axis : {"frames", "z"}
+        What the leading axis of a 3-D stack is: separate frames (ids unique in the stack)
+        or slices of one volume (nuclei linked into 3-D objects).
+    min_iou : float
+        ``"z"`` only: least overlap with a nucleus of the slice above to continue it.
+    measure : bool
+        Measure every nucleus (:func:`~napari_unet_nuclei.measure_nuclei`): per frame, or
+        per 3-D object of a z-stack.
+    read : {"auto", "frames", "bands"}
+        How frames are read (see the module's documentation).
+    count_nuclei : bool
+        Count the nuclei of the mask when nothing else needs them (no ``instances``,
+        ``measure`` or ``labels``). Reading frames in bands, counting reads each frame's
+        mask back whole: pass False to keep memory bounded by the bands.
+    should_stop : callable, optional
+        Polled between tiles and frames; when it returns True,
+        :class:`~napari_unet_nuclei.inference.InferenceCancelled` is raised and the frame
+        in progress is left zeroed.
+    **inference
+        ``tile_size``, ``overlap``, ``batch_size``, ``device``, ``precision``,
+        ``backend``, ``test_time_augmentation`` (see :func:`~napari_unet_nuclei.predict`;
+        the band reader takes all but the last).
+
+    Yields
+    ------
+    TileDone or FrameSegmented
+        Progress after each batch of tiles, and each finished frame.
+
+    Returns
+    -------
+    SegmentSummary
+        Counts and, with ``measure``, the measurements.
+    """
+    from ..inference import check_image
+
+    if stack_axis not in STACK_AXES:
+        raise ValueError(
+            f"stack_axis must be 'frames' (time points or separate images) or 'z' (slices of "
+            f"one volume), got {stack_axis!r}."
+        )
+    shape = check_image(image)
+    if stack_axis == "z" and len(shape) != 3:
+        raise ValueError(
+            f"stack_axis='z' needs a (Z, H, W) stack, got shape {shape}; use 'frames' for a "
+            "2-D image or a stack of separate frames."
+        )
+    if threshold is None:
+        threshold = instances.threshold if instances is not None else model.threshold
+    threshold = float(threshold)
+    if instances is not None:
+        instances = replace(instances, threshold=threshold)
+        if instances.uses_object_map and instances.seeds not in model.object_maps:
+            raise ValueError(
+                f"Instances seeded by the {instances.seeds!r} map need a model that predicts "
+                f"it; {model.name} predicts "
+                f"{list(model.object_maps) or 'the nucleus probability only'}. "
+                "Use seeds='distance'."
+            )
+    for name in outputs.maps:
+        if name not in model.object_maps:
+            raise ValueError(f"{model.name} has no {name!r} map to keep.")
+    mode = read_mode(image, nuclei=instances is not None, read=read)
+    volume = stack_axis == "z" and len(shape) == 3
+    if volume and outputs.labels is None:
+        outputs = replace(outputs, labels=np.zeros(shape, np.int32))
+    writer = _FrameWriter(
+        image, outputs, instances, threshold, stack_axis, measure, len(_frame_indices(shape))
+    )
+    writer.counts = count_nuclei or instances is not None or measure or outputs.labels is not None
+    if mode == "frames":
+        yield from _segment_frames(model, image, outputs, writer, should_stop, inference)
+    else:
+        if instances is not None and instances.uses_object_map:
+            # Bands keep the nucleus probability only: split by its shape.
+            writer.instances = replace(instances, seeds="distance")
+        yield from _segment_bands(model, image, shape, outputs, writer, should_stop, inference)
+    nuclei, table = writer.nuclei, None
+    if volume:
+        from ..stitching import stitch_slices
+
+        labels = stitch_slices(np.asarray(outputs.labels[...]), min_iou=min_iou)
+        outputs.labels[...] = labels
+        nuclei = int(np.unique(labels[labels > 0]).size)
+        if measure:
+            from ..lazy import read_array
+            from ..measurements import measure_nuclei
+
+            table = measure_nuclei(labels, read_array(image), per_frame=False)
+    elif measure:
+        table = _concatenate(writer.tables, len(shape) - 2)
+    return SegmentSummary(shape, mode, nuclei, writer.foreground, table)
+
+
+def _segment_frames(
+    model: Any,
+    image: Any,
+    outputs: SegmentOutputs,
+    writer: _FrameWriter,
+    should_stop: Callable[[], bool] | None,
+    inference: dict[str, Any],
+) -> Generator[TileDone | FrameSegmented, None, None]:
+    """Each frame read whole: every output channel at hand, written once finished."""
+    from ..inference import FrameLogits, InferenceCancelled, iter_frame_logits, sigmoid
+
+    instances = writer.instances
+    wanted_maps = set(outputs.maps)
+    if instances is not None and instances.uses_object_map:
+        wanted_maps.add(instances.seeds)
+    all_channels = bool(wanted_maps)
+    frames = iter_frame_logits(
+        model, image, all_channels=all_channels, should_stop=should_stop, **inference
+    )
+    try:
+        for event in frames:
+            if not isinstance(event, FrameLogits):
+                yield event
+                continue
+            channels = sigmoid(event.logits)
+            probabilities = channels[0] if all_channels else channels
+            maps = dict(zip(model.config.channel_names[1:], channels[1:])) if all_channels else {}
+            labels = writer.split(probabilities, maps)
+            index = event.index
+            if outputs.probabilities is not None:
+                outputs.probabilities[index] = probabilities
+            if outputs.mask is not None:
+                outputs.mask[index] = probabilities >= writer.threshold
+            for name, array in outputs.maps.items():
+                array[index] = maps[name]
+            yield writer.finish(event.number, index, labels)
+            if should_stop is not None and should_stop():
+                raise InferenceCancelled("Segmentation was cancelled.")
+    finally:
+        frames.close()
+
+
+def _segment_bands(
+    model: Any,
+    image: Any,
+    shape: tuple[int, ...],
+    outputs: SegmentOutputs,
+    writer: _FrameWriter,
+    should_stop: Callable[[], bool] | None,
+    inference: dict[str, Any],
+) -> Generator[TileDone | FrameSegmented, None, None]:
+    """Each frame read and written in bands of rows; nuclei from the written outputs."""
+    from ..inference import InferenceCancelled
+    from ..lazy import iter_predict_lazy
+
+    if outputs.maps:
+        raise ValueError("Object maps are only kept when frames are read whole (read='frames').")
+    inference.pop("test_time_augmentation", None)
+    indices = _frame_indices(shape)
+    # Nuclei are read back from what was written: keep what that needs for the run.
+    probabilities, mask, temporary = outputs.probabilities, outputs.mask, None
+    if (writer.instances is not None and probabilities is None) or (
+        writer.counts and probabilities is None and mask is None
+    ):
+        from ..zarr_io import create_ome_zarr
+
+        temporary = Path(tempfile.mkdtemp(prefix="napari-unet-nuclei-bands-"))
+        if writer.instances is not None:
+            probabilities = create_ome_zarr(temporary / "prob.zarr", shape, np.float32)
+        else:
+            mask = create_ome_zarr(temporary / "mask.zarr", shape, np.uint8)
+    current = 0
+    completed = False
+    events = iter_predict_lazy(
+        model,
+        image,
+        out=probabilities,
+        mask_out=mask,
+        threshold=writer.threshold,
+        should_stop=should_stop,
+        **inference,
+    )
+    try:
+        for event in events:
+            if not isinstance(event, FrameDone):
+                yield event
+                continue
+            index = indices[event.frame]
+            if not writer.counts:
+                labels = None
+            elif writer.instances is None and mask is not None:
+                labels = _connected_parts(np.asarray(mask[index]) > 0)
+            else:
+                labels = writer.split(np.asarray(probabilities[index]), {})
+            yield writer.finish(event.frame, index, labels)
+            current = event.frame + 1
+            if should_stop is not None and should_stop():
+                raise InferenceCancelled("Segmentation was cancelled.")
+        completed = True
+    finally:
+        events.close()
+        if not completed and current < len(indices):
+            _clear_frame(outputs, indices[current])  # cancelled, failed or closed mid-frame
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
+def iter_segment_to_zarr(
+    model: Any,
+    image: Any,
+    path: str | os.PathLike[str],
+    *,
+    kind: str = "mask",
+    threshold: float | None = None,
+    axes: list[str] | None = None,
+    chunks: tuple[int, ...] | None = None,
+    overwrite: bool = False,
+    **options: Any,
+) -> Generator[TileDone | FrameDone, None, Any]:
+    """Segment a lazy image into an OME-Zarr on disk and return the result as a dask array.
+
+    The image is never loaded whole: frames are read in bands and results are written as
+    they come, into a hidden temporary folder renamed to ``path`` at the end (an
+    interrupted run leaves nothing under ``path``).
+
+    Parameters
+    ----------
+    model : NucleiModel
+        A trained model.
+    image : array-like
+        ``(H, W)`` or ``(..., H, W)`` dask, zarr or numpy array (2 to 5 dimensions).
+    path : path-like
+        OME-Zarr folder to write, e.g. ``"nuclei.ome.zarr"``.
+    kind : {"mask", "probabilities"}
+        Write the uint8 mask (1 = nucleus) or the float32 probabilities.
+    threshold : float, optional
+        Mask threshold (default: the model's).
+    axes : list of str, optional
+        OME axis names (default from the number of dimensions).
+    chunks : tuple of int, optional
+        Output chunks (default: one frame of up to 1024 x 1024 per chunk).
+    overwrite : bool
+        Replace an existing ``path``; otherwise an existing path is an error.
+    **options
+        ``tile_size``, ``overlap``, ``batch_size``, ``device``, ``should_stop`` of
+        :func:`iter_predict_lazy`.
+
+    Yields
+    ------
+    TileDone or FrameDone
+
+    Returns
+    -------
+    dask.array.Array
+        The written result, read lazily from ``path``.
+    """
+    from ..zarr_io import create_ome_zarr, finish_atomic, partial_path, read_ome_zarr_lazy
+
+    if kind not in ("mask", "probabilities"):
+        raise ValueError(f"kind must be 'mask' or 'probabilities', got {kind!r}.")
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
+    partial = partial_path(target)
+    threshold = float(model.threshold if threshold is None else threshold)
+    dtype = np.uint8 if kind == "mask" else np.float32
+    array = create_ome_zarr(
+        partial,
+        image.shape,
+        dtype,
+        axes=axes,
+        chunks=chunks,
+        attributes={"kind": kind, "threshold": threshold, "model": model.name},
+        overwrite=True,
+    )
+    outputs = SegmentOutputs(**{"mask" if kind == "mask" else "probabilities": array})
+    try:
+        yield from iter_segment(
+            model,
+            image,
+            outputs,
+            threshold=threshold,
+            read="bands",
+            count_nuclei=False,
+            **options,
+        )
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finish_atomic(partial, target)
+    return read_ome_zarr_lazy(target)
