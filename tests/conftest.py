@@ -121,6 +121,19 @@ def wait_done(qtbot, widget, timeout: int = 120_000) -> None:
     qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
 
 
+def drain(generator) -> tuple[list, object]:
+    """Run an engine generator to the end: its yielded events and its return value.
+
+    Imported by the engine tests: ``from conftest import drain``.
+    """
+    events = []
+    while True:
+        try:
+            events.append(next(generator))
+        except StopIteration as stop:
+            return events, stop.value
+
+
 @pytest.fixture(scope="module")
 def untrained_model():
     """An untrained U-Net (F=4, depth 2, seed 0) named "tiny": shapes, errors, plumbing."""

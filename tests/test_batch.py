@@ -11,6 +11,7 @@ import pytest
 import tifffile
 import zarr
 
+from conftest import drain
 from napari_unet_nuclei.batch import (
     BatchError,
     BatchInput,
@@ -67,15 +68,6 @@ def kromp_folder(kromp_root, tmp_path_factory):
     return folder
 
 
-def _drain(generator):
-    events = []
-    while True:
-        try:
-            events.append(next(generator))
-        except StopIteration as stop:
-            return events, stop.value
-
-
 class _Recording:
     """An array-like that records how many pixels each read returns."""
 
@@ -103,11 +95,11 @@ def _rows(path) -> list[dict[str, str]]:
 
 def test_4d_stack_frame_by_frame_with_progress_and_cancel(model) -> None:
     stack = np.random.default_rng(0).integers(0, 4000, (2, 3, 48, 64)).astype(np.uint16)
-    events, whole = _drain(iter_predict(model, stack))
+    events, whole = drain(iter_predict(model, stack))
     frames = [e for e in events if isinstance(e, FrameDone)]
     assert [(e.frame, e.n_frames) for e in frames] == [(i, 6) for i in range(6)]
     np.testing.assert_allclose(whole[1, 2], predict(model, stack[1, 2]), atol=1e-6)
-    lazy_events, lazy = _drain(
+    lazy_events, lazy = drain(
         iter_predict_lazy(model, da.from_array(stack, chunks=(1, 1, 48, 64)))
     )
     np.testing.assert_allclose(lazy, whole, atol=1e-6)
@@ -135,7 +127,7 @@ def test_nuclei3d_stack_whole_and_as_dask_array_give_the_same_result(
     assert stack.shape == (60, 256, 256)
     whole = predict(model, stack)
     lazy_input = da.from_array(stack, chunks=(1, 128, 256))
-    events, result = _drain(
+    events, result = drain(
         iter_segment_to_zarr(model, lazy_input, tmp_path / "nuclei.ome.zarr", kind="mask")
     )
     assert isinstance(result, da.Array) and result.chunks[0] == (1,) * 60
@@ -147,7 +139,7 @@ def test_nuclei3d_stack_whole_and_as_dask_array_give_the_same_result(
     assert [a["name"] for a in attrs["multiscales"][0]["axes"]] == ["z", "y", "x"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nuclei.ome.zarr"]
     probabilities = np.zeros(stack.shape, np.float32)
-    _drain(iter_predict_lazy(model, lazy_input, out=probabilities))
+    drain(iter_predict_lazy(model, lazy_input, out=probabilities))
     np.testing.assert_allclose(probabilities, whole, atol=1e-6)
 
 
@@ -239,7 +231,7 @@ def test_zarr_instances_measurements_and_rerun_skips(
     image_path = kromp_root / "images" / "Ganglioneuroblastoma_9.tif"
     out = tmp_path / "out"
     options = SegmentOptions(format="zarr", instances=True, measure=True, probabilities=True)
-    events, rows = _drain(segment_files(model_path, [image_path, stack_path], out, options))
+    events, rows = drain(segment_files(model_path, [image_path, stack_path], out, options))
     kinds = [type(e) for e in events]
     assert kinds[0] is BatchStarted and kinds[-1] is BatchFinished
     assert [r["status"] for r in rows] == ["done", "done"]
@@ -275,7 +267,7 @@ def test_zarr_instances_measurements_and_rerun_skips(
     prob = zarr.open_group(str(out / "Ganglioneuroblastoma_9_prob.ome.zarr"), mode="r")["0"]
     assert prob.dtype == np.float32 and prob.shape == (430, 550)
     # Re-running skips everything and reports the same counts.
-    again, rows_again = _drain(segment_files(model_path, [image_path, stack_path], out, options))
+    again, rows_again = drain(segment_files(model_path, [image_path, stack_path], out, options))
     done = [e for e in again if isinstance(e, ImageDone)]
     assert [e.status for e in done] == ["skipped", "skipped"]
     assert [r["nuclei"] for r in rows_again] == [r["nuclei"] for r in rows]
@@ -287,7 +279,7 @@ def test_folder_on_two_workers_equals_one_worker(model_path, kromp_folder, tmp_p
     outputs = {}
     for workers in (0, 2):
         out = tmp_path / f"w{workers}"
-        events, rows = _drain(
+        events, rows = drain(
             segment_files(
                 model_path, [kromp_folder], out, SegmentOptions(threads=1), workers=workers
             )
@@ -317,7 +309,7 @@ def test_interrupted_write_leaves_no_partial_file_and_rerun_finishes(
         return real_imwrite(path, data, **options)
 
     monkeypatch.setattr(tifffile, "imwrite", disk_full)
-    _, rows = _drain(segment_files(model, [kromp_folder], out))
+    _, rows = drain(segment_files(model, [kromp_folder], out))
     assert [r["status"] for r in rows] == ["done", "failed", "done"]
     assert "No space left" in rows[1]["error"]
     names = sorted(p.name for p in out.iterdir())
@@ -326,7 +318,7 @@ def test_interrupted_write_leaves_no_partial_file_and_rerun_finishes(
 
     # A killed run may leave hidden temporary files: they never count as outputs.
     (out / ".otherspecimen_3.tif.partial").write_bytes(b"junk")
-    _, rows = _drain(segment_files(model, [kromp_folder], out))
+    _, rows = drain(segment_files(model, [kromp_folder], out))
     assert [r["status"] for r in rows] == ["skipped", "done", "skipped"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     assert tifffile.imread(out / "otherspecimen_3.tif").shape == (763, 1014)
@@ -340,7 +332,7 @@ def test_interrupted_write_leaves_no_partial_file_and_rerun_finishes(
 
     zarr_out = tmp_path / "zarr"
     with pytest.raises(InferenceCancelled):
-        _drain(
+        drain(
             segment_files(
                 model,
                 [kromp_folder / "otherspecimen_9.tif"],
@@ -354,12 +346,12 @@ def test_interrupted_write_leaves_no_partial_file_and_rerun_finishes(
 
 def test_model_object_cannot_go_to_workers(model, kromp_folder, tmp_path) -> None:
     with pytest.raises(BatchError, match="file path"):
-        _drain(segment_files(model, [kromp_folder], tmp_path, workers=2))
+        drain(segment_files(model, [kromp_folder], tmp_path, workers=2))
     with pytest.raises(BatchError, match="overwrite an input"):
         source = BatchInput(
             kromp_folder / "Ganglioneuroblastoma_9.tif", "Ganglioneuroblastoma_9", "tiff"
         )
-        _drain(segment_files(model, [source], kromp_folder))
+        drain(segment_files(model, [source], kromp_folder))
 
 
 def test_cli_segment_glob_as_zarr_labels_with_measurements(

@@ -127,9 +127,7 @@ def test_single_peak_shortcut_gives_skimage_h_maxima_exactly(kromp_root, seeds: 
         mask = instances._clean_mask(mask, config)
         landscape, height = instances._seed_landscape(mask, probabilities, config)
         parts, n_parts = ndi.label(mask, structure=ndi.generate_binary_structure(2, 1))
-        peaks, handled = instances._single_peak_h_maxima(
-            landscape, mask, parts, n_parts, height
-        )
+        peaks, handled = instances._single_peak_h_maxima(landscape, mask, parts, n_parts, height)
         assert handled[1:].mean() > 0.5  # most parts take the shortcut
         assert not handled[1:].all()  # and some do not (touching nuclei)
         square = np.ones((3, 3), bool)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import drain
 from napari_unet_nuclei.augmentation import AugmentationConfig, augment_batch
 from napari_unet_nuclei.events import (
     BestModel,
@@ -25,19 +26,10 @@ from napari_unet_nuclei.training import TrainingConfig, train, train_model
 SMALL = {"features": 4, "depth": 2, "batch_size": 4, "patch_size": 64}
 
 
-def _run(generator):
-    events = []
-    while True:
-        try:
-            events.append(next(generator))
-        except StopIteration as stop:
-            return events, stop.value
-
-
 def test_events_sequence_and_best_model(lab_split) -> None:
     x_train, y_train, x_test, y_test = lab_split
     config = TrainingConfig(**SMALL, epochs=2, steps_per_epoch=3, seed=1)
-    events, model = _run(
+    events, model = drain(
         train(x_train[:10], y_train[:10], config, val_images=x_test[:2], val_labels=y_test[:2])
     )
     assert isinstance(events[0], TrainingStarted)
@@ -66,7 +58,7 @@ def test_cancel_stops_within_one_step(lab_split) -> None:
         calls["n"] += 1
         return calls["n"] >= 2
 
-    events, model = _run(
+    events, model = drain(
         train(
             x_train[:6], y_train[:6], TrainingConfig(**SMALL, epochs=50), should_stop=should_stop
         )
@@ -150,7 +142,7 @@ def test_fine_tuning_starts_from_weights_and_keeps_original(lab_split) -> None:
 
 def test_time_budget(lab_split) -> None:
     x_train, y_train, *_ = lab_split
-    events, _ = _run(
+    events, _ = drain(
         train(
             x_train[:8], y_train[:8], TrainingConfig(**SMALL, time_budget=3.0, steps_per_epoch=4)
         )
@@ -168,7 +160,7 @@ def test_single_large_image_and_partial_annotation(kromp_root) -> None:
     labels = tifffile.imread(kromp_root / "masks" / "Ganglioneuroblastoma_0.tif")
     annotated = np.zeros(image.shape, bool)
     annotated[:300, :300] = True
-    events, model = _run(
+    events, model = drain(
         train(
             [image],
             [labels],
@@ -183,7 +175,7 @@ def test_single_large_image_and_partial_annotation(kromp_root) -> None:
 
 def test_nan_loss_keeps_last_good_weights(lab_split) -> None:
     x_train, y_train, *_ = lab_split
-    events, model = _run(
+    events, model = drain(
         train(
             x_train[:4],
             y_train[:4],
@@ -202,11 +194,11 @@ def test_nan_loss_keeps_last_good_weights(lab_split) -> None:
 
 def test_bad_input_is_explained() -> None:
     with pytest.raises(ValueError, match="label image must match"):
-        _run(train([np.zeros((32, 32))], [np.zeros((16, 16))], TrainingConfig(**SMALL, epochs=1)))
+        drain(train([np.zeros((32, 32))], [np.zeros((16, 16))], TrainingConfig(**SMALL, epochs=1)))
     with pytest.raises(ValueError, match="No training images"):
-        _run(train([], [], TrainingConfig(**SMALL)))
+        drain(train([], [], TrainingConfig(**SMALL)))
     with pytest.raises(ValueError, match="give 2-D frames"):
-        _run(train([np.zeros((2, 32, 32))], [np.zeros((2, 32, 32))], TrainingConfig(**SMALL)))
+        drain(train([np.zeros((2, 32, 32))], [np.zeros((2, 32, 32))], TrainingConfig(**SMALL)))
 
 
 def test_augmentation_keeps_image_and_mask_aligned() -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from conftest import drain
 from napari_unet_nuclei.events import TileDone
 from napari_unet_nuclei.inference import InferenceCancelled, predict
 from napari_unet_nuclei.instances import InstanceConfig
@@ -19,15 +20,6 @@ from napari_unet_nuclei.workflows.segment import (
     iter_segment,
     read_mode,
 )
-
-
-def drain(generator):
-    events = []
-    while True:
-        try:
-            events.append(next(generator))
-        except StopIteration as stop:
-            return events, stop.value
 
 
 @pytest.fixture(scope="module")
