@@ -404,3 +404,38 @@ def test_worker_reads_of_dask_arrays_leave_dask_global_callbacks_alone() -> None
         assert calls == []
         np.testing.assert_array_equal(np.asarray(stack[1]), np.ones((64, 64)))
         assert calls  # an ordinary compute uses it (and swaps it out meanwhile)
+
+
+def test_segmenting_a_dask_stack_leaves_dask_global_callbacks_alone(model, kromp_root) -> None:
+    """The segment workflow reads dask frames whole (network, measurements) and in bands:
+    neither way may use (and so swap out) dask's global callbacks, as napari's cache is."""
+    import dask.array as da
+    from dask.callbacks import Callback
+
+    from napari_unet_nuclei.segmentation import default_instance_config
+    from napari_unet_nuclei.workflows.segment import SegmentOutputs, iter_segment
+
+    calls: list[str] = []
+
+    class Recorder(Callback):
+        def _pretask(self, key, dsk, state):
+            calls.append("pretask")
+
+    image = tifffile.imread(kromp_root / "images" / "normal_34.tif")[:128, :192]
+    stack = da.from_array(np.stack([image, image[::-1]]), chunks=(1, 64, 96))
+    with Recorder():
+        for read in ("frames", "bands"):
+            outputs = SegmentOutputs(labels=np.zeros(stack.shape, np.int32))
+            _, summary = drain(
+                iter_segment(
+                    model,
+                    stack,
+                    outputs,
+                    instances=default_instance_config(model),
+                    measure=True,
+                    read=read,
+                    tile_size=64,
+                )
+            )
+            assert summary.read == read and len(summary.table["label"]) == summary.nuclei
+        assert calls == []

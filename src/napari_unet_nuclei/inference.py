@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .acceleration import Runner, make_runner, resolve_backend, resolve_precision
+from .array_reading import read_array
 from .devices import resolve_device
 from .events import FrameDone, TileDone, run_to_end
 from .model import NucleiModel
@@ -426,7 +427,7 @@ def iter_frame_logits(
     # No grad-mode context around the loop: it would stay set in the caller's thread
     # across the yields below (the runner enters inference mode for each call instead).
     for number, index in enumerate(frame_indices):
-        frame = normalize_frame(np.asarray(image[index]), model.normalization)
+        frame = normalize_frame(read_array(image[index]), model.normalization)
         tiles = _frame_logits(
             run, frame, tile_size, overlap, batch_size, multiple, number, n_frames
         )

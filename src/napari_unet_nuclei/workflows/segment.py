@@ -204,7 +204,7 @@ def _connected_parts(mask: np.ndarray) -> np.ndarray:
 
 def _frame_table(labels: np.ndarray, image: Any, index: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Measurements of one 2-D frame, with its frame columns in front."""
-    from ..lazy import read_array
+    from ..array_reading import read_array
     from ..measurements import measure_nuclei
 
     table = measure_nuclei(labels, read_array(image[index] if index else image))
@@ -404,7 +404,7 @@ def iter_segment(
         outputs.labels[...] = labels
         nuclei = int(np.unique(labels[labels > 0]).size)
         if measure:
-            from ..lazy import read_array
+            from ..array_reading import read_array
             from ..measurements import measure_nuclei
 
             table = measure_nuclei(labels, read_array(image), per_frame=False)
