@@ -200,28 +200,36 @@ def instances_from_mask(
         return np.zeros(mask.shape, np.int32)
     landscape, height = _seed_landscape(mask, probabilities, config)
     footprint = ndi.generate_binary_structure(2, config.connectivity)
-    parts, n_parts = ndi.label(mask, structure=footprint)
+    parts, _ = ndi.label(mask, structure=footprint)
     square = np.ones((3, 3), bool)
-    # h-maxima part by part: the same peaks as on the whole image, without the cost of a
-    # morphological reconstruction over the background. Parts with one peak (most
-    # nuclei) get it in one vectorised step; the others go through skimage.
-    peaks, single = _single_peak_h_maxima(landscape, mask, parts, n_parts, height)
-    boxes = ndi.find_objects(parts)
-    for number in np.flatnonzero(~single[1:]) + 1:
-        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in boxes[number - 1])
+    # h-maxima part by part (each in its box with a one-pixel margin): the same peaks as on
+    # the whole image, without the cost of a morphological reconstruction over the
+    # background. Parts with one peak (most nuclei) get it in one vectorised step; the
+    # others go through skimage.
+    boxes = [
+        tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        for box in ndi.find_objects(parts)
+    ]
+    peaks, handled = _single_peak_h_maxima(landscape, mask, parts, boxes, height)
+    for number in np.flatnonzero(~handled[1:]) + 1:
+        box = boxes[number - 1]
         own = parts[box] == number
         crop = np.where(own, landscape[box], 0).astype(np.float32)
         peaks[box] |= h_maxima(crop, height, footprint=square).astype(bool) & own
     markers, _ = ndi.label(peaks, structure=square)
     # Every connected part of the mask gets at least one seed (a part without a clear peak
     # is one nucleus).
-    markers = _add_unseeded_parts(markers, mask, footprint)
+    markers = _add_unseeded_parts(markers, mask, parts, footprint)
     labels = watershed(-landscape, markers, mask=mask, connectivity=config.connectivity)
     return _without_small(labels, config.min_size)
 
 
 def _single_peak_h_maxima(
-    landscape: np.ndarray, mask: np.ndarray, parts: np.ndarray, n_parts: int, height: float
+    landscape: np.ndarray,
+    mask: np.ndarray,
+    parts: np.ndarray,
+    boxes: list[tuple[slice, ...]],
+    height: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """skimage's ``h_maxima`` of every part of the mask that has a single peak.
 
@@ -232,20 +240,32 @@ def _single_peak_h_maxima(
     single-peaked when exactly one 8-connected group of local maxima lies in it and it
     touches no other part, even diagonally (its crop then holds no other part's pixels).
 
+    Parameters
+    ----------
+    landscape, mask : numpy.ndarray
+        The map whose peaks are sought, and the nucleus mask.
+    parts : numpy.ndarray
+        The mask's connected parts (ids 1..N).
+    boxes : list of tuple of slice
+        Each part's box with a one-pixel margin (clipped to the image), by id - 1.
+    height : float
+        ``h`` of the h-maxima.
+
     Returns
     -------
     numpy.ndarray
         Boolean peaks of the single-peaked parts.
     numpy.ndarray
-        Per part id (index 0 unused): whether it was handled here.
+        Per part id (index 0 unused): whether it was handled here (a single-peaked part
+        whose range is below ``h`` is handled and has no peak, as in skimage).
     """
     from scipy import ndimage as ndi
 
+    n_parts = len(boxes)
     square = np.ones((3, 3), bool)
-    single = np.zeros(n_parts + 1, bool)
     peaks = np.zeros(mask.shape, bool)
     if n_parts == 0:
-        return peaks, single
+        return peaks, np.zeros(1, bool)
     values = np.where(mask, landscape, 0).astype(np.float32)
     local = mask & (values == ndi.maximum_filter(values, footprint=square, mode="constant"))
     groups, n_groups = ndi.label(local, structure=square)
@@ -266,21 +286,17 @@ def _single_peak_h_maxima(
     # skimage returns no maxima when h exceeds the crop's range: the crop's minimum is the
     # zero around the part, unless the part fills its (image-clipped) box.
     sizes = np.bincount(parts.ravel(), minlength=n_parts + 1)
-    for number, box in enumerate(ndi.find_objects(parts), start=1):
-        if single[number]:
-            box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
-            if int(np.prod([s.stop - s.start for s in box])) == sizes[number]:
-                low[number] = values[box].min()
-    single &= ~(height > (top - low))
+    for number in np.flatnonzero(single):
+        box = boxes[number - 1]
+        if int(np.prod([s.stop - s.start for s in box])) == sizes[number]:
+            low[number] = values[box].min()
+    with_peak = single & ~(height > (top - low))
     resolution = np.float32(2 * np.finfo(np.float32).resolution)
     shifted_top = top - height - resolution * np.abs(top)
-    handled = single[parts]
-    f = values[handled]
-    peaks[handled] = (f - np.minimum(f, shifted_top[parts[handled]])) >= height
-    # A part whose range is below h has no h-maxima: handled, with no peak.
-    none = np.zeros(n_parts + 1, bool)
-    none[1:] = (groups_per_part[1:] == 1) & alone[1:] & (height > (top[1:] - low[1:]))
-    return peaks, single | none
+    on = with_peak[parts]
+    f = values[on]
+    peaks[on] = (f - np.minimum(f, shifted_top[parts[on]])) >= height
+    return peaks, single
 
 
 def _without_small(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -298,12 +314,13 @@ def _without_small(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def _add_unseeded_parts(
-    markers: np.ndarray, mask: np.ndarray, footprint: np.ndarray
+    markers: np.ndarray, mask: np.ndarray, parts: np.ndarray, footprint: np.ndarray
 ) -> np.ndarray:
-    """Give every connected part of ``mask`` without a marker a marker of its own."""
+    """Give every connected part of ``mask`` (``parts``: its labels with ``footprint``)
+    without a marker a marker of its own."""
     from scipy import ndimage as ndi
 
-    parts, n_parts = ndi.label(mask, structure=footprint)
+    n_parts = int(parts.max()) if parts.size else 0
     if n_parts:
         seeded = np.zeros(n_parts + 1, bool)
         seeded[parts[markers > 0]] = True
@@ -382,7 +399,8 @@ def instances_from_maps(
         cores = (landscape < config.seed_threshold) & mask
         flood, joins = landscape, footprint
     markers, _ = ndi.label(cores, structure=joins)
-    markers = _add_unseeded_parts(markers, mask, footprint)
+    parts, _ = ndi.label(mask, structure=footprint)
+    markers = _add_unseeded_parts(markers, mask, parts, footprint)
     labels = watershed(flood, markers, mask=mask, connectivity=config.connectivity)
     return _without_small(labels, config.min_size)
 
