@@ -17,9 +17,12 @@ import numpy as np
 __all__ = [
     "MEASUREMENT_COLUMNS",
     "MeasurementsFileError",
+    "concatenate_tables",
+    "frame_columns",
     "measure_nuclei",
     "read_measurements_csv",
     "to_layer_features",
+    "with_frame_columns",
     "write_measurements_csv",
 ]
 
@@ -44,6 +47,69 @@ def empty_table(columns: Sequence[str]) -> dict[str, np.ndarray]:
         )
         for name in columns
     }
+
+
+def frame_columns(n_leading: int) -> list[str]:
+    """Names of the frame columns of a stack's measurement table.
+
+    Parameters
+    ----------
+    n_leading : int
+        Axes in front of ``(H, W)``.
+
+    Returns
+    -------
+    list of str
+        ``[]``, ``["frame"]`` or ``["frame_0", "frame_1", ...]``.
+    """
+    if n_leading == 0:
+        return []
+    return ["frame"] if n_leading == 1 else [f"frame_{i}" for i in range(n_leading)]
+
+
+def with_frame_columns(
+    table: dict[str, np.ndarray], index: tuple[int, ...]
+) -> dict[str, np.ndarray]:
+    """One frame's measurements with its frame columns (its ``index``) in front.
+
+    Parameters
+    ----------
+    table : dict of str to numpy.ndarray
+        Measurements of one 2-D frame (columns :data:`MEASUREMENT_COLUMNS`).
+    index : tuple of int
+        The frame's index over the stack's leading axes.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+    """
+    count = table["label"].size
+    front = {
+        name: np.full(count, value, np.int64)
+        for name, value in zip(frame_columns(len(index)), index)
+    }
+    return {**front, **table}
+
+
+def concatenate_tables(
+    parts: Sequence[dict[str, np.ndarray]], n_leading: int
+) -> dict[str, np.ndarray]:
+    """Frames' measurement tables (each with its frame columns) as one table.
+
+    Parameters
+    ----------
+    parts : sequence of dict
+        Per-frame tables, in the order of their rows in the result.
+    n_leading : int
+        Axes in front of ``(H, W)`` (names the columns of an empty result).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+    """
+    if not parts:
+        return empty_table([*frame_columns(n_leading), *MEASUREMENT_COLUMNS])
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def _measure_frame(labels: np.ndarray, image: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -149,18 +215,13 @@ def measure_nuclei(
     if labels.ndim == 2:
         return _measure_frame(labels, image)
     leading = labels.shape[:-2]
-    names = ["frame"] if len(leading) == 1 else [f"frame_{i}" for i in range(len(leading))]
-    parts = []
-    for index in np.ndindex(*leading):
-        part = _measure_frame(labels[index], None if image is None else image[index])
-        count = part["label"].size
-        parts.append(
-            {**{name: np.full(count, i, np.int64) for name, i in zip(names, index)}, **part}
+    parts = [
+        with_frame_columns(
+            _measure_frame(labels[index], None if image is None else image[index]), index
         )
-    columns = list(parts[0]) if parts else [*names, *MEASUREMENT_COLUMNS]
-    if not parts:
-        return empty_table(columns)
-    return {name: np.concatenate([part[name] for part in parts]) for name in columns}
+        for index in np.ndindex(*leading)
+    ]
+    return concatenate_tables(parts, len(leading))
 
 
 def to_layer_features(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

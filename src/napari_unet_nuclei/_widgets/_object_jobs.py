@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..workflows.evaluate import object_frame_scores, pool_object_scores
-from ..workflows.segment import SegmentOutputs, frame_columns
+from ..workflows.segment import SegmentOutputs
 from ._jobs import (
     EvaluationResult,
     SegmentFrame,
@@ -258,13 +258,10 @@ class LazyOutputs:
         """The measurements of the finished frames, in frame order (None without labels)."""
         if self.labels is None:
             return None
-        from ..measurements import MEASUREMENT_COLUMNS, empty_table
+        from ..measurements import concatenate_tables
 
         parts = [self.tables[index] for index in sorted(self.tables) if self.frames_done[index]]
-        if not parts:
-            names = frame_columns(len(self.shape) - 2)
-            return empty_table([*names, *MEASUREMENT_COLUMNS])
-        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        return concatenate_tables(parts, len(self.shape) - 2)
 
 
 def _set_attribute(path: Path, key: str, name: str, value: Any) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..workflows.segment import frame_columns
+from ..measurements import frame_columns, with_frame_columns
 from ._layers import OWNER_KEY, find_owned_layer, put_output_layer, unique_layer_name
 
 __all__ = ["RUNNING", "UNFINISHED", "OutputLayers", "ask_csv_path", "features_table"]
@@ -117,9 +117,7 @@ class OutputLayers:
         full[frame] = 0
         offset = int(full.max())
         full[frame] = np.where(labels > 0, labels + offset, 0)
-        count = table["label"].size
-        new = {name: np.full(count, value, np.int64) for name, value in zip(names, frame)}
-        new.update(table)
+        new = with_frame_columns(table, frame)
         new["label"] = np.asarray(table["label"]) + offset
         if old and set(old) == set(new):
             keep = ~np.all([old[name] == value for name, value in zip(names, frame)], axis=0)

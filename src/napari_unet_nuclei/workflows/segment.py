@@ -42,7 +42,9 @@ from typing import Any
 
 import numpy as np
 
+from ..array_reading import read_array
 from ..events import FrameDone, TileDone
+from ..measurements import concatenate_tables, measure_nuclei, with_frame_columns
 
 __all__ = [
     "IN_MEMORY_FRAME_BYTES",
@@ -51,7 +53,6 @@ __all__ = [
     "FrameSegmented",
     "SegmentOutputs",
     "SegmentSummary",
-    "frame_columns",
     "iter_segment",
     "iter_segment_to_zarr",
     "read_mode",
@@ -147,24 +148,6 @@ class SegmentSummary:
     table: dict[str, np.ndarray] | None = None
 
 
-def frame_columns(n_leading: int) -> list[str]:
-    """Names of the frame columns of a measurement table (as ``measure_nuclei`` names them).
-
-    Parameters
-    ----------
-    n_leading : int
-        Axes in front of ``(H, W)``.
-
-    Returns
-    -------
-    list of str
-        ``[]``, ``["frame"]`` or ``["frame_0", "frame_1", ...]``.
-    """
-    if n_leading == 0:
-        return []
-    return ["frame"] if n_leading == 1 else [f"frame_{i}" for i in range(n_leading)]
-
-
 def read_mode(image: Any, *, nuclei: bool, read: str = "auto") -> str:
     """How :func:`iter_segment` reads the frames of ``image`` (see the module's rule).
 
@@ -202,28 +185,6 @@ def _connected_parts(mask: np.ndarray) -> np.ndarray:
     return ndi.label(mask, structure=np.ones((3, 3), bool))[0].astype(np.int32, copy=False)
 
 
-def _frame_table(labels: np.ndarray, image: Any, index: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Measurements of one 2-D frame, with its frame columns in front."""
-    from ..array_reading import read_array
-    from ..measurements import measure_nuclei
-
-    table = measure_nuclei(labels, read_array(image[index] if index else image))
-    count = table["label"].size
-    front = {
-        name: np.full(count, value, np.int64)
-        for name, value in zip(frame_columns(len(index)), index)
-    }
-    return {**front, **table}
-
-
-def _concatenate(parts: list[dict[str, np.ndarray]], n_leading: int) -> dict[str, np.ndarray]:
-    from ..measurements import MEASUREMENT_COLUMNS, empty_table
-
-    if not parts:
-        return empty_table([*frame_columns(n_leading), *MEASUREMENT_COLUMNS])
-    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-
-
 class _FrameWriter:
     """Splits a frame into nuclei, writes its outputs and keeps the running counts."""
 
@@ -236,6 +197,7 @@ class _FrameWriter:
         stack_axis: str,
         measure: bool,
         n_frames: int,
+        counts: bool,
     ) -> None:
         self.image = image
         self.outputs = outputs
@@ -248,7 +210,8 @@ class _FrameWriter:
         self.nuclei = 0
         self.foreground = 0
         self.tables: list[dict[str, np.ndarray]] = []
-        self.counts = True
+        #: Whether frames are split into nuclei at all (counted, labelled, measured).
+        self.counts = counts
 
     def split(self, probabilities: np.ndarray, maps: dict[str, np.ndarray]) -> np.ndarray:
         """Nuclei of one frame: the watershed (with the maps it uses) or connected parts."""
@@ -273,8 +236,10 @@ class _FrameWriter:
         if self.outputs.labels is not None:
             self.outputs.labels[index] = labels
         foreground = int(np.count_nonzero(labels))
-        table = _frame_table(labels, self.image, index) if self.measure_frames else None
-        if table is not None:
+        table = None
+        if self.measure_frames:
+            frame = read_array(self.image[index] if index else self.image)
+            table = with_frame_columns(measure_nuclei(labels, frame), index)
             self.tables.append(table)
         self.offset += count
         self.nuclei += count
@@ -385,16 +350,23 @@ def iter_segment(
     volume = stack_axis == "z" and len(shape) == 3
     if volume and outputs.labels is None:
         outputs = replace(outputs, labels=np.zeros(shape, np.int32))
+    split_by = instances
+    if mode == "bands" and instances is not None and instances.uses_object_map:
+        # Bands keep the nucleus probability only: split by its shape.
+        split_by = replace(instances, seeds="distance")
     writer = _FrameWriter(
-        image, outputs, instances, threshold, stack_axis, measure, len(_frame_indices(shape))
+        image,
+        outputs,
+        split_by,
+        threshold,
+        stack_axis,
+        measure,
+        len(_frame_indices(shape)),
+        counts=count_nuclei or instances is not None or measure or outputs.labels is not None,
     )
-    writer.counts = count_nuclei or instances is not None or measure or outputs.labels is not None
     if mode == "frames":
         yield from _segment_frames(model, image, outputs, writer, should_stop, inference)
     else:
-        if instances is not None and instances.uses_object_map:
-            # Bands keep the nucleus probability only: split by its shape.
-            writer.instances = replace(instances, seeds="distance")
         yield from _segment_bands(model, image, shape, outputs, writer, should_stop, inference)
     nuclei, table = writer.nuclei, None
     if volume:
@@ -404,12 +376,9 @@ def iter_segment(
         outputs.labels[...] = labels
         nuclei = int(np.unique(labels[labels > 0]).size)
         if measure:
-            from ..array_reading import read_array
-            from ..measurements import measure_nuclei
-
             table = measure_nuclei(labels, read_array(image), per_frame=False)
     elif measure:
-        table = _concatenate(writer.tables, len(shape) - 2)
+        table = concatenate_tables(writer.tables, len(shape) - 2)
     return SegmentSummary(shape, mode, nuclei, writer.foreground, table)
 
 
