@@ -136,6 +136,14 @@ class SegmentProgress:
     fraction: float
 
 
+def tile_progress(event: Any, number: int, n_tasks: int) -> SegmentProgress:
+    """Progress over all tasks after the engine's ``TileDone`` ``event`` in task ``number``."""
+    inner = (event.frame + event.tiles_done / max(1, event.n_tiles)) / event.n_frames
+    return SegmentProgress(
+        number, n_tasks, event.frame, event.n_frames, (number + inner) / n_tasks
+    )
+
+
 @dataclass(frozen=True)
 class SegmentResult:
     """The probabilities of one task, yielded as soon as it is done."""
@@ -205,12 +213,7 @@ def segmentation_job(
                     events.close()
                     return number
                 if isinstance(event, TileDone):
-                    inner = (
-                        event.frame + event.tiles_done / max(1, event.n_tiles)
-                    ) / event.n_frames
-                    yield SegmentProgress(
-                        number, n_tasks, event.frame, event.n_frames, (number + inner) / n_tasks
-                    )
+                    yield tile_progress(event, number, n_tasks)
                 elif isinstance(event, FrameDone) and event.n_frames > 1:
                     yield SegmentFrame(
                         number, event.frame, event.n_frames, frames[event.frame].copy()

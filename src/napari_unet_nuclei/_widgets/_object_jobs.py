@@ -34,6 +34,7 @@ from ._jobs import (
     SegmentTask,
     evaluation_job,
     guarded_job,
+    tile_progress,
 )
 
 __all__ = [
@@ -323,10 +324,7 @@ def _task_events(
         except StopIteration as done:
             return done.value
         if isinstance(event, TileDone):
-            inner = (event.frame + event.tiles_done / max(1, event.n_tiles)) / event.n_frames
-            yield SegmentProgress(
-                number, n_tasks, event.frame, event.n_frames, (number + inner) / n_tasks
-            )
+            yield tile_progress(event, number, n_tasks)
         elif isinstance(event, FrameSegmented):
             if lazy is not None:
                 if event.table is not None:
