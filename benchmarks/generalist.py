@@ -11,7 +11,10 @@ Rows:
   generalist training parts for ``--budget`` seconds, then the same watershed;
 - ``U-Net objects``: the object-aware U-Net (nucleus probability + centre + boundary maps),
   same data, same budget, same seed, instances from its maps;
-- ``built-in <name>``: the shipped model (``scripts/train_builtin_model.py``).
+- ``built-in <name>``: the shipped model (``scripts/train_builtin_model.py``);
+- ``candidate``: with ``--candidate FILE``, a new built-in model (a piece of the long
+  schedule) beside the shipped one, in the same run: it is shipped only when it is better
+  on every test part.
 
 Scores per image, then averaged: pixel F1; object precision, recall and F1 at IoU >= 0.5
 (one-to-one matches); the Data Science Bowl 2018 AP over IoU 0.5:0.95; merges and splits
@@ -164,6 +167,7 @@ def main() -> None:
     )
     parser.add_argument("--baseline", help="use this probability-only model file instead")
     parser.add_argument("--objects", help="use this object-aware model file instead")
+    parser.add_argument("--candidate", help="a new built-in model file, scored beside it")
     parser.add_argument("--limit", type=int, help="images per test part (quick runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
@@ -233,6 +237,8 @@ def main() -> None:
             save_model(model, Path(args.json).with_suffix(f".{model.name}.pt"))
         del items
     models[f"built-in {builtin.name}"] = builtin
+    if args.candidate:
+        models["candidate"] = load_model(args.candidate)
 
     results: dict[str, dict] = {}
     per_image: dict[str, dict] = {}
@@ -284,6 +290,13 @@ def main() -> None:
             print(
                 f"  {collection:<15} {key:<10} {check['reached']:.3f} (>= {check['target']}) {verdict}"
             )
+    if args.candidate:
+        better = {
+            collection: results[collection]["candidate"]["object_f1"]
+            > results[collection][builtin_label]["object_f1"]
+            for collection in results
+        }
+        print(f"\ncandidate better by object F1 on: {better}; ship: {all(better.values())}")
     speed = None
     if args.speed:
         image = mosaic_2048(data_root())

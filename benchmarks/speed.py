@@ -48,11 +48,12 @@ from napari_unet_nuclei.acceleration import cpu_supports_bf16, onnxruntime_avail
 from napari_unet_nuclei.datasets import load_dataset, parse_split, select_by_names
 from napari_unet_nuclei.events import EpochEnd, TrainingStep
 from napari_unet_nuclei.inference import predict
+from napari_unet_nuclei.losses import probability_loss
 from napari_unet_nuclei.metrics import segmentation_scores
 from napari_unet_nuclei.model import create_model
 from napari_unet_nuclei.model_io import load_model, save_model
 from napari_unet_nuclei.normalization import normalize_frame
-from napari_unet_nuclei.training import TrainingConfig, _loss, train, train_model
+from napari_unet_nuclei.training import TrainingConfig, train, train_model
 
 DATA = Path(
     os.environ.get(
@@ -242,7 +243,7 @@ def bare_training_speed(features: int, steps: int, precision: str) -> float:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             logits = network(x)
-        _loss(logits.float(), y, w, config.dice_weight).backward()
+        probability_loss(logits.float(), y, w, config.dice_weight).backward()
         optimizer.step()
 
     for _ in range(2):

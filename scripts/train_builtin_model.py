@@ -15,6 +15,13 @@ smallest nucleus) by object F1; the test parts are only read by
     python scripts/train_builtin_model.py --time-budget 4500       # CPU, ~75 min
     python scripts/train_builtin_model.py --device cuda --time-budget 1800
     python scripts/train_builtin_model.py --init first.pt --lr 1e-3 --time-budget 3000  # more
+    python scripts/train_builtin_model.py --piece --time-budget 7200   # one more piece
+
+A *piece* (``--piece``) continues the long schedule from the committed model alone: a warm
+restart of the learning-rate cycle from the shipped weights, judged on the same validation
+images by object F1 against those weights; ``--out`` is replaced only when the piece
+improves them, and every piece, kept or not, is appended to ``--pieces``
+(``benchmarks/results/builtin_pieces.json``), the schedule's history.
 
 writes ``src/napari_unet_nuclei/models/fluo-nuclei.pt`` and a JSON report beside
 ``--report``; then run ``benchmarks/generalist.py`` for the scores and the model card.
@@ -23,8 +30,11 @@ writes ``src/napari_unet_nuclei/models/fluo-nuclei.pt`` and a JSON report beside
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +88,36 @@ def choose_instance_rule(model, items) -> tuple[dict, list[dict]]:
     return InstanceConfig(**chosen).to_dict(), table
 
 
+def record_piece(args, model, seconds: float, start_model) -> None:
+    """Append one piece of the long schedule to ``args.pieces``."""
+    import torch
+
+    path = Path(args.pieces)
+    pieces = json.loads(path.read_text()) if path.is_file() else []
+    summary = model.summary
+    pieces.append(
+        {
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "start_sha256": hashlib.sha256(Path(args.init).read_bytes()).hexdigest(),
+            "start_model_steps": start_model.summary.get("steps"),
+            "objective": args.objective,
+            "peak_learning_rate": args.piece_lr,
+            "steps": summary.get("steps"),
+            "seconds": round(seconds, 1),
+            "device": args.device,
+            "threads": torch.get_num_threads(),
+            "machine": platform.processor() or platform.machine(),
+            "val_object_f1_start": summary.get("start_val_object_f1"),
+            "val_object_f1_end": summary.get("best_val_object_f1"),
+            "val_merges_end": summary.get("best_val_merges"),
+            "kept": not summary.get("kept_start_weights"),
+            "history": summary.get("history"),
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(pieces, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--time-budget", type=float, default=4500.0, help="training seconds")
@@ -94,6 +134,14 @@ def main() -> None:
         help="continue from this model (its architecture and maps; a second, shorter schedule)",
     )
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    parser.add_argument(
+        "--piece",
+        action="store_true",
+        help="continue from --out (the shipped model): warm restart, kept only if better",
+    )
+    parser.add_argument("--piece-lr", type=float, default=1e-3, help="a piece's peak rate")
+    parser.add_argument("--objective", default="separating", help="separating or plain")
+    parser.add_argument("--pieces", default=str(ROOT / "benchmarks/results/builtin_pieces.json"))
     parser.add_argument(
         "--choose-only",
         metavar="MODEL",
@@ -148,11 +196,22 @@ def main() -> None:
         name="fluo-nuclei",
     )
     init_model = None
+    if args.piece:
+        args.init = args.init or args.out
+        config = replace(
+            config,
+            fine_tune_learning_rate=args.piece_lr,
+            freeze_batchnorm=False,
+        )
+    config = replace(config, objective=args.objective)
     if args.init:
         from napari_unet_nuclei.model_io import load_model
 
         init_model = load_model(args.init)
         init_model.name = "fluo-nuclei"
+        # Continuing a schedule is not a fine-tune on a few images: the given rate.
+        if not args.piece:
+            config = replace(config, fine_tune_learning_rate=args.lr, freeze_batchnorm=False)
     start = time.perf_counter()
 
     def progress(event) -> None:
@@ -172,6 +231,11 @@ def main() -> None:
         progress=progress,
     )
     seconds = time.perf_counter() - start
+    if args.piece:
+        record_piece(args, model, seconds, init_model)
+        if model.summary.get("kept_start_weights"):
+            print("the piece did not beat the shipped weights on validation: model unchanged")
+            return
     val_items = [i for i in items if i.name in set(val_names)]
     instance_config, table = choose_instance_rule(model, val_items)
     print(f"instance rule chosen on {len(val_items)} validation images: {instance_config}")
@@ -188,6 +252,7 @@ def main() -> None:
         "epochs": model.summary.get("epochs"),
         "best_epoch": model.summary.get("best_epoch"),
         "best_val_f1": model.summary.get("best_val_f1"),
+        "best_val_object_f1": model.summary.get("best_val_object_f1"),
         "threshold": model.threshold,
         "instance_config": instance_config,
         "instance_rules": table,

@@ -10,7 +10,6 @@ import tifffile
 import torch
 
 from napari_unet_nuclei.acceleration import (
-    cpu_supports_bf16,
     make_runner,
     onnxruntime_available,
     resolve_backend,
@@ -45,10 +44,16 @@ def kromp_crop(kromp_root) -> np.ndarray:
     return tifffile.imread(path)[:300, :420]
 
 
-def test_precision_choice() -> None:
-    native = "bf16" if cpu_supports_bf16() else "fp32"
-    assert resolve_precision("auto", CPU) == native
-    assert resolve_precision("auto", CPU, training=True) == native
+@pytest.mark.parametrize("native_bf16", [True, False], ids=["bf16-cpu", "avx2-cpu"])
+def test_precision_choice(native_bf16, monkeypatch) -> None:
+    """Both kinds of CPU, whichever this one is: bf16 inference only where it is native,
+    float32 training on both."""
+    import napari_unet_nuclei.acceleration as acceleration
+
+    monkeypatch.setattr(acceleration, "cpu_supports_bf16", lambda: native_bf16)
+    assert resolve_precision("auto", CPU) == ("bf16" if native_bf16 else "fp32")
+    assert resolve_precision("auto", CPU, training=True) == "fp32"
+    assert resolve_precision("bf16", CPU, training=True) == "bf16"
     assert resolve_precision("bf16", CPU) == "bf16"
     with pytest.raises(ValueError, match="CUDA"):
         resolve_precision("fp16", CPU)
@@ -159,10 +164,10 @@ def test_training_reports_its_precision(lab_arrays) -> None:
     images, labels = lab_arrays[0][:4, 0], lab_arrays[1][:4, 0]
     config = TrainingConfig(features=4, depth=2, epochs=1, steps_per_epoch=2, batch_size=2)
     started = next(e for e in train(images, labels, config) if isinstance(e, TrainingStarted))
-    assert started.precision == ("bf16-mixed" if cpu_supports_bf16() else "fp32")
-    fp32 = TrainingConfig(**{**config.__dict__, "precision": "fp32"})
-    started = next(e for e in train(images, labels, fp32) if isinstance(e, TrainingStarted))
-    assert started.precision == "fp32"
+    assert started.precision == "fp32"  # on every CPU, native bfloat16 or not
+    bf16 = TrainingConfig(**{**config.__dict__, "precision": "bf16"})
+    started = next(e for e in train(images, labels, bf16) if isinstance(e, TrainingStarted))
+    assert started.precision == "bf16-mixed"
 
 
 def test_training_precision_holds_across_epochs(lab_arrays, monkeypatch) -> None:

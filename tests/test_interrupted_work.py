@@ -181,31 +181,31 @@ def test_cancelled_fine_tuning_leaves_the_original_model_unchanged(lab_arrays) -
 
 def nan_after(monkeypatch, n_steps: int) -> None:
     """Make the training loss NaN from training step ``n_steps + 1`` on."""
-    real_loss = training._loss
+    real_loss = training.probability_loss
     calls = []
 
-    def loss(logits, target, weight, dice_weight, *kind):
-        value = real_loss(logits, target, weight, dice_weight, *kind)
+    def loss(logits, target, weight, dice_weight, *kind, **options):
+        value = real_loss(logits, target, weight, dice_weight, *kind, **options)
         if logits.requires_grad:  # a training step, not validation
             calls.append(1)
             if len(calls) > n_steps:
                 return value * float("nan")
         return value
 
-    monkeypatch.setattr(training, "_loss", loss)
+    monkeypatch.setattr(training, "probability_loss", loss)
 
 
 def test_nan_loss_after_an_epoch_keeps_that_epochs_weights(monkeypatch, lab_arrays) -> None:
     nan_after(monkeypatch, 3)
     saved = []
-    real_validate = training._validate
+    real_validate = training.validate_split
 
     def validate(network, val, device):
         result = real_validate(network, val, device)
         saved.append(copy.deepcopy(network.state_dict()))
         return result
 
-    monkeypatch.setattr(training, "_validate", validate)
+    monkeypatch.setattr(training, "validate_split", validate)
     x, y = list(lab_arrays[0][:4, 0]), list(lab_arrays[1][:4, 0])
     events = list(train(x, y, TrainingConfig(**SMALL, epochs=3, steps_per_epoch=3)))
     finished = events[-1]

@@ -124,3 +124,6 @@ def test_real_ground_truth_against_its_merged_mask(kromp_root) -> None:
     assert errors.merges >= 5
     assert scores["f1"] < 0.6
     assert 0 < dsb_average_precision(merged, truth) < scores["f1"]
+    counted = object_error_map(merged, truth, paint=False)
+    assert counted.counts() == errors.counts() and counted.map.size == 0
+    assert counted.match.scores() == scores

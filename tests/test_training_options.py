@@ -10,17 +10,15 @@ import torch
 from napari_unet_nuclei import load_model, save_model
 from napari_unet_nuclei.events import TrainingStarted
 from napari_unet_nuclei.inference import predict
+from napari_unet_nuclei.losses import LOSSES, lovasz_hinge, probability_loss
 from napari_unet_nuclei.metrics import segmentation_scores
 from napari_unet_nuclei.training import (
-    CALIBRATION_THRESHOLDS,
-    LOSSES,
     MIN_STEPS_PER_EPOCH_TIMED,
     TrainingConfig,
-    _loss,
-    _lovasz_hinge,
     train,
     train_model,
 )
+from napari_unet_nuclei.training_validation import CALIBRATION_THRESHOLDS
 
 SMALL = {"features": 4, "depth": 2, "batch_size": 4, "patch_size": 64}
 LEARNS = {"features": 8, "depth": 2, "batch_size": 8, "patch_size": 128}  # F1 > 0.75 in 36 steps
@@ -50,7 +48,7 @@ def test_lovasz_hinge_matches_its_definition() -> None:
     labels = (rng.random((2, 1, 5, 7)) > 0.6).astype(np.float32)
     weight = np.ones_like(labels)
     weight[1, 0, :2] = 0  # unannotated rows of the second patch are left out
-    got = float(_lovasz_hinge(*(torch.from_numpy(a) for a in (scores, labels, weight))))
+    got = float(lovasz_hinge(*(torch.from_numpy(a) for a in (scores, labels, weight))))
     expected = np.mean(
         [
             _lovasz_reference(scores[0].ravel(), labels[0].ravel()),
@@ -59,7 +57,7 @@ def test_lovasz_hinge_matches_its_definition() -> None:
     )
     assert got == pytest.approx(expected, rel=1e-5)
     perfect = torch.from_numpy(4.0 * (2.0 * labels - 1.0))
-    assert float(_lovasz_hinge(perfect, torch.from_numpy(labels), torch.ones(2, 1, 5, 7))) == 0
+    assert float(lovasz_hinge(perfect, torch.from_numpy(labels), torch.ones(2, 1, 5, 7))) == 0
 
 
 def test_image_dice_averages_patches_and_batch_dice_pools_them() -> None:
@@ -68,18 +66,20 @@ def test_image_dice_averages_patches_and_batch_dice_pools_them() -> None:
     logits = torch.full((2, 1, 4, 4), -20.0)
     logits[0, 0, :2] = 20.0  # exact on both patches
     weight = torch.ones_like(target)
-    bce = float(_loss(logits, target, weight, 1.0, "bce"))
-    assert float(_loss(logits, target, weight, 1.0, "bce+dice")) == pytest.approx(bce, abs=1e-4)
+    bce = float(probability_loss(logits, target, weight, 1.0, "bce"))
+    assert float(probability_loss(logits, target, weight, 1.0, "bce+dice")) == pytest.approx(
+        bce, abs=1e-4
+    )
     # Empty second patch: its own Dice is (0 + 1) / (0 + 0 + 1) = 1, so no loss either.
-    assert float(_loss(logits, target, weight, 1.0, "bce+image-dice")) == pytest.approx(
+    assert float(probability_loss(logits, target, weight, 1.0, "bce+image-dice")) == pytest.approx(
         bce, abs=1e-4
     )
     logits[1, 0, 0, 0] = 20.0  # one false pixel in the empty patch
-    image_dice = float(_loss(logits, target, weight, 1.0, "bce+image-dice")) - float(
-        _loss(logits, target, weight, 1.0, "bce")
+    image_dice = float(probability_loss(logits, target, weight, 1.0, "bce+image-dice")) - float(
+        probability_loss(logits, target, weight, 1.0, "bce")
     )
-    batch_dice = float(_loss(logits, target, weight, 1.0, "bce+dice")) - float(
-        _loss(logits, target, weight, 1.0, "bce")
+    batch_dice = float(probability_loss(logits, target, weight, 1.0, "bce+dice")) - float(
+        probability_loss(logits, target, weight, 1.0, "bce")
     )
     assert image_dice == pytest.approx(0.5 * (1 - 1 / 2), abs=1e-3)  # that patch: 1 - 1/2
     assert batch_dice == pytest.approx(1 - 17 / 18, abs=1e-3)
@@ -126,9 +126,36 @@ def test_weight_averaging_keeps_the_average_not_the_last_weights(lab_split) -> N
     assert averaged.summary["best_val_f1"] > 0.75
 
 
-def test_threshold_is_calibrated_on_the_validation_images(lab_split, tmp_path) -> None:
+def test_threshold_is_chosen_by_nuclei_on_the_validation_images(lab_split) -> None:
+    from napari_unet_nuclei.object_metrics import object_scores
+    from napari_unet_nuclei.object_targets import instance_labels
+    from napari_unet_nuclei.segmentation import predict_instances
+
     x_train, y_train, x_test, y_test = lab_split
     config = TrainingConfig(features=8, depth=2, batch_size=8, epochs=3, seed=0)
+    model = train_model(x_train, y_train, config, val_images=x_test, val_labels=y_test)
+    calibration = model.summary["threshold_calibration"]
+    assert calibration["by"] == "object F1" and model.threshold == calibration["threshold"]
+    assert calibration["val_object_f1"] >= calibration["val_object_f1_at_start_threshold"]
+    # The kept epoch is the one with the best validation nuclei, and the recorded figure is
+    # what predict_instances gives on those images.
+    history = model.summary["history"]
+    best = max(history, key=lambda r: (round(r["val_object_f1"], 3), -r["val_merges"]))
+    assert model.summary["best_epoch"] == best["epoch"]
+    got = np.mean(
+        [
+            object_scores(predict_instances(model, x, backend="torch"), instance_labels(y))["f1"]
+            for x, y in zip(x_test, y_test)
+        ]
+    )
+    assert got == pytest.approx(calibration["val_object_f1"], abs=2e-3)
+
+
+def test_threshold_is_calibrated_by_pixels_when_asked(lab_split, tmp_path) -> None:
+    x_train, y_train, x_test, y_test = lab_split
+    config = TrainingConfig(
+        features=8, depth=2, batch_size=8, epochs=3, seed=0, choose_by="pixels"
+    )
     model = train_model(x_train, y_train, config, val_images=x_test, val_labels=y_test)
     calibration = model.summary["threshold_calibration"]
     assert model.threshold == calibration["threshold"]

@@ -125,8 +125,10 @@ def test_segment_a_z_stack_into_3d_nuclei(qtbot, make_napari_viewer, kromp_root)
     layer = viewer.layers["cells instances"]
     volume = np.asarray(layer.data)
     assert volume.shape == stack.shape
-    assert ((volume > 0) == (per_frame > 0)).all()
+    # The 3-D nuclei cover the per-slice nuclei (holes filled, single-slice fragments gone).
+    covered = np.count_nonzero((volume > 0) & (per_frame > 0))
+    assert covered >= 0.9 * np.count_nonzero(per_frame > 0)
     n_volume = len(np.unique(volume)) - 1
-    assert 0 < n_volume < len(np.unique(per_frame)) - 1
+    assert 0 < n_volume <= (len(np.unique(per_frame)) - 1) / 4  # each spans many slices
     assert "volume" in layer.features.columns and "frame" not in layer.features.columns
     assert len(layer.features) == n_volume

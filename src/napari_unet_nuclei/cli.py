@@ -52,8 +52,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     budget = train.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, help="number of epochs (default 40)")
     budget.add_argument("--time-budget", type=float, help="train for this many seconds instead")
+    budget.add_argument(
+        "--steps",
+        type=int,
+        help="train this many steps instead (the same model on a busy and an idle machine)",
+    )
     train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
+    train.add_argument(
+        "--lr",
+        type=float,
+        help="peak learning rate (default 3e-3 for a new network, 5e-4 when fine-tuning)",
+    )
     train.add_argument("--patch-size", type=int, default=256)
     train.add_argument("--no-augment", action="store_true", help="switch all augmentation off")
     train.add_argument(
@@ -224,9 +233,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "before/after, then napari",
     )
     demo.add_argument("--out", default="napari-unet-nuclei-demo", help="output folder")
-    demo.add_argument(
-        "--time-budget", type=float, default=60.0, help="fine-tuning seconds (default 60)"
-    )
+    demo.add_argument("--steps", type=int, default=120, help="fine-tuning steps (default 120)")
     demo.add_argument("--no-viewer", action="store_true", help="do not open napari at the end")
     demo.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -278,8 +285,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         depth=args.depth,
         epochs=args.epochs,
         time_budget=args.time_budget,
+        steps=args.steps,
         batch_size=args.batch_size,
-        learning_rate=args.lr,
+        learning_rate=args.lr or 3e-3,
+        fine_tune_learning_rate=args.lr or 5e-4,
         patch_size=args.patch_size,
         augmentation=AugmentationConfig.disabled()
         if args.no_augment
@@ -306,13 +315,35 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"precision {summary['best_val_precision']:.4f}  recall {summary['best_val_recall']:.4f}  "
         f"F1 {summary['best_val_f1']:.4f}  IoU {summary['best_val_iou']:.4f}"
     )
-    calibration = summary.get("threshold_calibration")
-    if calibration:
-        print(
+    print(training_choice_text(summary))
+    return 0
+
+
+def training_choice_text(summary: dict) -> str:
+    """One line: what the validation nuclei chose (epoch, threshold, rule) and why."""
+    calibration = summary.get("threshold_calibration") or {}
+    rule = (summary.get("instance_config") or {}).get("seeds")
+    if calibration.get("by") == "object F1":
+        text = (
+            f"kept epoch {summary['best_epoch']} by validation nuclei: object F1 "
+            f"{calibration['val_object_f1']:.4f}, {calibration['val_merges']} merged; "
+            f"threshold {calibration['threshold']:.2f}"
+        )
+    elif calibration:
+        text = (
             f"default threshold {calibration['threshold']:.2f} (validation F1 "
             f"{calibration['val_f1']:.4f}; {calibration['val_f1_at_0.5']:.4f} at 0.50)"
         )
-    return 0
+    else:
+        text = "no validation images: the last epoch kept, threshold 0.50"
+    if rule:
+        text += f", nuclei split by {rule} seeds"
+    if summary.get("kept_start_weights"):
+        text += (
+            f". No epoch beat the start model on the validation nuclei (object F1 "
+            f"{summary.get('start_val_object_f1', float('nan')):.4f}): its weights were kept"
+        )
+    return text
 
 
 def read_input_image(path: Path) -> np.ndarray:
@@ -453,7 +484,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(
         Path(args.out),
-        time_budget=args.time_budget,
+        steps=args.steps,
         seed=args.seed,
         open_viewer=not args.no_viewer,
     )

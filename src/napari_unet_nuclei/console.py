@@ -1,15 +1,54 @@
-"""Progress on the terminal for the command line and the demo: tqdm bars and training."""
+"""Progress on the terminal for the command line and the demo: tqdm bars and training.
+
+On a terminal, progress is a tqdm bar. When stderr is not a terminal (a log file, a
+cluster job's output), it is plain lines instead, one per epoch or per image, without the
+carriage returns a bar redraws itself with.
+"""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
 
-__all__ = ["progress_bar", "train_with_progress"]
+__all__ = ["PlainProgress", "progress_bar", "train_with_progress"]
+
+
+class PlainProgress:
+    """The parts of tqdm's interface the command line uses, as plain lines.
+
+    Nothing is written per step: the callers' own lines (one per epoch, one per image,
+    through :meth:`write`, to stdout like ``tqdm.write``) are the progress, with a line on
+    stderr when the work starts and when it ends.
+    """
+
+    def __init__(self, total: float | None, desc: str) -> None:
+        self.total, self.desc, self.n, self.unit = total, desc, 0, "step"
+        print(f"{desc}: started", file=sys.stderr, flush=True)
+
+    def update(self, amount: float = 1) -> None:
+        self.n += amount
+
+    def refresh(self) -> None:
+        """Nothing to redraw."""
+
+    def set_postfix(self, refresh: bool = False, **values: Any) -> None:
+        """Per-step values are not written to a log."""
+
+    def set_postfix_str(self, text: str = "", refresh: bool = True) -> None:
+        """Per-frame values are not written to a log."""
+
+    def write(self, text: str, file: Any = None) -> None:
+        print(text, file=file or sys.stdout, flush=True)
+
+    def close(self) -> None:
+        print(f"{self.desc}: done ({self.n:g} {self.unit})", file=sys.stderr, flush=True)
 
 
 def progress_bar(total: float | None, desc: str) -> Any:
-    """A tqdm bar on stderr counting ``total`` units (steps, seconds or images)."""
+    """A tqdm bar on stderr counting ``total`` units (steps, seconds or images), or
+    :class:`PlainProgress` when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        return PlainProgress(total, desc)
     from tqdm import tqdm
 
     return tqdm(
@@ -72,9 +111,15 @@ def train_with_progress(
                 bar.refresh()
             bar.set_postfix(loss=f"{event.loss:.3f}", epoch=event.epoch, refresh=False)
         elif isinstance(event, EpochEnd) and bar is not None:
+            nuclei = (
+                f"  nuclei: object F1 {event.object_f1:.4f}, {event.merges} merged"
+                if event.object_f1 == event.object_f1
+                else ""
+            )
             bar.write(
                 f"epoch {event.epoch:3d}  loss {event.train_loss:.4f}  val precision "
-                f"{event.val_precision:.3f}  recall {event.val_recall:.3f}  F1 {event.val_f1:.4f}"
+                f"{event.val_precision:.3f}  recall {event.val_recall:.3f}  F1 "
+                f"{event.val_f1:.4f}{nuclei}"
             )
         elif isinstance(event, TrainingFinished):
             model = event.model

@@ -6,6 +6,7 @@ progress bar and a live plot. They hold plain values only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -57,7 +58,11 @@ class TrainingStep:
 
 @dataclass(frozen=True)
 class EpochEnd:
-    """An epoch ended; validation metrics are NaN when there is no validation data."""
+    """An epoch ended; validation metrics are NaN when there is no validation data.
+
+    ``object_f1`` and ``merges`` score the validation nuclei (NaN and -1 when training
+    chooses by pixels or has no validation images).
+    """
 
     epoch: int
     train_loss: float
@@ -68,6 +73,8 @@ class EpochEnd:
     val_iou: float
     elapsed: float
     eta: float | None
+    object_f1: float = math.nan
+    merges: int = -1
 
 
 @dataclass(frozen=True)

@@ -442,8 +442,8 @@ def iter_instances(
 
     Ids are unique across the whole stack (frame ``k`` continues after the last id of
     frame ``k - 1``), so the result is one napari labels layer whose features table has
-    one row per nucleus. With ``stack_axis="z"`` the nuclei of consecutive slices are
-    then linked into 3-D objects (:func:`~napari_unet_nuclei.stitching.stitch_slices`).
+    one row per nucleus. With ``stack_axis="z"`` the stack is then labelled as one volume
+    (:func:`~napari_unet_nuclei.volumes.nuclei_in_volume`).
 
     Parameters
     ----------
@@ -510,9 +510,12 @@ def iter_instances(
         if should_stop is not None and should_stop():
             raise InferenceCancelled("Instance labelling was cancelled.")
     if stack_axis == "z" and len(shape) == 3:
-        from .stitching import stitch_slices
+        from .volumes import nuclei_in_volume
 
-        out[...] = stitch_slices(np.asarray(out))
+        threshold = (config or InstanceConfig()).threshold
+        out[...] = nuclei_in_volume(
+            np.asarray(probabilities), threshold, slice_labels=np.asarray(out)
+        )
     return out
 
 

@@ -349,7 +349,12 @@ class ObjectErrors:
 
 
 def object_error_map(
-    predicted: Any, truth: Any, iou_threshold: float = 0.5, *, cover: float = 0.5
+    predicted: Any,
+    truth: Any,
+    iou_threshold: float = 0.5,
+    *,
+    cover: float = 0.5,
+    paint: bool = True,
 ) -> ObjectErrors:
     """Label each object by the kind of error it is: missed, false, merged or split.
 
@@ -363,6 +368,9 @@ def object_error_map(
         A predicted object *merges* when it covers at least this fraction of each of two or
         more true nuclei; a true nucleus is *split* when two or more predicted objects each
         have at least this fraction of their area inside it.
+    paint : bool
+        Paint the map; without it only the counts are computed (``map`` is empty), which
+        is what choosing by nuclei needs, several times faster on large images.
 
     Returns
     -------
@@ -395,6 +403,16 @@ def object_error_map(
     def lookup(labels: np.ndarray, ids: np.ndarray, selected: np.ndarray) -> np.ndarray:
         return np.isin(labels, ids[selected]) if selected.any() else np.zeros(labels.shape, bool)
 
+    if not paint:
+        return ObjectErrors(
+            map=np.zeros((0, 0), np.uint8),
+            match=match,
+            matched=match.tp,
+            false_nuclei=int(false_pred.sum()),
+            missed=int(missed_true.sum()),
+            merges=int(merge_pred.sum()),
+            splits=int(split_true.sum()),
+        )
     out = np.zeros(truth.shape, np.uint8)
     out[lookup(truth, overlaps.true_ids, missed_true)] = 3
     out[lookup(predicted, overlaps.pred_ids, matched_pred)] = 1

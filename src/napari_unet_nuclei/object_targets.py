@@ -23,8 +23,14 @@ import numpy as np
 #: Object maps a network can learn beside the nucleus probability (output channels 1, 2...).
 OBJECT_MAPS = ("centre", "boundary")
 
+#: Pixels closer than this to two different nuclei form the gap between them (see
+#: :func:`gap_band`).
+GAP_RADIUS = 3
+
 __all__ = [
+    "GAP_RADIUS",
     "OBJECT_MAPS",
+    "gap_band",
     "instance_labels",
     "object_maps",
     "painted_with_one_value",
@@ -111,6 +117,37 @@ def _boundary_map(labels: np.ndarray) -> np.ndarray:
     largest = ndi.maximum_filter(labels, size=3)
     ceiling = np.iinfo(np.int32).max
     smallest = ndi.minimum_filter(np.where(labels > 0, labels, ceiling), size=3)
+    return ((smallest < ceiling) & (largest != smallest)).astype(np.float32)
+
+
+def gap_band(labels: np.ndarray, radius: int = GAP_RADIUS) -> np.ndarray:
+    """Where two nuclei come close: pixels whose ``(2 radius + 1)`` square holds two
+    different nuclei (the narrow background between neighbours and their facing rims).
+
+    The separating objective (:mod:`napari_unet_nuclei.losses`) weighs these pixels more,
+    like the U-Net paper's weight map, so that the network keeps the gaps open.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        2-D labels (instance ids, or one value for all nuclei: split into parts).
+    radius : int
+        Half the width of the square, in pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 0/1 map of the labels' shape.
+    """
+    from scipy import ndimage as ndi
+
+    instances = instance_labels(labels)
+    if not instances.any():
+        return np.zeros(instances.shape, np.float32)
+    size = 2 * int(radius) + 1
+    largest = ndi.maximum_filter(instances, size=size)
+    ceiling = np.iinfo(np.int32).max
+    smallest = ndi.minimum_filter(np.where(instances > 0, instances, ceiling), size=size)
     return ((smallest < ceiling) & (largest != smallest)).astype(np.float32)
 
 

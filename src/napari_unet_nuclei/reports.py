@@ -10,7 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["error_overlay_rgb", "save_error_overlay_png", "save_precision_recall_png"]
+__all__ = [
+    "error_overlay_rgb",
+    "object_overlay_rgb",
+    "save_error_overlay_png",
+    "save_precision_recall_png",
+]
 
 
 def error_overlay_rgb(
@@ -45,10 +50,55 @@ def error_overlay_rgb(
     return rgb
 
 
+def object_overlay_rgb(
+    image: np.ndarray, predicted: np.ndarray, truth: np.ndarray, alpha: float = 0.55
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Grey image with nuclei coloured by their error: matched, false, missed, merged, split.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2-D image (any dtype).
+    predicted, truth : numpy.ndarray
+        Instance labels of the same shape.
+    alpha : float
+        Opacity of the colours.
+
+    Returns
+    -------
+    numpy.ndarray
+        float RGB ``(H, W, 3)`` in [0, 1].
+    dict
+        The counts of :meth:`~napari_unet_nuclei.object_metrics.ObjectErrors.counts`.
+    """
+    from .normalization import normalize_frame
+    from .object_metrics import OBJECT_ERROR_COLORS, object_error_map
+
+    grey = np.clip(normalize_frame(image), 0, 1)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    errors = object_error_map(predicted, truth)
+    for code in range(1, 6):
+        colour = np.asarray(OBJECT_ERROR_COLORS[code][:3], np.float32)
+        where = errors.map == code
+        rgb[where] = (1 - alpha) * rgb[where] + alpha * colour
+    return rgb, errors.counts()
+
+
 def save_error_overlay_png(
-    path: str | Path, image: np.ndarray, predicted: np.ndarray, truth: np.ndarray, title: str = ""
+    path: str | Path,
+    image: np.ndarray,
+    predicted: np.ndarray,
+    truth: np.ndarray,
+    title: str = "",
+    *,
+    objects: bool = False,
 ) -> Path:
-    """Write image | prediction | error overlay side by side with a legend."""
+    """Write image | prediction | error overlay side by side with a legend.
+
+    With ``objects``, ``predicted`` and ``truth`` are instance labels and the overlay
+    colours whole nuclei by their error (matched, false, missed, merged, split), with the
+    counts in the legend; otherwise pixels (true positive, false positive, missed).
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
@@ -62,15 +112,33 @@ def save_error_overlay_png(
     axes[0].set_title("image")
     axes[1].imshow(np.asarray(predicted) > 0, cmap="gray")
     axes[1].set_title("prediction")
-    axes[2].imshow(error_overlay_rgb(image, predicted, truth))
-    axes[2].set_title("errors")
+    if objects:
+        from .object_metrics import OBJECT_ERROR_CLASSES, OBJECT_ERROR_COLORS
+
+        rgb, counts = object_overlay_rgb(image, predicted, truth)
+        axes[2].imshow(rgb)
+        axes[2].set_title("errors by nucleus")
+        numbers = (
+            counts["matched"],
+            counts["false_nuclei"],
+            counts["missed"],
+            counts["merges"],
+            counts["splits"],
+        )
+        handles = [
+            Patch(color=OBJECT_ERROR_COLORS[c][:3], label=f"{OBJECT_ERROR_CLASSES[c]} ({n})")
+            for c, n in zip(range(1, 6), numbers)
+        ]
+    else:
+        axes[2].imshow(error_overlay_rgb(image, predicted, truth))
+        axes[2].set_title("errors")
+        handles = [Patch(color=ERROR_COLORS[c][:3], label=ERROR_CLASSES[c]) for c in (1, 2, 3)]
     for axis in axes:
         axis.set_axis_off()
-    handles = [Patch(color=ERROR_COLORS[c][:3], label=ERROR_CLASSES[c]) for c in (1, 2, 3)]
-    figure.legend(handles=handles, loc="lower center", ncol=3, frameon=False)
+    figure.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize="small")
     if title:
         figure.suptitle(title)
-    figure.tight_layout(rect=(0, 0.07, 1, 1))
+    figure.tight_layout(rect=(0, 0.12 if objects else 0.07, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

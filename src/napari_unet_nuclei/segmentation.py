@@ -7,14 +7,14 @@
 before (:func:`~napari_unet_nuclei.instances.instances_from_probabilities`).
 
 A stack is labelled frame by frame. ``stack_axis="frames"`` (time points or unrelated
-images) gives ids unique in the whole stack; ``stack_axis="z"`` links the nuclei of
-consecutive slices into 3-D objects (:func:`~napari_unet_nuclei.stitching.stitch_slices`).
+images) gives ids unique in the whole stack; ``stack_axis="z"`` finds 3-D nuclei in the
+stacked probabilities (:func:`~napari_unet_nuclei.volumes.nuclei_in_volume`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -61,7 +61,7 @@ def iter_predict_instances(
     threshold: float | None = None,
     instance_config: InstanceConfig | None = None,
     stack_axis: str = "frames",
-    min_iou: float = 0.25,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
     probabilities_out: Any = None,
     should_stop: Callable[[], bool] | None = None,
     **options: Any,
@@ -87,7 +87,7 @@ def iter_predict_instances(
         threshold=threshold,
         instances=config,
         stack_axis=stack_axis,
-        min_iou=min_iou,
+        spacing=spacing,
         read="frames",
         should_stop=should_stop,
         **options,
@@ -102,7 +102,7 @@ def predict_instances(
     threshold: float | None = None,
     instance_config: InstanceConfig | None = None,
     stack_axis: str = "frames",
-    min_iou: float = 0.25,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
     probabilities_out: Any = None,
     progress: Callable[[TileDone | FrameDone], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -124,11 +124,10 @@ def predict_instances(
         see :func:`default_instance_config`).
     stack_axis : {"frames", "z"}
         For a stack: ``"frames"`` labels every frame on its own (ids unique in the
-        stack); ``"z"`` links nuclei across consecutive slices into 3-D objects (a
-        ``(Z, H, W)`` stack).
-    min_iou : float
-        ``"z"`` only: least overlap (intersection over union) with a nucleus in the slice
-        above for a nucleus to continue it.
+        stack); ``"z"`` finds 3-D nuclei in a ``(Z, H, W)`` stack from its stacked
+        probabilities (:func:`~napari_unet_nuclei.volumes.nuclei_in_volume`).
+    spacing : sequence of float
+        ``"z"`` only: the voxel size along z, y, x, for 3-D distances.
     probabilities_out : array-like, optional
         An array of the image's shape that receives the nucleus probabilities too.
     progress : callable, optional
@@ -152,7 +151,7 @@ def predict_instances(
             threshold=threshold,
             instance_config=instance_config,
             stack_axis=stack_axis,
-            min_iou=min_iou,
+            spacing=spacing,
             probabilities_out=probabilities_out,
             should_stop=should_stop,
             **options,

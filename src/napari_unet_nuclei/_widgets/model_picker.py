@@ -151,7 +151,9 @@ class ModelPicker(ComboBox):
 
     def _on_models_changed(self) -> None:
         names = self._registry.names()
-        added = [name for name in names if name not in self._known]
+        added = [
+            name for name in names if name not in self._known and self._registry.followed(name)
+        ]
         self._known = names
         previous = self.value
         self.reset_choices()

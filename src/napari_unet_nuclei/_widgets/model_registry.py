@@ -69,6 +69,7 @@ class ModelRegistry:
         self._builtin_names: list[str] = []
         self._builtin_models: dict[str, NucleiModel] = {}
         self._builtin_lock = threading.Lock()
+        self._not_followed: set[str] = set()
         if builtins:
             from ..builtin_models import BUILTIN_MODELS, DEFAULT_MODEL
 
@@ -76,10 +77,12 @@ class ModelRegistry:
             self._threshold = BUILTIN_MODELS[DEFAULT_MODEL].threshold
 
     # ----------------------------------------------------------------------- models
-    def add(self, model: NucleiModel, name: str | None = None) -> str:
+    def add(self, model: NucleiModel, name: str | None = None, *, follow: bool = True) -> str:
         """Register a model under a unique name and return that name.
 
-        The shared threshold becomes the model's default threshold.
+        The shared threshold becomes the model's default threshold, and pickers that
+        follow the latest model select it, unless ``follow`` is False (a cancelled
+        training run: listed, never put in front of the user's model).
 
         Parameters
         ----------
@@ -100,11 +103,18 @@ class ModelRegistry:
             number += 1
             unique = f"{base} ({number})"
         self._models[unique] = model
+        if not follow:
+            self._not_followed.add(unique)
         self.models_changed.emit()
-        # A new model brings its own default threshold (calibrated on its validation
-        # images when it was trained).
-        self.set_threshold(model.threshold)
+        if follow:
+            # A new model brings its own default threshold (calibrated on its validation
+            # images when it was trained).
+            self.set_threshold(model.threshold)
         return unique
+
+    def followed(self, name: str) -> bool:
+        """Whether pickers that follow the latest model should select ``name``."""
+        return name not in self._not_followed
 
     def builtin_names(self) -> list[str]:
         """Names of the built-in models this registry offers."""

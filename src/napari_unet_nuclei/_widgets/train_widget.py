@@ -338,12 +338,21 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
             if event.message:
                 report_warning(event.message)
             return
-        name = self.registry.add(event.model, self.settings.model_name.value.strip() or None)
-        self.model_files.current_name = name
-        best = event.model.summary.get("best_val_f1", math.nan)
-        best_text = (
-            f", best validation F1 {best:.3f}" if isinstance(best, float) and best == best else ""
+        cancelled = event.reason == "cancelled"
+        # A cancelled run is listed but never put in front of the model the user works with.
+        name = self.registry.add(
+            event.model, self.settings.model_name.value.strip() or None, follow=not cancelled
         )
+        self.model_files.current_name = name
+        summary = event.model.summary
+        best = summary.get("best_val_object_f1", math.nan)
+        best_text = (
+            f", validation object F1 {best:.3f} ({summary.get('best_val_merges')} merged)"
+            if isinstance(best, float) and best == best
+            else ""
+        )
+        if summary.get("kept_start_weights"):
+            best_text += ", no epoch beat the start model: its weights kept"
         if event.model.summary.get("threshold_calibration"):
             best_text += f", threshold {event.model.threshold:.2f}"
         reasons = {

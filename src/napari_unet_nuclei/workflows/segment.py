@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -260,7 +260,7 @@ def iter_segment(
     threshold: float | None = None,
     instances: Any = None,
     stack_axis: str = "frames",
-    min_iou: float = 0.25,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
     measure: bool = False,
     read: str = "auto",
     count_nuclei: bool = True,
@@ -287,9 +287,10 @@ def iter_segment(
         nuclei are the connected parts of the mask.
     stack_axis : {"frames", "z"}
         What the leading axis of a 3-D stack is: separate frames (ids unique in the stack)
-        or slices of one volume (nuclei linked into 3-D objects).
-    min_iou : float
-        ``"z"`` only: least overlap with a nucleus of the slice above to continue it.
+        or slices of one volume (3-D nuclei from the stacked probabilities, see
+        :func:`~napari_unet_nuclei.volumes.nuclei_in_volume`).
+    spacing : sequence of float
+        ``"z"`` only: the voxel size along z, y, x (a layer's scale), for 3-D distances.
     measure : bool
         Measure every nucleus (:func:`~napari_unet_nuclei.measure_nuclei`): per frame, or
         per 3-D object of a z-stack.
@@ -350,6 +351,8 @@ def iter_segment(
     volume = stack_axis == "z" and len(shape) == 3
     if volume and outputs.labels is None:
         outputs = replace(outputs, labels=np.zeros(shape, np.int32))
+    if volume and outputs.probabilities is None:  # the 3-D nuclei come from the stack's
+        outputs = replace(outputs, probabilities=np.zeros(shape, np.float32))
     split_by = instances
     if mode == "bands" and instances is not None and instances.uses_object_map:
         # Bands keep the nucleus probability only: split by its shape.
@@ -370,9 +373,14 @@ def iter_segment(
         yield from _segment_bands(model, image, shape, outputs, writer, should_stop, inference)
     nuclei, table = writer.nuclei, None
     if volume:
-        from ..stitching import stitch_slices
+        from ..volumes import nuclei_in_volume
 
-        labels = stitch_slices(np.asarray(outputs.labels[...]), min_iou=min_iou)
+        labels = nuclei_in_volume(
+            np.asarray(outputs.probabilities[...]),
+            threshold,
+            spacing=spacing,
+            slice_labels=np.asarray(outputs.labels[...]),
+        )
         outputs.labels[...] = labels
         nuclei = int(np.unique(labels[labels > 0]).size)
         if measure:

@@ -1,0 +1,188 @@
+"""Training data: images normalised, labels made into masks, nuclei and targets, and the
+validation split; the warnings about labels and image sizes a user should see first."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .object_targets import painted_with_one_value
+
+__all__ = [
+    "MIN_TRAINING_SIDE",
+    "TrainingSplit",
+    "as_mask",
+    "check_pair",
+    "split_validation",
+    "warn_when_images_are_tiny",
+    "warn_when_labels_are_partial",
+    "warn_when_painted_with_one_value",
+]
+
+
+@dataclass
+class TrainingSplit:
+    """Normalised images with their masks, loss weights, names, object maps, nucleus ids
+    and gap bands (the lists a model needs are filled)."""
+
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    weights: list[np.ndarray | None]
+    names: list[str]
+    maps: list[np.ndarray] = field(default_factory=list)  # (K-1, H, W) object maps
+    instances: list[np.ndarray] = field(default_factory=list)  # nucleus ids
+    gaps: list[np.ndarray] = field(default_factory=list)  # (H, W) gap bands
+
+    def pick(self, indices: Sequence[int]) -> TrainingSplit:
+        """The images at ``indices``."""
+
+        def some(values: list) -> list:
+            return [values[i] for i in indices] if values else []
+
+        return TrainingSplit(
+            [self.images[i] for i in indices],
+            [self.masks[i] for i in indices],
+            [self.weights[i] for i in indices],
+            [self.names[i] for i in indices],
+            some(self.maps),
+            some(self.instances),
+            some(self.gaps),
+        )
+
+    def rows(self, part: slice, suffix: str) -> TrainingSplit:
+        """A band of rows of the one image (a single image split for validation)."""
+
+        def cut(values: list, leading: bool = False) -> list:
+            if not values or values[0] is None:
+                return list(values)
+            return [values[0][:, part] if leading else values[0][part]]
+
+        return TrainingSplit(
+            cut(self.images),
+            cut(self.masks),
+            cut(self.weights),
+            [f"{self.names[0]} ({suffix})"],
+            cut(self.maps, leading=True),
+            cut(self.instances),
+            cut(self.gaps),
+        )
+
+    def targets(self) -> list[np.ndarray]:
+        """Per image the nucleus mask, stacked with its object maps and its gap band
+        (the last channel) when there are any."""
+        if not self.maps and not self.gaps:
+            return list(self.masks)
+        out = []
+        for index, mask in enumerate(self.masks):
+            channels = [mask[None].astype(np.float32)]
+            if self.maps:
+                channels.append(self.maps[index])
+            if self.gaps:
+                channels.append(self.gaps[index][None])
+            out.append(np.concatenate(channels))
+        return out
+
+
+def as_mask(labels: np.ndarray) -> np.ndarray:
+    """The nucleus mask of labels (``> 0``; NaN is background)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "f":
+        labels = np.nan_to_num(labels, nan=0.0)
+    return labels > 0
+
+
+def check_pair(image: np.ndarray, labels: np.ndarray, name: str) -> None:
+    """Refuse an image that is not 2-D or whose labels differ in shape."""
+    if image.ndim != 2:
+        raise ValueError(
+            f"Training image '{name}' has shape {image.shape}; give 2-D frames "
+            "(split stacks into frames, convert RGB to grey)."
+        )
+    if image.shape != labels.shape:
+        raise ValueError(
+            f"Training image '{name}' has shape {image.shape} but its labels have shape "
+            f"{labels.shape}; each label image must match its image."
+        )
+
+
+def split_validation(
+    data: TrainingSplit, fraction: float, rng: np.random.Generator, multiple: int
+) -> tuple[TrainingSplit, TrainingSplit]:
+    """Hold out ``fraction`` of the images (a band of rows of a single image)."""
+    n = len(data.images)
+    if fraction <= 0:
+        return data, TrainingSplit([], [], [], [])
+    if n >= 2:
+        n_val = min(n - 1, max(1, int(round(fraction * n))))
+        order = rng.permutation(n)
+        val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+
+        return data.pick(train_idx), data.pick(val_idx)
+    # One image: hold out a band of rows at the bottom for validation.
+    image, weight = data.images[0], data.weights[0]
+    # With partial annotations the band is cut from the annotated rows, so that both
+    # parts hold annotated pixels.
+    top, bottom = 0, image.shape[0]
+    if weight is not None and weight.any():
+        annotated_rows = np.flatnonzero(weight.any(axis=1))
+        top, bottom = int(annotated_rows[0]), int(annotated_rows[-1]) + 1
+    band = max(multiple, int(round(max(fraction, 0.15) * (bottom - top))))
+    if bottom - top - band < multiple:
+        return data, TrainingSplit([], [], [], [])
+    cut = bottom - band
+    return data.rows(slice(None, cut), "top"), data.rows(slice(cut, None), "bottom")
+
+
+#: Training frames whose shorter side is below this hold too little to learn from.
+MIN_TRAINING_SIDE = 32
+
+
+def warn_when_images_are_tiny(images: Sequence[np.ndarray]) -> None:
+    """Warn (:class:`ImageWarning`) when even the largest training frame is tiny."""
+    from .normalization import ImageWarning
+
+    if not images:
+        return
+    largest = max(images, key=lambda image: min(image.shape[-2:]))
+    if min(largest.shape[-2:]) < MIN_TRAINING_SIDE:
+        height, width = largest.shape[-2:]
+        warnings.warn(
+            f"The largest training image is {height} x {width} pixels: too small to learn "
+            "what a nucleus looks like (nuclei are often 10-40 pixels across). Train on "
+            f"images of at least {MIN_TRAINING_SIDE} x {MIN_TRAINING_SIDE} pixels, better "
+            "256 x 256.",
+            ImageWarning,
+            stacklevel=3,
+        )
+
+
+def warn_when_labels_are_partial(
+    images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
+) -> None:
+    """Warn (:class:`PartialLabelsWarning`) when many bright blobs carry no label."""
+    from .label_coverage import PartialLabelsWarning, label_coverage, partial_labels_note
+
+    note = partial_labels_note(label_coverage(images, labels))
+    if note:
+        warnings.warn(note, PartialLabelsWarning, stacklevel=3)
+
+
+def warn_when_painted_with_one_value(labels: Sequence[np.ndarray], names: Sequence[str]) -> None:
+    """Warn (:class:`ImageWarning`) when labels paint several nuclei with one value."""
+    from .normalization import ImageWarning
+
+    one_value = [str(n) for n, lab in zip(names, labels) if painted_with_one_value(lab)]
+    if one_value:
+        shown = ", ".join(repr(n) for n in one_value[:3])
+        more = f" and {len(one_value) - 3} more" if len(one_value) > 3 else ""
+        warnings.warn(
+            f"The labels of {shown}{more} paint every nucleus with one value: they were "
+            "split into connected parts, so touching nuclei painted with one value teach "
+            "the model to merge them. Give each nucleus its own label id to teach it to "
+            "separate them.",
+            ImageWarning,
+            stacklevel=3,
+        )
