@@ -75,16 +75,17 @@ def messages(record) -> list[str]:
 
 
 # ------------------------------------------------------------------------ colour images
-def test_rgb_and_rgba_become_grey_and_say_so(real_image) -> None:
-    red, green, blue = real_image, real_image // 2, np.zeros_like(real_image)
+def test_rgb_and_rgba_give_their_nuclear_channel_and_say_which(real_image) -> None:
+    # Nuclei in blue, a dim copy in red, an inverted (cytoplasm-like) green: blue is used,
+    # where luminance kept 11 % of it.
+    blue, red, green = real_image, real_image // 3, 255 - real_image
     rgb = np.stack([red, green, blue], axis=-1)
     rgba = np.concatenate([rgb, np.full((*real_image.shape, 1), 255, np.uint8)], axis=-1)
-    expected = np.rint(0.299 * red + 0.587 * green).astype(np.uint8)
     for colour, kind in ((rgb, "RGB"), (rgba, "RGBA")):
-        with pytest.warns(ImageWarning, match=rf"colour \({kind}\) image.*0\.299 R"):
+        with pytest.warns(ImageWarning, match=rf"colour \({kind}\) image: its blue channel"):
             grey = to_grey(colour, name="cells.png")
-        assert grey.dtype == np.uint8 and grey.shape == real_image.shape
-        assert np.abs(grey.astype(int) - expected).max() <= 1
+        assert grey.dtype == np.uint8
+        np.testing.assert_array_equal(grey, blue)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # grey stored as RGB: used as is, nothing to say
         np.testing.assert_array_equal(to_grey(np.stack([red] * 3, -1)), red)
@@ -97,17 +98,17 @@ def test_rgb_array_given_to_the_network_is_refused(model, real_image) -> None:
         predict(model, np.zeros((2, 30, 30, 4), np.uint8))
 
 
-def test_cli_segments_an_rgb_tiff_as_grey_and_says_so(
+def test_cli_segments_the_nuclear_channel_of_an_rgb_tiff_and_says_so(
     model_file, real_image, tmp_path, capsys
 ) -> None:
-    rgb = np.stack([real_image, real_image // 2, real_image // 3], axis=-1)
+    rgb = np.stack([real_image // 3, 255 - real_image, real_image], axis=-1)
     tifffile.imwrite(tmp_path / "colour.tif", rgb, photometric="rgb")
     status, err = run_cli(
         ["segment", "--model", model_file, tmp_path / "colour.tif", "--out", tmp_path / "out"],
         capsys,
     )
     assert status == 0
-    assert any("warning:" in line and "converted to grey" in line for line in err)
+    assert any("warning:" in line and "its blue channel was used" in line for line in err)
     assert tifffile.imread(tmp_path / "out" / "colour.tif").shape == real_image.shape
 
 
@@ -119,20 +120,25 @@ def test_multichannel_images_are_refused_with_the_channel_count(
         to_grey(np.zeros((20, 20, 5)), name="five channels")
     with pytest.raises(DataError, match="a 2-D \\(H, W\\) image is expected"):
         LabelledImage("stack", np.zeros((2, 20, 20)), np.zeros((2, 20, 20)))
-    two = np.stack([real_image, 255 - real_image])
+    two = np.stack([255 - real_image, real_image])  # the nuclei in the second channel
     tifffile.imwrite(tmp_path / "two.tif", two, imagej=True, metadata={"axes": "CYX"})
-    status = main(
-        [
-            "segment",
-            "--model",
-            str(model_file),
-            str(tmp_path / "two.tif"),
-            "--out",
-            str(tmp_path / "o"),
-        ]
-    )
+    command = ["segment", "--model", str(model_file), str(tmp_path / "two.tif"), "--out"]
+    assert main([*command, str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
-    assert status == 1 and "has 2 channels; save the nuclear channel alone" in err
+    assert "has 2 channels: segmenting channel 1" in err
+    assert tifffile.imread(tmp_path / "o" / "two.tif").shape == real_image.shape
+    # The same planes without axis names: refused with the two ways out, unless one is taken.
+    tifffile.imwrite(tmp_path / "bare.tif", two)
+    bare = ["segment", "--model", str(model_file), str(tmp_path / "bare.tif"), "--out"]
+    assert main([*bare, str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "does not say whether they are channels, frames or z-slices" in err
+    assert "--channel N" in err and "--stack-axis frames" in err
+    assert main([*bare, str(tmp_path / "c1"), "--channel", "1"]) == 0
+    assert tifffile.imread(tmp_path / "c1" / "bare.tif").shape == real_image.shape
+    assert main([*bare, str(tmp_path / "f"), "--stack-axis", "frames"]) == 0
+    assert tifffile.imread(tmp_path / "f" / "bare.tif").shape == two.shape
+    capsys.readouterr()
     npz = write_npz(tmp_path / "c3.npz", np.zeros((2, 3, 32, 32)), np.zeros((2, 1, 32, 32)))
     status, err = run_cli(["train", "--data", npz, "--out", tmp_path / "m.pt"], capsys)
     assert status == 2 and "one grey channel per image" in err[0] and len(err) == 1

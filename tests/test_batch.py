@@ -208,8 +208,22 @@ def test_open_multipage_tiff_lazily_and_ome_zarr(tmp_path) -> None:
         assert image.shape == (4, 32, 40) and axes == ["z", "y", "x"]
         np.testing.assert_array_equal(np.asarray(image[3]), stack[3])
     two = create_ome_zarr(tmp_path / "two.ome.zarr", (2, 32, 40), np.uint16, axes=["c", "y", "x"])
+    two[1] = stack[0]  # the nuclei in channel 1, channel 0 empty
     del two
-    with pytest.raises(BatchError, match="2 channels"), open_image(tmp_path / "two.ome.zarr"):
+    from napari_unet_nuclei.normalization import ImageWarning
+
+    with (
+        pytest.warns(ImageWarning, match="has 2 channels: segmenting channel 1"),
+        open_image(tmp_path / "two.ome.zarr") as (image, axes),
+    ):
+        assert image.shape == (32, 40) and axes == ["y", "x"]
+        np.testing.assert_array_equal(np.asarray(image), stack[0])
+    with open_image(tmp_path / "two.ome.zarr", channel=0) as (image, _):
+        assert not np.asarray(image).any()
+    with (
+        pytest.raises(BatchError, match="2 channels"),
+        open_image(tmp_path / "two.ome.zarr", channel=5),
+    ):
         pass
 
 
@@ -230,7 +244,9 @@ def test_zarr_instances_measurements_and_rerun_skips(
     )
     image_path = kromp_root / "images" / "Ganglioneuroblastoma_9.tif"
     out = tmp_path / "out"
-    options = SegmentOptions(format="zarr", instances=True, measure=True, probabilities=True)
+    options = SegmentOptions(
+        format="zarr", instances=True, measure=True, probabilities=True, stack_axis="frames"
+    )
     events, rows = drain(segment_files(model_path, [image_path, stack_path], out, options))
     kinds = [type(e) for e in events]
     assert kinds[0] is BatchStarted and kinds[-1] is BatchFinished

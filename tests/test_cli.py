@@ -287,3 +287,22 @@ def test_progress_in_a_log_file_is_plain_lines(capsys) -> None:
         "segmenting (local): started",
         "segmenting (local): done (3 image)",
     ]
+
+
+def test_a_tiff_that_names_its_z_axis_is_segmented_in_3d(kromp_root, tmp_path, capsys) -> None:
+    """--stack-axis auto (the default): an ImageJ stack with axes ZYX gives 3-D nuclei; the
+    same planes without axis names give nuclei frame by frame."""
+    stack = tifffile.imread(kromp_root.parent / "nuclei3d" / "nuclei.tif")[16:40, :128, :128]
+    tifffile.imwrite(tmp_path / "zyx.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "plain.tif", stack)
+    for name in ("zyx", "plain"):
+        command = ["segment", str(tmp_path / f"{name}.tif"), "--out", str(tmp_path / name)]
+        assert main([*command, "--instances"]) == 0
+    capsys.readouterr()
+    volume = tifffile.imread(tmp_path / "zyx" / "zyx.tif")
+    frames = tifffile.imread(tmp_path / "plain" / "plain.tif")
+    assert volume.shape == frames.shape == stack.shape
+    n_volume, n_frames = len(np.unique(volume)) - 1, len(np.unique(frames)) - 1
+    assert 0 < n_volume <= n_frames / 4  # each 3-D nucleus spans many slices
+    spans = [np.flatnonzero((volume == i).any(axis=(1, 2))).size for i in np.unique(volume)[1:]]
+    assert min(spans) >= 2

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .channels import MAX_UNNAMED_CHANNELS, nuclear_channel, resolve_stack_axis
 from .events import BatchFinished, BatchStarted, FrameDone, ImageDone, TileDone
 from .instances import InstanceConfig
 
@@ -116,10 +117,15 @@ class SegmentOptions:
         model's own (see :func:`~napari_unet_nuclei.segmentation.default_instance_config`).
     min_size : int, optional
         Smallest nucleus in pixels, replacing the instance settings' ``min_size``.
-    stack_axis : {"frames", "z"}
+    stack_axis : {"auto", "frames", "z"}
         What the first axis of a 3-D stack is: separate frames (nuclei labelled frame by
-        frame, ids unique in the stack) or z-slices of one volume (nuclei linked across
-        slices into 3-D objects).
+        frame, ids unique in the stack) or z-slices of one volume (3-D nuclei); ``"auto"``:
+        z where the file names that axis z, frames otherwise.
+    channel : int, optional
+        The nuclear channel of a multi-channel image (its ``c`` axis, or a short unnamed
+        first axis); by default the channel with the most nucleus-like contrast where the
+        file names a channel axis, and a refusal where an unnamed short axis could be
+        channels or frames.
     measure : bool
         Also write ``<name>_nuclei.csv`` (one row per nucleus: area, centroid, intensity,
         eccentricity); nuclei are the instance labels, or the connected parts of the mask.
@@ -143,7 +149,8 @@ class SegmentOptions:
     instances: bool = False
     instance_config: InstanceConfig | None = None
     min_size: int | None = None
-    stack_axis: str = "frames"
+    stack_axis: str = "auto"
+    channel: int | None = None
     measure: bool = False
     tile_size: int = 512
     overlap: int | None = None
@@ -159,8 +166,12 @@ class SegmentOptions:
             raise BatchError(f"Output format must be 'tiff' or 'zarr', got {self.format!r}.")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise BatchError(f"The threshold must be in [0, 1], got {self.threshold}.")
-        if self.stack_axis not in ("frames", "z"):
-            raise BatchError(f"The stack axis must be 'frames' or 'z', got {self.stack_axis!r}.")
+        if self.stack_axis not in ("auto", "frames", "z"):
+            raise BatchError(
+                f"The stack axis must be 'auto', 'frames' or 'z', got {self.stack_axis!r}."
+            )
+        if self.channel is not None and self.channel < 0:
+            raise BatchError(f"The channel must be 0 or more, got {self.channel}.")
         if self.min_size is not None and self.min_size < 0:
             raise BatchError(f"The smallest nucleus size must be >= 0, got {self.min_size}.")
 
@@ -265,11 +276,13 @@ def discover_inputs(specs: Iterable[str | os.PathLike[str]]) -> list[BatchInput]
 
 
 class _Squeezed:
-    """A lazy view of an array without some of its length-1 axes."""
+    """A lazy view of an array without some of its axes: length-1 axes, or an axis at one
+    index (``at``: axis -> index, 0 where not given), as a channel picked from its axis."""
 
-    def __init__(self, array: Any, drop: Sequence[int]) -> None:
+    def __init__(self, array: Any, drop: Sequence[int], at: dict[int, int] | None = None) -> None:
         self.array = array
         self.drop = sorted(drop)
+        self.at = dict(at or {})
         self.shape = tuple(n for i, n in enumerate(array.shape) if i not in self.drop)
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(self.shape)
@@ -280,7 +293,7 @@ class _Squeezed:
         full: list[Any] = []
         parts = iter(key)
         for axis in range(self.array.ndim):
-            full.append(0 if axis in self.drop else next(parts))
+            full.append(self.at.get(axis, 0) if axis in self.drop else next(parts))
         return self.array[tuple(full)]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -293,7 +306,11 @@ _TIFF_AXES = {"T": "t", "Z": "z", "C": "c", "Y": "y", "X": "x"}
 
 @contextmanager
 def open_image(
-    source: BatchInput | str | os.PathLike[str], lazy_bytes: int = 512 << 20
+    source: BatchInput | str | os.PathLike[str],
+    lazy_bytes: int = 512 << 20,
+    *,
+    channel: int | None = None,
+    stack_axis: str = "auto",
 ) -> Iterator[tuple[Any, list[str] | None]]:
     """Open an input image for segmentation, lazily where it is large.
 
@@ -303,6 +320,11 @@ def open_image(
         TIFF (2-D, multi-page stack or hyperstack), PNG/JPEG, or OME-Zarr / zarr folder.
     lazy_bytes : int
         TIFF data larger than this is read through zarr, a band of rows at a time.
+    channel : int, optional
+        The nuclear channel (see :class:`SegmentOptions`).
+    stack_axis : {"auto", "frames", "z"}
+        What the user said the first axis of a stack is (an explicit answer lets a short
+        unnamed axis be read as frames or slices).
 
     Yields
     ------
@@ -340,7 +362,7 @@ def open_image(
             array, axes = open_zarr_image(path)
         except ZarrFileError as error:
             raise BatchError(str(error)) from error
-        yield _drop_channel(array, axes, path)
+        yield _drop_channel(array, axes, path, channel, stack_axis)
         return
     problem = file_problem(path)
     if problem:
@@ -361,7 +383,7 @@ def open_image(
         if rgb:  # RGB(A) samples: read whole, convert to grey
             yield data, None
             return
-        yield _drop_channel(data, axes, path)
+        yield _drop_channel(data, axes, path, channel, stack_axis)
     finally:
         tif.close()
 
@@ -412,16 +434,60 @@ def _read_tiff_series(tif: Any, path: Path, lazy_bytes: int) -> tuple[bool, Any,
     return rgb, data, axes
 
 
-def _drop_channel(array: Any, axes: list[str] | None, path: Path) -> tuple[Any, list[str] | None]:
-    """Drop length-1 leading axes; refuse several channels."""
+def _drop_channel(
+    array: Any,
+    axes: list[str] | None,
+    path: Path,
+    channel: int | None = None,
+    stack_axis: str = "auto",
+) -> tuple[Any, list[str] | None]:
+    """Keep the nuclear channel and drop length-1 leading axes.
+
+    A named channel axis gives ``channel`` (by default the most nucleus-like channel, said
+    in a warning); a short unnamed first axis of a 3-D stack is refused unless the user said
+    whether it holds channels (``channel``) or frames/slices (``stack_axis``).
+    """
+    import warnings
+
+    from .normalization import ImageWarning
+
     shape = tuple(array.shape)
     if len(shape) < 2:
         raise BatchError(f"{path} holds a {len(shape)}-D array; expected (..., Y, X).")
-    if axes is not None and "c" in axes and shape[axes.index("c")] > 1:
-        raise BatchError(
-            f"{path} has {shape[axes.index('c')]} channels; save the nuclear channel alone "
-            "(one grey channel) and segment that."
-        )
+    where = axes.index("c") if axes is not None and "c" in axes else None
+    named = axes is not None and len(axes) == len(shape) and set(axes) <= set("tczyx")
+    if where is None and not named and len(shape) == 3 and 1 < shape[0] <= MAX_UNNAMED_CHANNELS:
+        if channel is not None:
+            where = 0
+        elif stack_axis == "auto":
+            raise BatchError(
+                f"{path} holds {shape[0]} planes of {shape[1]} x {shape[2]} and does not say "
+                "whether they are channels, frames or z-slices: pass --channel N to segment "
+                "channel N, or --stack-axis frames / --stack-axis z to segment every plane."
+            )
+    if where is not None and shape[where] > 1:
+        count = shape[where]
+        if channel is None:
+
+            def plane(index: int) -> Any:
+                key = [0] * (len(shape) - 2)
+                key[where] = index
+                return array[tuple(key)]
+
+            channel = nuclear_channel([plane(i) for i in range(count)])
+            warnings.warn(
+                f"{path.name} has {count} channels: segmenting channel {channel}, the one with "
+                "the most nucleus-like contrast (--channel N chooses another).",
+                ImageWarning,
+                stacklevel=2,
+            )
+        if channel >= count:
+            raise BatchError(
+                f"{path} has {count} channels (0-{count - 1}); --channel {channel} is not one."
+            )
+        array = _Squeezed(array, [where], at={where: channel})
+        axes = [a for i, a in enumerate(axes) if i != where] if axes is not None else None
+        shape = tuple(array.shape)
     drop = [i for i, n in enumerate(shape[:-2]) if n == 1]
     if not drop:
         return array, axes
@@ -667,7 +733,9 @@ def iter_segment_image(
     partials = {key: partial_path(path) for key, path in paths.items()}
     attrs = {"source": source.path.name, "model": model.name, "threshold": threshold}
     try:
-        with open_image(source, options.lazy_bytes) as (image, axes):
+        with open_image(
+            source, options.lazy_bytes, channel=options.channel, stack_axis=options.stack_axis
+        ) as (image, axes):
             shape = tuple(int(n) for n in image.shape)
             axes = _valid_axes(axes, len(shape))
             outputs = SegmentOutputs()
@@ -700,7 +768,7 @@ def iter_segment_image(
                 outputs,
                 threshold=threshold,
                 instances=config,
-                stack_axis=options.stack_axis if len(shape) == 3 else "frames",
+                stack_axis=resolve_stack_axis(options.stack_axis, shape, axes),
                 measure=options.measure,
                 tile_size=options.tile_size,
                 overlap=options.overlap,

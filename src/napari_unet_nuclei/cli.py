@@ -149,11 +149,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     segment.add_argument(
         "--stack-axis",
-        choices=["frames", "z"],
-        default="frames",
-        help="with --instances, for 3-D stacks: 'frames' labels each frame on its own "
-        "(time points, separate images); 'z' links nuclei across slices into 3-D objects "
-        "(default frames)",
+        choices=["auto", "frames", "z"],
+        default="auto",
+        help="for 3-D stacks: 'frames' labels each frame on its own (time points, separate "
+        "images); 'z' finds 3-D nuclei across the slices; 'auto' (default): z where the file "
+        "names its first axis z (OME, ImageJ), frames otherwise",
+    )
+    segment.add_argument(
+        "--channel",
+        type=int,
+        help="the nuclear channel of a multi-channel image (default: the channel with the "
+        "most nucleus-like contrast, said on stderr)",
     )
     segment.add_argument(
         "--measure",
@@ -376,6 +382,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         instances=args.instances,
         min_size=args.min_size,
         stack_axis=args.stack_axis,
+        channel=args.channel,
         measure=args.measure,
         tile_size=args.tile_size,
         device=args.device,

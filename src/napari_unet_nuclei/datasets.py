@@ -61,8 +61,6 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 #: File suffixes read as the lab's pickle of tensors.
 PICKLE_SUFFIXES = (".pck", ".pkl", ".pickle")
 _TIFF_SUFFIXES = (".tif", ".tiff")
-#: ITU-R BT.601 luma weights for R, G, B.
-_LUMA_601 = np.array([0.299, 0.587, 0.114])
 
 
 class DataError(ValueError):
@@ -165,9 +163,10 @@ def to_grey(image: np.ndarray, name: str = "image") -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        ``(H, W)``. If the colour channels are identical, channel 0 with the input dtype;
-        otherwise the ITU-R BT.601 luminance ``0.299 R + 0.587 G + 0.114 B`` (alpha is
-        ignored), rounded back to the input dtype for integer images and float32 otherwise.
+        ``(H, W)`` with the input dtype: channel 0 if the colour channels are identical,
+        otherwise the nuclear channel (the one with the most nucleus-like contrast, see
+        :func:`~napari_unet_nuclei.channels.grey_from_colour`; alpha is never used), said
+        in an :class:`ImageWarning`.
 
     Raises
     ------
@@ -183,23 +182,12 @@ def to_grey(image: np.ndarray, name: str = "image") -> np.ndarray:
             "image (H, W, 3) RGB / (H, W, 4) RGBA. Save one 2-D channel per image (for a "
             "stack or channels-first data, pick the nuclear channel first)."
         )
-    rgb = image[..., :3]
-    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
-        return np.ascontiguousarray(rgb[..., 0])
-    warnings.warn(
-        f"{name} is a colour ({'RGB' if image.shape[-1] == 3 else 'RGBA'}) image: it was "
-        "converted to grey as 0.299 R + 0.587 G + 0.114 B (alpha ignored). To use one channel "
-        "instead, save the nuclear channel alone.",
-        ImageWarning,
-        stacklevel=2,
-    )
-    luma = rgb.astype(np.float32) @ _LUMA_601.astype(np.float32)
-    if image.dtype == bool:
-        return luma >= 0.5
-    if np.issubdtype(image.dtype, np.integer):
-        info = np.iinfo(image.dtype)
-        return np.clip(np.rint(luma), info.min, info.max).astype(image.dtype)
-    return luma.astype(np.float32)
+    from .channels import grey_from_colour
+
+    grey, note = grey_from_colour(image, name)
+    if note:
+        warnings.warn(note, ImageWarning, stacklevel=2)
+    return grey
 
 
 def _pillow_problem(path: Path, limit: int) -> str | None:

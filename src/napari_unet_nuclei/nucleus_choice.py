@@ -52,6 +52,8 @@ class NucleusScore:
     ----------
     object_f1 : float
         Mean object F1 over the validation images (NaN without any).
+    pixel_f1 : float
+        Their mean pixel F1 when known (the last tie-breaker).
     merges, splits : int
         Predicted nuclei covering two true ones; true nuclei cut in two or more.
     rule : dict
@@ -63,6 +65,7 @@ class NucleusScore:
     splits: int
     rule: dict[str, Any] = field(default_factory=dict)
     true_nuclei: int = 0
+    pixel_f1: float = float("nan")
 
     @property
     def min_gain(self) -> float:
@@ -70,14 +73,19 @@ class NucleusScore:
         return max(MIN_GAIN, MIN_NUCLEI_GAINED / max(self.true_nuclei, 1))
 
     def better_than(self, other: NucleusScore | None, margin: float = 0.0) -> bool:
-        """Higher object F1 by more than ``margin`` (to 0.001), then fewer merges; ties
+        """Higher object F1 by more than ``margin`` (to 0.001), then fewer merges, then a
+        higher pixel F1 (when both have one: early epochs that find no nucleus yet); ties
         keep ``other``."""
         if other is None or np.isnan(other.object_f1):
             return not np.isnan(self.object_f1)
         mine, theirs = round(self.object_f1 - margin, 3), round(other.object_f1, 3)
         if mine != theirs:
             return mine > theirs
-        return self.merges < other.merges
+        if self.merges != other.merges:
+            return self.merges < other.merges
+        if margin > 0 or np.isnan(self.pixel_f1) or np.isnan(other.pixel_f1):
+            return False
+        return round(self.pixel_f1, 4) > round(other.pixel_f1, 4)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible data."""

@@ -403,22 +403,13 @@ def object_error_map(
     def lookup(labels: np.ndarray, ids: np.ndarray, selected: np.ndarray) -> np.ndarray:
         return np.isin(labels, ids[selected]) if selected.any() else np.zeros(labels.shape, bool)
 
-    if not paint:
-        return ObjectErrors(
-            map=np.zeros((0, 0), np.uint8),
-            match=match,
-            matched=match.tp,
-            false_nuclei=int(false_pred.sum()),
-            missed=int(missed_true.sum()),
-            merges=int(merge_pred.sum()),
-            splits=int(split_true.sum()),
-        )
-    out = np.zeros(truth.shape, np.uint8)
-    out[lookup(truth, overlaps.true_ids, missed_true)] = 3
-    out[lookup(predicted, overlaps.pred_ids, matched_pred)] = 1
-    out[lookup(predicted, overlaps.pred_ids, false_pred)] = 2
-    out[lookup(predicted, overlaps.pred_ids, merge_pred)] = 4
-    out[lookup(predicted, overlaps.pred_ids, piece_pred)] = 5
+    out = np.zeros(truth.shape if paint else (0, 0), np.uint8)
+    if paint:
+        out[lookup(truth, overlaps.true_ids, missed_true)] = 3
+        out[lookup(predicted, overlaps.pred_ids, matched_pred)] = 1
+        out[lookup(predicted, overlaps.pred_ids, false_pred)] = 2
+        out[lookup(predicted, overlaps.pred_ids, merge_pred)] = 4
+        out[lookup(predicted, overlaps.pred_ids, piece_pred)] = 5
     return ObjectErrors(
         map=out,
         match=match,

@@ -511,7 +511,7 @@ def train(
         last_good_state = copy.deepcopy(network.state_dict())
         if raw_state is not None:
             network.load_state_dict(raw_state)
-        nuclei = nuclei_of(val_logits) if by_objects else None
+        nuclei = replace(nuclei_of(val_logits), pixel_f1=f1) if by_objects else None
         elapsed = time.perf_counter() - start
         done = fraction_done()
         eta = elapsed * (1 - done) / done if done > 0 else None

@@ -29,6 +29,7 @@ __all__ = [
     "SegmentResult",
     "SegmentTask",
     "evaluation_job",
+    "layer_stack_axis",
     "ranking_job",
     "segmentation_job",
     "training_job",
@@ -106,6 +107,22 @@ def training_job(
 
 
 # -------------------------------------------------------------------------- segmentation
+def layer_stack_axis(layer: Any, requested: str) -> str:
+    """``"z"`` or ``"frames"`` for a layer: as requested, or under ``"auto"`` z for a 3-D
+    layer whose first axis is labelled z or whose scale is anisotropic (a z-step that
+    differs from the pixel size), frames otherwise."""
+    if requested != "auto":
+        return requested
+    shape = tuple(getattr(layer.data, "shape", ()))
+    if len(shape) - (1 if getattr(layer, "rgb", False) else 0) != 3:
+        return "frames"
+    labels = [str(name).lower() for name in getattr(layer, "axis_labels", ())][-3:]
+    scale = [float(v) for v in getattr(layer, "scale", (1.0, 1.0, 1.0))][-3:]
+    named_z = bool(labels) and labels[0] == "z"
+    anisotropic = len(scale) == 3 and abs(scale[0] - scale[1]) > 1e-6 * max(scale[1], 1e-12)
+    return "z" if named_z or anisotropic else "frames"
+
+
 @dataclass(frozen=True)
 class SegmentTask:
     """One image (or one frame of a stack) to segment.
@@ -118,11 +135,17 @@ class SegmentTask:
         The pixels: the whole layer, or one 2-D frame.
     frame : tuple of int, optional
         Index of that frame in the layer, or None when ``image`` is the whole layer.
+    stack_axis : {"frames", "z"}
+        What the first axis of a 3-D ``image`` is.
+    spacing : tuple of float
+        The layer's scale along z, y, x (3-D distances of a z-stack).
     """
 
     layer_name: str
     image: Any
     frame: tuple[int, ...] | None = None
+    stack_axis: str = "frames"
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 @dataclass(frozen=True)

@@ -79,10 +79,6 @@ def read_only_view(data: Any) -> Any:
     return data
 
 
-#: ITU-R BT.601 luma weights, as :func:`napari_unet_nuclei.datasets.to_grey` uses.
-_LUMA_601 = np.array([0.299, 0.587, 0.114], np.float32)
-
-
 def grey_shape(layer: Any) -> tuple[int, ...]:
     """Shape of the layer's pixels as grey: an RGB(A) layer loses its colour axis."""
     shape = tuple(int(n) for n in layer.data.shape)
@@ -92,28 +88,16 @@ def grey_shape(layer: Any) -> tuple[int, ...]:
 def grey_layer_data(layer: Any) -> tuple[Any, str | None]:
     """The layer's pixels as a grey ``(..., H, W)`` array, and a sentence if RGB was converted.
 
-    Grey layers are returned as they are (no copy). An RGB(A) layer is converted with
-    the BT.601 luminance ``0.299 R + 0.587 G + 0.114 B`` (alpha ignored; integer types
-    are kept), and the sentence says so and how to use one channel instead.
+    Grey layers are returned as they are (no copy). An RGB(A) layer gives its nuclear
+    channel (:func:`~napari_unet_nuclei.channels.grey_from_colour`, the engine's rule), and
+    the sentence says which and how to use another.
     """
+    from ..channels import grey_from_colour
+
     data = layer.data
     if not getattr(layer, "rgb", False):
         return data, None
-    colour = np.asarray(data)
-    luma = colour[..., :3].astype(np.float32) @ _LUMA_601
-    if colour.dtype == bool:
-        grey: np.ndarray = luma >= 0.5
-    elif np.issubdtype(colour.dtype, np.integer):
-        info = np.iinfo(colour.dtype)
-        grey = np.clip(np.rint(luma), info.min, info.max).astype(colour.dtype)
-    else:
-        grey = luma
-    note = (
-        f"'{layer.name}' is an RGB image: it was converted to grey "
-        "(0.299 R + 0.587 G + 0.114 B, alpha ignored). To use one colour channel instead, "
-        "right-click the layer > Split RGB and pick the nuclear channel."
-    )
-    return grey, note
+    return grey_from_colour(np.asarray(data), f"'{layer.name}'")
 
 
 def frame_count(shape: tuple[int, ...]) -> int:

@@ -346,7 +346,6 @@ def segment_objects_job(
     tile_size: int = 512,
     device: str | None = None,
     instances: Any = None,
-    stack_axis: str = "frames",
     lazy_outputs: dict[int, LazyOutputs] | None = None,
     stop: threading.Event,
 ) -> Generator[Any, None, int]:
@@ -357,7 +356,9 @@ def segment_objects_job(
     ----------
     model : NucleiModel
     tasks : sequence of SegmentTask
-        In-memory tasks (numpy) fill new arrays, each frame read whole; tasks listed in
+        In-memory tasks (numpy) fill new arrays, each frame read whole (a 3-D task whose
+        ``stack_axis`` is z gives 3-D nuclei, lazy stacks are labelled frame by frame);
+        tasks listed in
         ``lazy_outputs`` are streamed frame by frame into their zarr arrays (read in
         bands when no nuclei are asked for).
     tile_size : int
@@ -367,9 +368,6 @@ def segment_objects_job(
     instances : InstanceConfig, optional
         Instance settings (threshold and seeds included); None: masks only. Seeds from
         an object map make the job keep that map of the model too (in memory).
-    stack_axis : {"frames", "z"}
-        In-memory 3-D stacks: frames labelled on their own, or z-slices whose nuclei are
-        linked into 3-D objects. Lazy stacks are labelled frame by frame.
     lazy_outputs : dict of int to LazyOutputs, optional
         Outputs of the lazy tasks, by task number.
     stop : threading.Event
@@ -400,7 +398,8 @@ def segment_objects_job(
             task.image,
             outputs,
             instances=instances,
-            stack_axis=stack_axis if lazy is None and len(shape) == 3 else "frames",
+            stack_axis=task.stack_axis if lazy is None and len(shape) == 3 else "frames",
+            spacing=task.spacing,
             measure=instances is not None,
             read="frames" if lazy is None else "auto",
             count_nuclei=False,

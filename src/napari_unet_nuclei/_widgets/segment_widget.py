@@ -26,7 +26,7 @@ from magicgui.widgets import (
 
 from ._background_job import PROGRESS_STEPS, BackgroundJobMixin
 from ._dock_layout import ScrollingDock, WrappingLabel, compact_combo_boxes, scroll_body
-from ._jobs import SegmentProgress, SegmentTask
+from ._jobs import SegmentProgress, SegmentTask, layer_stack_axis
 from ._layers import (
     OWNER_KEY,
     current_frame_index,
@@ -104,11 +104,17 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
             "or a seeded watershed of the mask)",
         )
         self.stack_axis = ComboBox(
-            choices=[("frames (time, separate images)", "frames"), ("z (one volume)", "z")],
-            value="frames",
+            choices=[
+                ("auto (z for a z-stack layer)", "auto"),
+                ("frames (time, separate images)", "frames"),
+                ("z (one volume)", "z"),
+            ],
+            value="auto",
             label="stack axis",
             tooltip="Instances of a 3-D stack: 'frames' labels every frame on its own; 'z' "
-            "links nuclei across slices into 3-D objects (measured in voxels)",
+            "finds 3-D nuclei in the volume (measured in voxels); 'auto' takes a layer whose "
+            "first axis is labelled z, or whose z-scale differs from its pixel size, as a "
+            "z-stack",
         )
         self.min_size = SpinBox(
             value=30,
@@ -200,7 +206,16 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
                 tasks.append(SegmentTask(layer.name, data))
             else:
                 # No copy: the engine reads one frame at a time (see benchmarks/speed.py).
-                tasks.append(SegmentTask(layer.name, read_only_view(data)))
+                axis = layer_stack_axis(layer, self.stack_axis.value)
+                spacing = tuple(float(v) for v in layer.scale[-3:]) if data.ndim == 3 else None
+                tasks.append(
+                    SegmentTask(
+                        layer.name,
+                        read_only_view(data),
+                        stack_axis=axis,
+                        spacing=spacing or (1.0, 1.0, 1.0),
+                    )
+                )
         return tasks, lazy
 
     def _results_folder(self) -> Any:
@@ -256,7 +271,11 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
             instances_shown=self._on_instances_shown,
         )
         self.progress.value = 0
-        self.status.value = f"Segmenting {len(tasks)} image(s) with {name}..."
+        volumes = [t.layer_name for t in tasks if t.stack_axis == "z" and t.frame is None]
+        as_volumes = (
+            f" ({', '.join(volumes)}: z-stack, 3-D nuclei)" if volumes and instances else ""
+        )
+        self.status.value = f"Segmenting {len(tasks)} image(s) with {name}...{as_volumes}"
         self.runs_started += 1
         return self._start_worker(
             segment_objects_job,
@@ -264,7 +283,6 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
             tasks,
             tile_size=self.tile_size.value,
             instances=instances,
-            stack_axis=self.stack_axis.value,
             lazy_outputs=outputs,
         )
 
