@@ -100,6 +100,9 @@ def test_fine_tune_the_builtin_model_from_the_train_dock(
     wait_done(qtbot, train)
     # Every nucleus painted with one value: the dock says (once) what that teaches.
     assert sum("one value" in message for message in warnings_shown) == 1
+    # ... and nothing else: no numpy warnings ("Mean of empty slice") from the choice of
+    # the epoch, threshold and instance rule.
+    assert len(warnings_shown) == 1, warnings_shown
     assert train.registry.names() == ["mine"]
     tuned = train.registry.get("mine")
     assert tuned.object_maps == ("centre", "boundary")

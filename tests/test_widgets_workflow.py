@@ -269,6 +269,8 @@ def test_cancel_stops_training(qtbot, lab_viewer) -> None:
         lambda: train.progress.value > 0 or "epoch" in train.status.value, timeout=30_000
     )
     qtbot.waitUntil(lambda: len(train.loss_plot.epochs) >= 1, timeout=30_000)
+    # The plot shows what training chooses by: the validation nuclei.
+    assert train.loss_plot.f1_axes.get_ylabel() == "validation F1 (nuclei)"
     train.cancel()
     wait_done(qtbot, train, timeout=10_000)
     assert train.last_result.reason == "cancelled"

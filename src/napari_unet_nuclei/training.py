@@ -292,11 +292,15 @@ def train(
             out.masks.append(as_mask(label))
             out.weights.append(None if weight is None else np.asarray(weight, bool))
             out.names.append(str(name))
-            out.instances.append(instance_labels(label))
+            # Nuclei, maps and gaps from the annotated region alone: labels outside it
+            # change nothing (one value painted outside would otherwise turn a mask's
+            # parts into one "instance").
+            inside = label if weight is None else np.where(out.weights[-1], label, 0)
+            out.instances.append(instance_labels(inside))
             if map_names:
-                out.maps.append(object_maps(label, map_names))
+                out.maps.append(object_maps(inside, map_names))
             if separating:
-                out.gaps.append(gap_band(label))
+                out.gaps.append(gap_band(inside))
         return out
 
     data = prepare(images, labels, names, annotated)

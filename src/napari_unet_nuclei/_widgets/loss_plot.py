@@ -92,8 +92,13 @@ class LossPlot(MplCanvasWidget):
         self._set_animated(False)
         self._full_draw()
 
-    def add_epoch(self, epoch: int, train_loss: float, val_f1: float) -> None:
-        """Append one epoch's numbers and update the plot."""
+    def add_epoch(self, epoch: int, train_loss: float, val_f1: float, of: str = "pixels") -> None:
+        """Append one epoch's numbers and update the plot; ``of`` says what the F1 scores,
+        ``"nuclei"`` (object F1, what training chooses by) or ``"pixels"``."""
+        label = "validation F1 (nuclei)" if of == "nuclei" else "validation F1"
+        if self.f1_axes.get_ylabel() != label:
+            self.f1_axes.set_ylabel(label, color=F1_COLOR, fontsize=8)
+            self._background = None  # the label is part of the saved background
         self.epochs.append(int(epoch))
         self.train_loss.append(float(train_loss))
         self.val_f1.append(float(val_f1))

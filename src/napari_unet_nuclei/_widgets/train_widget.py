@@ -326,7 +326,13 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
                 f"{event.loss:.4f}, ETA {format_seconds(event.eta)}"
             )
         elif isinstance(event, EpochEnd):
-            self.loss_plot.add_epoch(event.epoch, event.train_loss, event.val_f1)
+            by_nuclei = event.object_f1 == event.object_f1  # not NaN
+            self.loss_plot.add_epoch(
+                event.epoch,
+                event.train_loss,
+                event.object_f1 if by_nuclei else event.val_f1,
+                of="nuclei" if by_nuclei else "pixels",
+            )
         elif isinstance(event, TrainingFinished):
             self._on_training_finished(event)
 
