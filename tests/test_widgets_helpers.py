@@ -124,6 +124,14 @@ def test_error_sentence_is_one_line() -> None:
         "Segmentation failed: No model named 'x'."
     )
     assert error_sentence(RuntimeError(), "Evaluation") == "Evaluation failed: RuntimeError"
+    # The sentence comes first: folders are taken off paths, quoted (spaces and all) or not.
+    error = ValueError("Model file '/tmp/run 1/bad_model.pt' holds text, not a model.")
+    assert error_sentence(error, "Loading the model bad_model.pt") == (
+        "Loading the model bad_model.pt failed: Model file 'bad_model.pt' holds text, not a model."
+    )
+    assert error_sentence(OSError("Cannot read /home/me/cells.tif: 1/2 read"), "Reading") == (
+        "Reading failed: Cannot read cells.tif: 1/2 read"
+    )
 
 
 def test_jobs_turn_errors_into_one_sentence(small_model) -> None:

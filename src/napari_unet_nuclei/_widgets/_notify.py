@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 __all__ = [
@@ -15,12 +16,21 @@ __all__ = [
 ]
 
 
+_QUOTED_FOLDERS = re.compile(r"(['\"])[^'\"]*[\\/]([^'\"\\/]+)\1")
+_FOLDERS = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[\\/](?:[^\s'\"\\/]+[\\/])+(?=[^\s'\"\\/])")
+
+
 def error_sentence(error: BaseException | str, doing: str) -> str:
-    """``"<doing> failed: <first line of the error>"``, never a traceback."""
+    """``"<doing> failed: <first line of the error>"``, never a traceback.
+
+    Folders are taken off the paths in the error (``'/home/me/data/bad.pt'`` becomes
+    ``'bad.pt'``), so that the one line a notification shows is the sentence, not a path.
+    """
     text = str(error).strip()
     if isinstance(error, KeyError) and text.startswith(("'", '"')):
         text = text[1:-1]
     first = text.splitlines()[0] if text else type(error).__name__
+    first = _FOLDERS.sub("", _QUOTED_FOLDERS.sub(r"\1\2\1", first))
     return f"{doing} failed: {first}"
 
 
