@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .channels import MAX_UNNAMED_CHANNELS, nuclear_channel, resolve_stack_axis
-from .events import BatchFinished, BatchStarted, FrameDone, ImageDone, TileDone
+from .events import BatchFinished, BatchStarted, FrameDone, ImageDone, TileDone, run_to_end
 from .instances import InstanceConfig
 
 __all__ = [
@@ -849,12 +849,9 @@ def segment_image_task(
         import torch
 
         torch.set_num_threads(options.threads)
-    generator = iter_segment_image(_cached_model(model_path), source, out_dir, options)
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(
+        iter_segment_image(_cached_model(model_path), source, out_dir, options), None
+    )
 
 
 # --------------------------------------------------------------------------------------

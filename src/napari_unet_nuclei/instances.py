@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .events import run_to_end
 from .object_targets import OBJECT_MAPS
 
 __all__ = [
@@ -534,9 +535,4 @@ def label_stack(probabilities: Any, config: InstanceConfig | None = None) -> np.
     numpy.ndarray
         int32 labels of the same shape.
     """
-    generator = iter_instances(probabilities, config)
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(iter_instances(probabilities, config), None)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .array_reading import read_array
-from .events import FrameDone, TileDone
+from .events import FrameDone, TileDone, run_to_end
 from .normalization import (
     PERCENTILE_SAMPLE,
     NormalizationConfig,
@@ -352,9 +352,4 @@ def iter_predict_lazy(
 
 def predict_lazy(model: Any, image: Any, **options: Any) -> Any:
     """Run :func:`iter_predict_lazy` to the end and return its result (no progress)."""
-    generator = iter_predict_lazy(model, image, **options)
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(iter_predict_lazy(model, image, **options), None)

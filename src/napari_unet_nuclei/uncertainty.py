@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from .events import run_to_end
+
 __all__ = [
     "FrameRanking",
     "FrameScore",
@@ -347,13 +349,9 @@ def uncertainty_maps(
     frame = np.asarray(image)
     if frame.ndim != 2:
         raise ValueError(f"Expected a 2-D image, got shape {frame.shape}.")
-    generator = _frame_moments(model, frame, _transforms(augmentations), options, None)
-    while True:
-        try:
-            next(generator)
-        except StopIteration as done:
-            sum_p, sum_p2 = done.value
-            break
+    sum_p, sum_p2 = run_to_end(
+        _frame_moments(model, frame, _transforms(augmentations), options, None), None
+    )
     mean, entropy, disagreement = _maps_from_moments(sum_p, sum_p2, augmentations)
     return {
         "mean": mean,
@@ -516,12 +514,7 @@ def iter_rank_frames(
 
 def rank_frames(model: Any, stack: Any, **options: Any) -> FrameRanking:
     """Run :func:`iter_rank_frames` to the end and return its :class:`FrameRanking`."""
-    generator = iter_rank_frames(model, stack, **options)
-    while True:
-        try:
-            next(generator)
-        except StopIteration as done:
-            return done.value
+    return run_to_end(iter_rank_frames(model, stack, **options), None)
 
 
 # --------------------------------------------------------------------------- rank tiles
@@ -631,9 +624,6 @@ def rank_tiles(
     list of tuple
         ``(y, x, h, w, score)`` per tile, sorted by decreasing score.
     """
-    generator = iter_rank_tiles(model, image, tile=tile, **options)
-    while True:
-        try:
-            next(generator)
-        except StopIteration as done:
-            return [t.as_tuple() for t in done.value]
+    return [
+        t.as_tuple() for t in run_to_end(iter_rank_tiles(model, image, tile=tile, **options), None)
+    ]
