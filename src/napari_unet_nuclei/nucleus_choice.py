@@ -21,9 +21,8 @@ __all__ = [
     "INSTANCE_RULES",
     "THRESHOLDS",
     "NucleusScore",
+    "ValidationNuclei",
     "candidate_rules",
-    "choose_threshold_and_rule",
-    "score_rule",
 ]
 
 #: The instance rules compared (the settings besides the threshold).
@@ -128,16 +127,11 @@ def _in_region(labels: np.ndarray, region: np.ndarray) -> np.ndarray:
     return np.where(keep[labels], labels, 0)
 
 
-def score_rule(
-    outputs: Sequence[np.ndarray],
-    truths: Sequence[np.ndarray],
-    regions: Sequence[np.ndarray | None],
-    channel_names: Sequence[str],
-    rule: dict[str, Any],
-) -> NucleusScore:
-    """Score one rule (threshold included) on validation images.
+@dataclass(frozen=True)
+class ValidationNuclei:
+    """What the network made of the validation images, and their true nuclei.
 
-    Parameters
+    Attributes
     ----------
     outputs : sequence of numpy.ndarray
         Per image the network's sigmoid outputs ``(C, H, W)``: probability, then maps.
@@ -147,87 +141,76 @@ def score_rule(
         Per image the annotated pixels (``None``: all).
     channel_names : sequence of str
         The network's output channels (``"nucleus"``, then the maps).
-    rule : dict
-        :class:`~napari_unet_nuclei.instances.InstanceConfig` data.
-
-    Returns
-    -------
-    NucleusScore
     """
-    config = InstanceConfig(**rule)
-    f1s, merges, splits, n_true = [], 0, 0, 0
-    for out, truth, region in zip(outputs, truths, regions):
-        labels = instances_from_maps(out[0], dict(zip(channel_names[1:], out[1:])), config)
-        if region is not None:
-            labels = _in_region(labels, region)
-            truth = np.where(region, truth, 0)
-        errors = object_error_map(labels, truth, paint=False)
-        f1s.append(errors.match.scores()["f1"])
-        merges += errors.merges
-        splits += errors.splits
-        n_true += int(errors.match.scores()["n_true"])
-    return NucleusScore(
-        float(np.mean(f1s)) if f1s else float("nan"), merges, splits, config.to_dict(), n_true
-    )
 
+    outputs: Sequence[np.ndarray]
+    truths: Sequence[np.ndarray]
+    regions: Sequence[np.ndarray | None]
+    channel_names: Sequence[str]
 
-def best_rule_at(
-    outputs: Sequence[np.ndarray],
-    truths: Sequence[np.ndarray],
-    regions: Sequence[np.ndarray | None],
-    channel_names: Sequence[str],
-    rules: Sequence[dict[str, Any]],
-    threshold: float,
-) -> tuple[NucleusScore, list[NucleusScore]]:
-    """The best of ``rules`` at ``threshold`` (the first rule unless another gains
-    :attr:`NucleusScore.min_gain`), and every rule's score."""
-    scores = [
-        score_rule(outputs, truths, regions, channel_names, {**rule, "threshold": threshold})
-        for rule in rules
-    ]
-    best = scores[0]
-    for score in scores[1:]:
-        if score.better_than(best, margin=scores[0].min_gain):
-            best = score
-    return best, scores
+    def score(self, rule: dict[str, Any]) -> NucleusScore:
+        """Score one rule (:class:`~napari_unet_nuclei.instances.InstanceConfig` data,
+        threshold included)."""
+        config = InstanceConfig(**rule)
+        names = list(self.channel_names[1:])
+        f1s, merges, splits, n_true = [], 0, 0, 0
+        for out, truth, region in zip(self.outputs, self.truths, self.regions):
+            labels = instances_from_maps(out[0], dict(zip(names, out[1:])), config)
+            if region is not None:
+                labels = _in_region(labels, region)
+                truth = np.where(region, truth, 0)
+            errors = object_error_map(labels, truth, paint=False)
+            scores = errors.match.scores()
+            f1s.append(scores["f1"])
+            merges += errors.merges
+            splits += errors.splits
+            n_true += int(scores["n_true"])
+        mean = float(np.mean(f1s)) if f1s else float("nan")
+        return NucleusScore(mean, merges, splits, config.to_dict(), n_true)
 
+    def best_rule_at(
+        self, rules: Sequence[dict[str, Any]], threshold: float
+    ) -> tuple[NucleusScore, list[NucleusScore]]:
+        """The best of ``rules`` at ``threshold`` (the first rule unless another gains
+        :attr:`NucleusScore.min_gain`), and every rule's score."""
+        scores = [self.score({**rule, "threshold": threshold}) for rule in rules]
+        best = scores[0]
+        for score in scores[1:]:
+            if score.better_than(best, margin=scores[0].min_gain):
+                best = score
+        return best, scores
 
-def choose_threshold_and_rule(
-    outputs: Sequence[np.ndarray],
-    truths: Sequence[np.ndarray],
-    regions: Sequence[np.ndarray | None],
-    channel_names: Sequence[str],
-    rules: Sequence[dict[str, Any]],
-    thresholds: Sequence[float] = THRESHOLDS,
-    preferred_threshold: float = 0.5,
-) -> tuple[NucleusScore, list[NucleusScore]]:
-    """The threshold and rule with the best validation nuclei.
+    def choose_threshold_and_rule(
+        self,
+        rules: Sequence[dict[str, Any]],
+        thresholds: Sequence[float] = THRESHOLDS,
+        preferred_threshold: float = 0.5,
+    ) -> tuple[NucleusScore, list[NucleusScore]]:
+        """The threshold and rule with the best validation nuclei.
 
-    ``preferred_threshold`` (the model's current one) stays unless another threshold gains
-    :attr:`NucleusScore.min_gain` object F1, and the first rule unless another gains as
-    much, so that a flat curve, or a few validation nuclei, move nothing.
+        ``preferred_threshold`` (the model's current one) stays unless another threshold gains
+        :attr:`NucleusScore.min_gain` object F1, and the first rule unless another gains as
+        much, so that a flat curve, or a few validation nuclei, move nothing.
 
-    Returns
-    -------
-    NucleusScore
-        The chosen one.
-    list of NucleusScore
-        Every threshold and rule compared.
-    """
-    ordered = sorted(
-        {*thresholds, preferred_threshold}, key=lambda t: abs(t - preferred_threshold)
-    )
-    table: list[NucleusScore] = []
-    best: NucleusScore | None = None
-    for threshold in ordered:
-        at_threshold, scores = best_rule_at(
-            outputs, truths, regions, channel_names, rules, threshold
+        Returns
+        -------
+        NucleusScore
+            The chosen one.
+        list of NucleusScore
+            Every threshold and rule compared.
+        """
+        ordered = sorted(
+            {*thresholds, preferred_threshold}, key=lambda t: abs(t - preferred_threshold)
         )
-        table.extend(scores)
-        if best is None:
-            best = at_threshold
-            continue
-        if at_threshold.better_than(best, margin=best.min_gain):
-            best = at_threshold
-    assert best is not None
-    return best, table
+        table: list[NucleusScore] = []
+        best: NucleusScore | None = None
+        for threshold in ordered:
+            at_threshold, scores = self.best_rule_at(rules, threshold)
+            table.extend(scores)
+            if best is None:
+                best = at_threshold
+                continue
+            if at_threshold.better_than(best, margin=best.min_gain):
+                best = at_threshold
+        assert best is not None
+        return best, table

@@ -37,11 +37,10 @@ from .events import (
     TrainingStep,
     run_to_end,
 )
-from .inference import sigmoid
 from .losses import LOSSES, OBJECTIVES, map_loss, probability_loss
 from .model import NucleiModel, create_model
 from .normalization import NormalizationConfig, normalize_frame
-from .nucleus_choice import NucleusScore, best_rule_at, candidate_rules
+from .nucleus_choice import NucleusScore, candidate_rules
 from .object_targets import gap_band, instance_labels, object_maps
 from .patches import PatchSampler, effective_patch_size
 from .training_data import (
@@ -57,6 +56,7 @@ from .training_validation import (
     finish_choice,
     recalibrate_batchnorm,
     validate_split,
+    validation_nuclei,
 )
 
 __all__ = ["TrainingConfig", "train", "train_model"]
@@ -388,16 +388,8 @@ def train(
     )
 
     def nuclei_of(logits: list[np.ndarray]) -> NucleusScore:
-        outputs = [sigmoid(values) for values in logits]
-        best, _ = best_rule_at(
-            outputs,
-            val_data.instances,
-            val_data.weights,
-            model.config.channel_names,
-            rules,
-            float(model.threshold),
-        )
-        return best
+        nuclei = validation_nuclei(val_data, logits, model.config.channel_names)
+        return nuclei.best_rule_at(rules, float(model.threshold))[0]
 
     start = time.perf_counter()
     best_state = copy.deepcopy(network.state_dict())

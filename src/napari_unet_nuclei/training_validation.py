@@ -13,7 +13,7 @@ from .inference import normalized_frame_logits, sigmoid
 from .instances import InstanceConfig
 from .losses import probability_loss
 from .metrics import confusion_counts
-from .nucleus_choice import THRESHOLDS, choose_threshold_and_rule
+from .nucleus_choice import THRESHOLDS, ValidationNuclei
 from .patches import PatchSampler
 from .training_data import TrainingSplit
 
@@ -26,6 +26,7 @@ __all__ = [
     "finish_choice",
     "recalibrate_batchnorm",
     "validate_split",
+    "validation_nuclei",
 ]
 
 # Candidate default thresholds (probabilities) for the pixel calibration (choose_by="pixels").
@@ -125,6 +126,14 @@ def calibrate_threshold_by_pixels(
     return {"threshold": best_threshold, "val_f1": best_f1, "val_f1_at_0.5": at_half}
 
 
+def validation_nuclei(
+    val: TrainingSplit, logits: list[np.ndarray], channel_names: Any
+) -> ValidationNuclei:
+    """The validation images' network outputs (from their logits) with their nuclei."""
+    outputs = [sigmoid(values) for values in logits]
+    return ValidationNuclei(outputs, val.instances, val.weights, tuple(channel_names))
+
+
 def finish_choice(
     model: NucleiModel,
     config: Any,
@@ -153,17 +162,10 @@ def finish_choice(
         calibration = calibrate_threshold_by_pixels(logits, val)
         model.threshold = calibration["threshold"]
         return {"calibration": calibration}
-    outputs = [sigmoid(values) for values in logits]
     thresholds = THRESHOLDS if config.calibrate_threshold else (model.threshold,)
-    best, table = choose_threshold_and_rule(
-        outputs,
-        val.instances,
-        val.weights,
-        model.config.channel_names,
-        rules,
-        thresholds,
-        preferred_threshold=float(model.threshold),
-    )
+    best, table = validation_nuclei(
+        val, logits, model.config.channel_names
+    ).choose_threshold_and_rule(rules, thresholds, preferred_threshold=float(model.threshold))
     at_start = next(
         (s for s in table if s.rule["threshold"] == model.threshold and s.rule == table[0].rule),
         table[0],
