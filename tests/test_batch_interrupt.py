@@ -50,6 +50,7 @@ def _hidden(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name.startswith("."))
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_only_complete_outputs_and_rerun_finishes(
     model_path, kromp_root, tmp_path
 ) -> None:

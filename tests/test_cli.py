@@ -156,6 +156,7 @@ def test_segment_backends_and_precisions(trained_model, kromp_root, tmp_path) ->
     )  # float16 needs CUDA: refused with a sentence
 
 
+@pytest.mark.slow
 def test_folder_dataset_and_fine_tuning(trained_model, kromp_root, tmp_path) -> None:
     data = tmp_path / "data"
     for sub in ("images", "masks"):
@@ -213,6 +214,7 @@ def test_bad_input_exits_2_with_one_sentence(
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
 
 
+@pytest.mark.slow
 def test_demo_without_viewer(tmp_path) -> None:
     import csv
 

@@ -91,6 +91,7 @@ def test_centre_map_seeds_split_what_the_mask_shape_cannot(touching_pair) -> Non
         instances_from_maps(probabilities, {"centre": centre}, InstanceConfig(seeds="boundary"))
 
 
+@pytest.mark.slow
 def test_two_ids_teach_the_network_to_separate_one_value_teaches_it_to_merge(
     touching_pair, one_torch_thread
 ) -> None:
@@ -151,6 +152,7 @@ def test_stitch_slices_links_nuclei_across_z() -> None:
         stitch_slices(stack[0])
 
 
+@pytest.mark.slow
 def test_z_stack_gives_about_as_many_3d_nuclei_as_there_are(kromp_root, one_torch_thread) -> None:
     """The shared 60 x 256 x 256 stack holds 20 nuclei (machine-made labels): slices linked
     one by one gave 224 objects; the stack as one volume gives about 20, none in a single

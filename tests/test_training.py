@@ -102,6 +102,7 @@ def test_reproducible_with_seed(lab_split) -> None:
     assert a.summary["val_names"] == b.summary["val_names"]
 
 
+@pytest.mark.slow
 def test_short_training_beats_untrained_model(lab_split) -> None:
     x_train, y_train, x_test, y_test = lab_split
     config = TrainingConfig(features=8, depth=2, batch_size=8, epochs=4, seed=0)

@@ -85,6 +85,7 @@ def test_image_dice_averages_patches_and_batch_dice_pools_them() -> None:
     assert batch_dice == pytest.approx(1 - 17 / 18, abs=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", LOSSES)
 def test_every_loss_trains_on_real_data(lab_split, loss) -> None:
     x_train, y_train, x_test, y_test = lab_split
@@ -102,6 +103,7 @@ def test_unknown_loss_and_bad_ema_are_refused(lab_split) -> None:
         next(train(x_train[:2], y_train[:2], TrainingConfig(**SMALL, ema_decay=1.0)))
 
 
+@pytest.mark.slow
 def test_weight_averaging_keeps_the_average_not_the_last_weights(lab_split) -> None:
     x_train, y_train, x_test, y_test = lab_split
     common = {**LEARNS, "epochs": 1, "steps_per_epoch": 36, "seed": 3}
@@ -126,6 +128,7 @@ def test_weight_averaging_keeps_the_average_not_the_last_weights(lab_split) -> N
     assert averaged.summary["best_val_f1"] > 0.75
 
 
+@pytest.mark.slow
 def test_threshold_is_chosen_by_nuclei_on_the_validation_images(lab_split) -> None:
     from napari_unet_nuclei.object_metrics import object_scores
     from napari_unet_nuclei.object_targets import instance_labels
@@ -154,6 +157,7 @@ def test_threshold_is_chosen_by_nuclei_on_the_validation_images(lab_split) -> No
     assert got == pytest.approx(calibration["val_object_f1"], abs=2e-3)
 
 
+@pytest.mark.slow
 def test_threshold_is_calibrated_by_pixels_when_asked(lab_split, tmp_path) -> None:
     x_train, y_train, x_test, y_test = lab_split
     config = TrainingConfig(
