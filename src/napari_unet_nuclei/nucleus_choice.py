@@ -86,16 +86,6 @@ class NucleusScore:
             return False
         return round(self.pixel_f1, 4) > round(other.pixel_f1, 4)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible data."""
-        return {
-            "object_f1": self.object_f1,
-            "merges": self.merges,
-            "splits": self.splits,
-            "true_nuclei": self.true_nuclei,
-            "rule": dict(self.rule),
-        }
-
 
 def candidate_rules(
     channel_names: Sequence[str], inherited: dict[str, Any] | None = None
