@@ -401,7 +401,6 @@ def train(
     if fine_tuning and by_objects:
         # The start model is the one to beat: an epoch is kept only when its nuclei are better.
         *_, start_logits = validate_split(network, val_data, device)
-        _set_train_mode(network, freeze_batchnorm)
         start_nuclei = best_nuclei = nuclei_of(start_logits)
         best_logits = start_logits
     history: list[dict[str, float]] = []
@@ -503,7 +502,6 @@ def train(
         val_loss, precision, recall, f1, iou, val_logits = validate_split(
             network, val_data, device
         )
-        _set_train_mode(network, freeze_batchnorm)
         last_good_state = copy.deepcopy(network.state_dict())
         if raw_state is not None:
             network.load_state_dict(raw_state)

@@ -73,7 +73,9 @@ def validate_split(
 ) -> tuple[float, float, float, float, float, list[np.ndarray]]:
     """Per-image mean loss, precision, recall, F1 and IoU at threshold 0.5 (tiled, any size),
     and the logits ``(C, H, W)`` of each validation image, every output channel (kept for
-    choosing the threshold and the instance rule)."""
+    choosing the threshold and the instance rule). Every module is left in the mode it was
+    in (BatchNorm layers frozen for a fine-tune stay frozen)."""
+    modes = [(module, module.training) for module in network.modules()]
     network.eval()
     losses, scores, all_logits = [], [], []
     with torch.inference_mode():
@@ -93,7 +95,8 @@ def validate_split(
             )
             counts = confusion_counts((logits[0] >= 0) & valid, mask & valid)
             scores.append((counts.precision, counts.recall, counts.f1, counts.iou))
-    network.train()
+    for module, training in modes:
+        module.training = training
     mean = np.mean(scores, axis=0) if scores else [math.nan] * 4
     return (float(np.mean(losses)) if losses else math.nan, *map(float, mean), all_logits)
 
