@@ -32,6 +32,7 @@ __all__ = [
     "OBJECT_MAPS",
     "gap_band",
     "instance_labels",
+    "near_two_nuclei",
     "object_maps",
     "painted_with_one_value",
     "single_value_labels",
@@ -107,17 +108,42 @@ def _centre_map(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def near_two_nuclei(labels: np.ndarray, size: int | Sequence[int] = 3) -> np.ndarray:
+    """Where a window of ``size`` around a pixel holds two different nuclei.
+
+    The one rule behind the boundary map (3 x 3: where nuclei touch, with the background
+    of a 1-pixel gap), the gap band (a wider window) and the cuts between a z-stack's
+    per-slice nuclei (``(1, 3, 3)``).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Integer instance labels (any number of dimensions; 0 is background).
+    size : int or sequence of int
+        The window, as for :func:`scipy.ndimage.maximum_filter`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean, of the labels' shape.
+    """
+    from scipy import ndimage as ndi
+
+    labels = np.asarray(labels).astype(np.int64, copy=False)
+    if not labels.any():
+        return np.zeros(labels.shape, bool)
+    largest = ndi.maximum_filter(labels, size=size)
+    # Background stands above every id for the minimum. Not int64's maximum: scipy's
+    # filters overflow on it and would call every rim pixel a meeting of two nuclei.
+    ceiling = int(labels.max()) + 1
+    smallest = ndi.minimum_filter(np.where(labels > 0, labels, ceiling), size=size)
+    return (smallest < ceiling) & (largest != smallest)
+
+
 def _boundary_map(labels: np.ndarray) -> np.ndarray:
     """Pixels whose 3 x 3 neighbourhood holds two different nuclei: the line where nuclei
     touch, with the background pixels of a 1-pixel gap between them."""
-    from scipy import ndimage as ndi
-
-    if not labels.any():
-        return np.zeros(labels.shape, np.float32)
-    largest = ndi.maximum_filter(labels, size=3)
-    ceiling = np.iinfo(np.int32).max
-    smallest = ndi.minimum_filter(np.where(labels > 0, labels, ceiling), size=3)
-    return ((smallest < ceiling) & (largest != smallest)).astype(np.float32)
+    return near_two_nuclei(labels, 3).astype(np.float32)
 
 
 def gap_band(labels: np.ndarray, radius: int = GAP_RADIUS) -> np.ndarray:
@@ -139,16 +165,8 @@ def gap_band(labels: np.ndarray, radius: int = GAP_RADIUS) -> np.ndarray:
     numpy.ndarray
         float32 0/1 map of the labels' shape.
     """
-    from scipy import ndimage as ndi
-
-    instances = instance_labels(labels)
-    if not instances.any():
-        return np.zeros(instances.shape, np.float32)
     size = 2 * int(radius) + 1
-    largest = ndi.maximum_filter(instances, size=size)
-    ceiling = np.iinfo(np.int32).max
-    smallest = ndi.minimum_filter(np.where(instances > 0, instances, ceiling), size=size)
-    return ((smallest < ceiling) & (largest != smallest)).astype(np.float32)
+    return near_two_nuclei(instance_labels(labels), size).astype(np.float32)
 
 
 def object_maps(labels: np.ndarray, names: Sequence[str]) -> np.ndarray:

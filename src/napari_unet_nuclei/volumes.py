@@ -93,14 +93,10 @@ def nuclei_in_volume(
 
 
 def _touching_lines(labels: np.ndarray) -> np.ndarray:
-    """Per slice, the pixels whose 3 x 3 neighbourhood holds two different nuclei."""
-    from scipy import ndimage as ndi
+    """Per slice, the nucleus pixels whose 3 x 3 neighbourhood holds two different nuclei."""
+    from .object_targets import near_two_nuclei
 
-    labels = labels.astype(np.int64, copy=False)
-    largest = ndi.maximum_filter(labels, size=(1, 3, 3))
-    ceiling = np.iinfo(np.int64).max
-    smallest = ndi.minimum_filter(np.where(labels > 0, labels, ceiling), size=(1, 3, 3))
-    return (labels > 0) & (smallest < ceiling) & (largest != smallest)
+    return (labels > 0) & near_two_nuclei(labels, (1, 3, 3))
 
 
 def _without_fragments(labels: np.ndarray, min_size: int) -> np.ndarray:
