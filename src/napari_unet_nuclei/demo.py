@@ -28,17 +28,21 @@ def _display_available() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def _object_rows(model: Any, items: list[Any]) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
-    """Per image: nuclei found, their mean area and intensity, object and pixel scores."""
+def _object_rows(
+    model: Any, items: list[Any]
+) -> tuple[list[dict[str, Any]], list[np.ndarray], list[dict[str, np.ndarray]]]:
+    """Per image: nuclei found, their mean area and intensity, object and pixel scores; the
+    labels; the measurement table with an ``image`` column."""
     from .measurements import measure_nuclei
     from .metrics import confusion_counts
     from .object_metrics import dsb_average_precision, object_scores
     from .segmentation import predict_instances
 
-    rows, all_labels = [], []
+    rows, all_labels, tables = [], [], []
     for item in items:
         labels = predict_instances(model, item.image)
         table = measure_nuclei(labels, item.image)
+        tables.append({"image": np.full(table["label"].size, item.name), **table})
         objects = object_scores(labels, item.labels)
         rows.append(
             {
@@ -55,7 +59,7 @@ def _object_rows(model: Any, items: list[Any]) -> tuple[list[dict[str, Any]], li
             }
         )
         all_labels.append(labels)
-    return rows, all_labels
+    return rows, all_labels, tables
 
 
 def _mean(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -104,7 +108,7 @@ def run_demo(
 
     from .console import train_with_progress
     from .inference import predict
-    from .measurements import concatenate_tables, measure_nuclei, write_measurements_csv
+    from .measurements import concatenate_tables, write_measurements_csv
     from .metrics import precision_recall_curve
     from .model_io import load_model, save_model
     from .reports import save_error_overlay_png, save_precision_recall_png
@@ -118,7 +122,7 @@ def run_demo(
     train_items, val_items, test_items = items[:11], items[11:12], items[12:]
     builtin = load_model("fluo-nuclei")
     print(f"1. Nuclei from the built-in model {builtin.describe()} on {len(test_items)} images")
-    before_rows, _ = _object_rows(builtin, test_items)
+    before_rows, _, _ = _object_rows(builtin, test_items)
     first = test_items[0]
     for row in before_rows:
         print(
@@ -133,18 +137,8 @@ def run_demo(
     model = train_with_progress(train_items, val_items, config, init_model=builtin, quiet=quiet)
     model.name = f"demo (fluo-nuclei fine-tuned, {steps} steps)"
     save_model(model, out / "model.pt")
-    after_rows, after_labels = _object_rows(model, test_items)
-    write_measurements_csv(
-        concatenate_tables(
-            [
-                {"image": np.full(table["label"].size, item.name), **table}
-                for item, labels in zip(test_items, after_labels)
-                for table in [measure_nuclei(labels, item.image)]
-            ],
-            0,
-        ),
-        out / "nuclei.csv",
-    )
+    after_rows, after_labels, after_tables = _object_rows(model, test_items)
+    write_measurements_csv(concatenate_tables(after_tables, 0), out / "nuclei.csv")
     metrics = {
         "before": {"model": builtin.name, "mean": _mean(before_rows), "images": before_rows},
         "after": {"model": model.name, "mean": _mean(after_rows), "images": after_rows},
