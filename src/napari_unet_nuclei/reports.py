@@ -5,8 +5,9 @@ Uses matplotlib's object API with the Agg canvas, so it works without a display.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,14 +39,25 @@ def error_overlay_rgb(
         float RGB image of shape ``(H, W, 3)`` in [0, 1].
     """
     from .metrics import ERROR_COLORS, error_map
+
+    return _tinted(image, error_map(predicted, truth), ERROR_COLORS, (1, 2, 3), alpha)
+
+
+def _tinted(
+    image: np.ndarray,
+    codes: np.ndarray,
+    colours: Mapping[int, Any],
+    which: Iterable[int],
+    alpha: float,
+) -> np.ndarray:
+    """The normalised grey image as RGB, tinted with ``colours[c]`` where ``codes == c``."""
     from .normalization import normalize_frame
 
     grey = np.clip(normalize_frame(image), 0, 1)
     rgb = np.repeat(grey[..., None], 3, axis=2)
-    errors = error_map(predicted, truth)
-    for code in (1, 2, 3):
-        colour = np.asarray(ERROR_COLORS[code][:3], np.float32)
-        where = errors == code
+    for code in which:
+        colour = np.asarray(colours[code][:3], np.float32)
+        where = codes == code
         rgb[where] = (1 - alpha) * rgb[where] + alpha * colour
     return rgb
 
@@ -71,17 +83,10 @@ def object_overlay_rgb(
     dict
         The counts of :meth:`~napari_unet_nuclei.object_metrics.ObjectErrors.counts`.
     """
-    from .normalization import normalize_frame
     from .object_metrics import OBJECT_ERROR_COLORS, object_error_map
 
-    grey = np.clip(normalize_frame(image), 0, 1)
-    rgb = np.repeat(grey[..., None], 3, axis=2)
     errors = object_error_map(predicted, truth)
-    for code in range(1, 6):
-        colour = np.asarray(OBJECT_ERROR_COLORS[code][:3], np.float32)
-        where = errors.map == code
-        rgb[where] = (1 - alpha) * rgb[where] + alpha * colour
-    return rgb, errors.counts()
+    return _tinted(image, errors.map, OBJECT_ERROR_COLORS, range(1, 6), alpha), errors.counts()
 
 
 def save_error_overlay_png(
