@@ -11,14 +11,19 @@ Rows:
   generalist training parts for ``--budget`` seconds, then the same watershed;
 - ``U-Net objects``: the object-aware U-Net (nucleus probability + centre + boundary maps),
   same data, same budget, same seed, instances from its maps;
-- ``built-in <name>``: the shipped model (``scripts/train_builtin_model.py``);
+- ``built-in <name>``: the shipped model (``scripts/train_builtin_model.py``), as the
+  product runs it: nuclei far larger than it learned resized first (``diameter="auto"``,
+  :mod:`napari_unet_nuclei.nucleus_size`);
+- ``built-in, no resizing``: the same model on every image as it is (``diameter=None``);
 - ``candidate``: with ``--candidate FILE``, a new built-in model (a piece of the long
   schedule) beside the shipped one, in the same run: it is shipped only when it is better
   on every test part.
 
 Scores per image, then averaged: pixel F1; object precision, recall and F1 at IoU >= 0.5
 (one-to-one matches); the Data Science Bowl 2018 AP over IoU 0.5:0.95; merges and splits
-(summed). ``--speed`` also times image -> instances on a 2048 x 2048 image (a mosaic of real
+(summed). Two more tables pool the three parts: by size bucket (the image's median true
+nucleus area: < 120 px, 120-1,500 px, > 1,500 px), and the dense images (150 nuclei or
+more) with merges per 100 true nuclei. ``--speed`` also times image -> instances on a 2048 x 2048 image (a mosaic of real
 Kromp images) for the built-in model: its maps path against the probability + watershed
 path of the same network.
 
@@ -64,7 +69,69 @@ def score(predicted: np.ndarray, truth: np.ndarray) -> dict:
         "splits": int(errors.splits),
         "n_true": int(objects["n_true"]),
         "n_pred": int(objects["n_pred"]),
+        "median_true_area": median_area(truth),
     }
+
+
+SIZE_BUCKETS = (
+    ("small (< 120 px)", 0, 120),
+    ("typical", 120, 1500),
+    ("large (> 1,500 px)", 1500, np.inf),
+)
+DENSE_NUCLEI = 150
+
+
+def median_area(truth: np.ndarray) -> float:
+    """The median area (px) of the true nuclei of an image."""
+    _, counts = np.unique(truth[truth > 0], return_counts=True)
+    return float(np.median(counts)) if counts.size else 0.0
+
+
+def pooled_tables(per_image: dict[str, dict[str, list[dict]]]) -> dict:
+    """Size-bucket and dense-image tables over every test part, per method."""
+    methods = next(iter(per_image.values())).keys()
+    tables: dict = {"size_buckets": {}, "dense": {}}
+    for method in methods:
+        rows = [r for part in per_image.values() for r in part[method]]
+        tables["size_buckets"][method] = {
+            name: {
+                "images": len(bucket),
+                "object_f1": float(np.mean([r["object_f1"] for r in bucket])) if bucket else None,
+                "dsb_ap": float(np.mean([r["dsb_ap"] for r in bucket])) if bucket else None,
+            }
+            for name, low, high in SIZE_BUCKETS
+            for bucket in [[r for r in rows if low <= r["median_true_area"] < high]]
+        }
+        dense = [r for r in rows if r["n_true"] >= DENSE_NUCLEI]
+        true = sum(r["n_true"] for r in dense)
+        tables["dense"][method] = {
+            "images": len(dense),
+            "object_f1": float(np.mean([r["object_f1"] for r in dense])) if dense else None,
+            "merges": int(sum(r["merges"] for r in dense)),
+            "merges_per_100_nuclei": 100.0 * sum(r["merges"] for r in dense) / max(1, true),
+        }
+    return tables
+
+
+def print_pooled(tables: dict) -> None:
+    """Print the size-bucket and dense-image tables."""
+    names = [name for name, _, _ in SIZE_BUCKETS]
+    first = next(iter(tables["size_buckets"].values()))
+    counts = "  ".join(f"{name} {first[name]['images']}" for name in names)
+    print(f"\nobject F1 by nucleus size (images: {counts}):")
+    print(f"{'method':<28}" + "".join(f"{name:>20}" for name in names))
+    for method, buckets in tables["size_buckets"].items():
+        cells = [
+            f"{b['object_f1']:>20.3f}" if b["object_f1"] is not None else f"{'-':>20}"
+            for b in (buckets[name] for name in names)
+        ]
+        print(f"{method:<28}" + "".join(cells))
+    dense = next(iter(tables["dense"].values()))["images"]
+    print(f"\ndense images ({DENSE_NUCLEI} nuclei or more: {dense}):")
+    print(f"{'method':<28} {'obj F1':>7} {'merges':>7} {'per 100 nuclei':>15}")
+    for method, row in tables["dense"].items():
+        f1 = f"{row['object_f1']:7.3f}" if row["object_f1"] is not None else f"{'-':>7}"
+        print(f"{method:<28} {f1} {row['merges']:7d} {row['merges_per_100_nuclei']:15.1f}")
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -237,6 +304,7 @@ def main() -> None:
             save_model(model, Path(args.json).with_suffix(f".{model.name}.pt"))
         del items
     models[f"built-in {builtin.name}"] = builtin
+    models["built-in, no resizing"] = builtin
     if args.candidate:
         models["candidate"] = load_model(args.candidate)
 
@@ -252,7 +320,9 @@ def main() -> None:
                 score(instances_from_mask(otsu_mask(item.image)), item.labels)
             )
             for label, model in models.items():
-                if model.object_maps:
+                if label == "built-in, no resizing":
+                    predicted = predict_instances(model, item.image, diameter=None)
+                elif model.object_maps:
                     predicted = predict_instances(model, item.image)
                 else:
                     predicted = instances_from_probabilities(
@@ -275,6 +345,8 @@ def main() -> None:
                 f"{r['object_recall']:6.3f} {r['object_f1']:7.3f} {r['dsb_ap']:7.3f} "
                 f"{r['merges']:6d} {r['splits']:6d} {r['n_pred']:5d}/{r['n_true']:<5d}"
             )
+    pooled = pooled_tables(per_image)
+    print_pooled(pooled)
     builtin_label = f"built-in {builtin.name}"
     targets = {}
     for collection, wanted in TARGETS.items():
@@ -311,6 +383,8 @@ def main() -> None:
         "builtin": {"name": builtin.name, "summary_steps": builtin.summary.get("steps")},
         "results": results,
         "targets": targets,
+        "size_buckets": pooled["size_buckets"],
+        "dense": pooled["dense"],
         "speed_2048": speed,
         "images": per_image,
     }

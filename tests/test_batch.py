@@ -269,9 +269,9 @@ def test_zarr_instances_measurements_and_rerun_skips(
     assert list(table[0]) == [
         "frame",
         "label",
-        "area",
-        "centroid_y",
-        "centroid_x",
+        "area_px",
+        "centroid_y_px",
+        "centroid_x_px",
         "mean_intensity",
         "integrated_intensity",
         "eccentricity",

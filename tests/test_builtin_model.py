@@ -105,6 +105,6 @@ def test_segment_without_model_uses_the_builtin_model(kromp_root, tmp_path, caps
     per_frame = predict_instances(load_model(DEFAULT_MODEL), stack)
     assert volume.shape == stack.shape and 0 < volume.max() < per_frame.max()
     header = (out / "stack_nuclei.csv").read_text().splitlines()[0]
-    assert "volume" in header and "centroid_z" in header
+    assert "volume_voxels" in header and "centroid_z_px" in header and "z_slices" in header
     assert main(["segment", str(tmp_path / "crop.tif"), "--out", str(out), "--model", "nope"]) == 2
     assert "built-in models: fluo-nuclei" in capsys.readouterr().err

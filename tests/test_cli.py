@@ -236,7 +236,7 @@ def test_demo_without_viewer(tmp_path) -> None:
     # nuclei.csv: every held-out image, from the model the masks come from.
     with open(tmp_path / "nuclei.csv", newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if not row[next(iter(row))].startswith("#")]
-    assert "area" in rows[0] and "mean_intensity" in rows[0]
+    assert "area_px" in rows[0] and "mean_intensity" in rows[0]
     masks = {p.stem: tifffile.imread(p) for p in (tmp_path / "masks").glob("*.tif")}
     assert len(masks) == 4
     for name, labels in masks.items():
@@ -308,3 +308,69 @@ def test_a_tiff_that_names_its_z_axis_is_segmented_in_3d(kromp_root, tmp_path, c
     assert 0 < n_volume <= n_frames / 4  # each 3-D nucleus spans many slices
     spans = [np.flatnonzero((volume == i).any(axis=(1, 2))).size for i in np.unique(volume)[1:]]
     assert min(spans) >= 2
+
+
+def test_measurements_carry_micrometres_where_the_file_says_its_pixel_size(
+    kromp_root, tmp_path, capsys
+) -> None:
+    """Issue 22, units: an ImageJ TIFF at 0.325 um per pixel, an OME-TIFF at 0.5 um and a
+    TIFF without a size; the nuclei CSV names its units, and the summary the diameter."""
+    import csv
+
+    image = tifffile.imread(kromp_root / "images" / "normal_34.tif")[:256, :256]
+    tifffile.imwrite(
+        tmp_path / "imagej.tif",
+        image,
+        imagej=True,
+        resolution=(1 / 0.325, 1 / 0.325),
+        metadata={"unit": "micron"},
+    )
+    tifffile.imwrite(
+        tmp_path / "ome.tif",
+        image,
+        ome=True,
+        metadata={
+            "PhysicalSizeX": 500,
+            "PhysicalSizeXUnit": "nm",
+            "PhysicalSizeY": 500,
+            "PhysicalSizeYUnit": "nm",
+        },
+    )
+    tifffile.imwrite(tmp_path / "plain.tif", image)
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path), "--out", str(out), "--instances", "--measure"]) == 0
+    assert "nucleus diameter" in capsys.readouterr().out
+
+    def table(name: str) -> list[dict]:
+        with open(out / f"{name}_nuclei.csv", newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    plain, imagej, ome = table("plain"), table("imagej"), table("ome")
+    assert len(plain) == len(imagej) == len(ome) > 10
+    assert "area_um2" not in plain[0] and "area_px" in plain[0]
+    for rows, step in ((imagej, 0.325), (ome, 0.5)):
+        for row in rows:
+            assert float(row["area_um2"]) == pytest.approx(int(row["area_px"]) * step**2, rel=1e-4)
+            assert float(row["centroid_x_um"]) == pytest.approx(
+                float(row["centroid_x_px"]) * step, rel=1e-4
+            )
+    with open(out / "summary.csv", newline="") as handle:
+        summary = {row["name"]: row for row in csv.DictReader(handle)}
+    assert 10 < float(summary["plain"]["nucleus_diameter_px"]) < 40
+    assert summary["plain"]["resized_frames"] == "0"
+
+
+def test_a_diameter_given_on_the_command_line_resizes_the_image(
+    kromp_root, tmp_path, capsys
+) -> None:
+    image = tifffile.imread(kromp_root / "images" / "normal_34.tif")[:256, :256]
+    tifffile.imwrite(tmp_path / "cells.tif", image)
+    out = tmp_path / "out"
+    command = ["segment", str(tmp_path / "cells.tif"), "--out", str(out), "--instances"]
+    assert main([*command, "--diameter", "52"]) == 0
+    assert "nucleus diameter 52 px (resized)" in capsys.readouterr().out
+    assert tifffile.imread(out / "cells.tif").shape == image.shape
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--diameter", "-3", "--overwrite"])
+    assert exit_info.value.code == 2
+    assert "is not a diameter" in capsys.readouterr().err

@@ -32,14 +32,14 @@ def test_columns_and_values_match_regionprops(real) -> None:
     assert table["label"].tolist() == [r.label for r in regions]
     assert len({len(v) for v in table.values()}) == 1
     for row, region in enumerate(regions):
-        assert table["area"][row] == region.area
-        assert table["centroid_y"][row] == pytest.approx(region.centroid[0])
-        assert table["centroid_x"][row] == pytest.approx(region.centroid[1])
+        assert table["area_px"][row] == region.area
+        assert table["centroid_y_px"][row] == pytest.approx(region.centroid[0])
+        assert table["centroid_x_px"][row] == pytest.approx(region.centroid[1])
         assert table["mean_intensity"][row] == pytest.approx(region.intensity_mean)
         total = image[labels == region.label].astype(np.float64).sum()
         assert table["integrated_intensity"][row] == pytest.approx(total)
         assert table["eccentricity"][row] == pytest.approx(region.eccentricity)
-    assert table["area"].dtype == np.int64 and table["label"].dtype == np.int64
+    assert table["area_px"].dtype == np.int64 and table["label"].dtype == np.int64
 
 
 def test_stack_adds_frame_columns_and_features(real) -> None:
@@ -67,9 +67,27 @@ def test_volume_measurement() -> None:
     volume = np.zeros((6, 20, 20), np.uint8)
     volume[1:4, 5:10, 5:12] = 2
     table = measure_nuclei(volume, per_frame=False)
-    assert table["volume"].tolist() == [3 * 5 * 7] and "area" not in table
-    assert table["centroid_z"][0] == pytest.approx(2.0)
-    assert np.isnan(table["eccentricity"][0])
+    assert table["volume_voxels"].tolist() == [3 * 5 * 7] and "area_px" not in table
+    assert table["centroid_z_px"][0] == pytest.approx(2.0)
+    assert table["z_slices"].tolist() == [3] and "eccentricity" not in table
+    # With the voxel size (z, y, x in micrometres) the table carries micrometres too.
+    sized = measure_nuclei(volume, per_frame=False, pixel_size=(2.0, 0.5, 0.25))
+    assert sized["volume_um3"][0] == pytest.approx(3 * 5 * 7 * 2.0 * 0.5 * 0.25)
+    assert sized["centroid_z_um"][0] == pytest.approx(4.0)
+    assert sized["centroid_x_um"][0] == pytest.approx(sized["centroid_x_px"][0] * 0.25)
+
+
+def test_a_known_pixel_size_adds_micrometre_columns(real) -> None:
+    image, labels = real
+    pixels = measure_nuclei(labels, image)
+    sized = measure_nuclei(labels, image, pixel_size=(0.5, 0.25))
+    assert list(sized)[: len(pixels)] == list(pixels)
+    assert list(sized)[len(pixels) :] == ["area_um2", "centroid_y_um", "centroid_x_um"]
+    np.testing.assert_allclose(sized["area_um2"], pixels["area_px"] * 0.125)
+    np.testing.assert_allclose(sized["centroid_y_um"], pixels["centroid_y_px"] * 0.5)
+    for bad in ((0.0, 1.0), (1.0,), (float("nan"), 1.0)):
+        with pytest.raises(ValueError, match="pixel size must be 2 positive numbers"):
+            measure_nuclei(labels, image, pixel_size=bad)
 
 
 def test_csv_round_trip_is_atomic(real, tmp_path) -> None:

@@ -175,8 +175,8 @@ def test_z_stack_gives_about_as_many_3d_nuclei_as_there_are(kromp_root, one_torc
         slices = np.flatnonzero((volume == number).any(axis=(1, 2)))
         assert slices.size >= 2 and (np.diff(slices) == 1).all()  # an unbroken run
     table = measure_nuclei(volume, stack, per_frame=False)
-    assert table["label"].size == n_objects and (table["volume"] > 0).all()
-    assert int(table["volume"].sum()) == int(np.count_nonzero(volume))
+    assert table["label"].size == n_objects and (table["volume_voxels"] > 0).all()
+    assert int(table["volume_voxels"].sum()) == int(np.count_nonzero(volume))
     with pytest.raises(ValueError, match="stack_axis='z' needs a"):
         predict_instances(model, stack[0], stack_axis="z")
 

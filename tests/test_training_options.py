@@ -217,3 +217,58 @@ def test_time_budget_validates_at_most_every_30_steps(lab_split) -> None:
     # 63 training images of 128 x 128 in batches of 8 whole images: 8 steps make a pass.
     assert counted.steps_per_epoch == 8
     assert timed.steps_per_epoch == MIN_STEPS_PER_EPOCH_TIMED
+
+
+def test_a_replayed_share_of_each_batch_comes_from_the_replayed_images() -> None:
+    from napari_unet_nuclei.patches import PatchSampler, ReplayMix
+
+    rng = np.random.default_rng(0)
+    own = PatchSampler([np.zeros((64, 64), np.float32)], [np.zeros((64, 64))], 32, rng=rng)
+    replay = PatchSampler([np.ones((80, 80), np.float32)], [np.ones((80, 80))], 32, rng=rng)
+    images, targets, weights = ReplayMix(own, replay, 0.25).sample(8)
+    assert images.shape == (8, 1, 32, 32) and targets.shape == weights.shape == (8, 1, 32, 32)
+    np.testing.assert_array_equal(images[:6], 0)
+    np.testing.assert_array_equal(images[6:], 1)
+    assert ReplayMix(own, replay, 0.01).replayed_per_batch(8) == 1  # at least one patch
+    assert ReplayMix(own, replay, 0.9).replayed_per_batch(2) == 1  # never the whole batch
+    assert ReplayMix(own, None, 0.25).replayed_per_batch(8) == 0
+    assert not ReplayMix(own, None, 0.25).sample(4)[0].any()
+
+
+def test_fine_tuning_replays_the_generalist_images_and_records_the_nucleus_size(
+    lab_split, lab_tiny_model
+) -> None:
+    from napari_unet_nuclei.nucleus_size import diameter_of_masks
+    from napari_unet_nuclei.public_data import replay_sample
+
+    x_train, y_train, x_test, y_test = lab_split
+    replayed = replay_sample(3, seed=1)
+    assert len(replayed) == 3
+    assert {item.name.split("/")[0] for item in replayed} == {
+        "kromp2020",
+        "dsb2018_train",
+        "bbbc039",
+    }
+    config = TrainingConfig(steps=4, batch_size=4, patch_size=64)
+    model = train_model(
+        x_train[:6],
+        y_train[:6],
+        config,
+        val_images=x_test[:2],
+        val_labels=y_test[:2],
+        init_model=lab_tiny_model,
+        replay_images=[item.image for item in replayed],
+        replay_labels=[item.labels for item in replayed],
+    )
+    assert model.summary["replayed_images"] == 3 and model.summary["replayed_per_batch"] == 1
+    assert model.summary["nucleus_diameter"] == pytest.approx(diameter_of_masks(y_train[:6]))
+    with pytest.raises(ValueError, match="replay_images and replay_labels must be given"):
+        train_model(
+            x_train[:2],
+            y_train[:2],
+            config,
+            replay_images=[item.image for item in replayed],
+            replay_labels=[replayed[0].labels],
+        )
+    with pytest.raises(ValueError, match="replay_share must be in"):
+        train_model(x_train[:2], y_train[:2], TrainingConfig(steps=1, replay_share=1.0))

@@ -93,9 +93,9 @@ def test_instances_features_match_regionprops_and_csv(
     assert len(features) == ids.size
     props = regionprops(labels, intensity_image=image.astype(float))
     assert [p.label for p in props] == features["label"].tolist() == features["index"].tolist()
-    np.testing.assert_array_equal(features["area"], [p.area for p in props])
-    np.testing.assert_allclose(features["centroid_y"], [p.centroid[0] for p in props])
-    np.testing.assert_allclose(features["centroid_x"], [p.centroid[1] for p in props])
+    np.testing.assert_array_equal(features["area_px"], [p.area for p in props])
+    np.testing.assert_allclose(features["centroid_y_px"], [p.centroid[0] for p in props])
+    np.testing.assert_allclose(features["centroid_x_px"], [p.centroid[1] for p in props])
     np.testing.assert_allclose(features["mean_intensity"], [p.intensity_mean for p in props])
     np.testing.assert_allclose(
         features["integrated_intensity"], [p.intensity_mean * p.area for p in props]

@@ -133,5 +133,58 @@ def test_segment_a_z_stack_into_3d_nuclei(qtbot, make_napari_viewer, kromp_root)
     assert covered >= 0.9 * np.count_nonzero(per_frame > 0)
     n_volume = len(np.unique(volume)) - 1
     assert 0 < n_volume <= (len(np.unique(per_frame)) - 1) / 4  # each spans many slices
-    assert "volume" in layer.features.columns and "frame" not in layer.features.columns
+    assert "volume_voxels" in layer.features.columns and "frame" not in layer.features.columns
     assert len(layer.features) == n_volume
+
+
+def test_segment_dock_measures_in_micrometres_and_takes_a_nucleus_diameter(
+    qtbot, make_napari_viewer, kromp_crop
+) -> None:
+    """Issue 22 (units) and issue 20 (any nucleus size) in the Segment dock: a layer whose
+    scale is in micrometres gets micrometre columns; the diameter field resizes the image
+    and the status line says the size."""
+    image, _ = kromp_crop
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="sized", scale=(0.5, 0.5), units=("micrometer", "micrometer"))
+    viewer.add_image(image, name="pixels")
+    segment = dock(viewer, "Segment")
+    assert segment.diameter.value == 0 and segment.diameter.native.text() == "auto"
+    segment.instances.value = True
+    segment.image_layer.value = viewer.layers["sized"]
+    segment.run()
+    wait_done(qtbot, segment)
+    sized = viewer.layers["sized instances"].features
+    assert {"area_px", "area_um2", "centroid_y_um"} <= set(sized.columns)
+    np.testing.assert_allclose(sized["area_um2"], sized["area_px"] * 0.25)
+    assert "Nucleus diameter" in segment.status.value and "resized" not in segment.status.value
+    segment.image_layer.value = viewer.layers["pixels"]
+    segment.diameter.value = 60
+    segment.run()
+    wait_done(qtbot, segment)
+    pixels = viewer.layers["pixels instances"]
+    assert "area_um2" not in pixels.features.columns
+    assert np.asarray(pixels.data).shape == image.shape and len(pixels.features) > 10
+    assert "Nucleus diameter 60 px; 1 image(s) resized" in segment.status.value
+
+
+def test_pickers_keep_builtin_then_user_models_then_load_file(
+    qtbot, make_napari_viewer, tmp_path, untrained_model
+) -> None:
+    """Issue 22: loading a copy of the built-in model's file neither hides the built-in
+    entry nor puts "load file..." first; user models sit between them."""
+    import shutil
+    from pathlib import Path
+
+    import napari_unet_nuclei
+    from napari_unet_nuclei._widgets.model_picker import LOAD_FILE
+
+    viewer = make_napari_viewer()
+    segment = dock(viewer, "Segment")
+    copy = tmp_path / "my-copy.pt"
+    shutil.copy(Path(napari_unet_nuclei.__file__).parent / "models" / "fluo-nuclei.pt", copy)
+    assert segment.model.load(copy) == "fluo-nuclei (2)"
+    segment.registry.add(untrained_model)
+    labels = [segment.model.native.itemText(i) for i in range(segment.model.native.count())]
+    assert labels == ["fluo-nuclei (built-in)", "fluo-nuclei (2)", "tiny", str(LOAD_FILE)]
+    assert segment.model.model_name == "tiny"  # the newest model is followed
+    assert segment.registry.is_builtin("fluo-nuclei")

@@ -175,3 +175,31 @@ def test_evaluation_job_matches_the_engine() -> None:
     assert result.scores == segmentation_scores(probabilities >= 0.4, truth)
     np.testing.assert_array_equal(result.errors, error_map(probabilities >= 0.4, truth))
     assert len(result.frame_scores) == 2 and result.curve is not None
+
+
+@pytest.mark.parametrize("stack_axis", ["frames", "z"])
+def test_segment_progress_reaches_the_end_only_when_nuclei_are_split(
+    kromp_root, stack_axis
+) -> None:
+    """Issue 22: the bar used to read 100 % while the nuclei were still being split."""
+    import tifffile
+
+    from napari_unet_nuclei._widgets._jobs import SegmentProgress, SegmentTask
+    from napari_unet_nuclei._widgets._object_jobs import ObjectsResult, segment_objects_job
+    from napari_unet_nuclei.model_io import load_model
+    from napari_unet_nuclei.segmentation import default_instance_config
+
+    model = load_model("fluo-nuclei")
+    stack = tifffile.imread(kromp_root.parent / "nuclei3d" / "nuclei.tif")[24:30, :128, :128]
+    task = SegmentTask("cells", stack, stack_axis=stack_axis)
+    events = list(
+        segment_objects_job(
+            model, [task], instances=default_instance_config(model), stop=threading.Event()
+        )
+    )
+    fractions = [e.fraction for e in events if isinstance(e, SegmentProgress)]
+    assert fractions == sorted(fractions) and len(fractions) >= 6
+    last_tiles = max(f for f in fractions[:-1])
+    assert last_tiles < 1.0  # the last frame's tiles leave room for its nuclei
+    assert fractions[-1] == pytest.approx(1.0 if stack_axis == "frames" else 0.9)
+    assert isinstance(events[-1], ObjectsResult) and events[-1].labels.max() > 0

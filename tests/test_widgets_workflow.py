@@ -322,15 +322,21 @@ def test_a_cancelled_rerun_keeps_the_earlier_complete_result(qtbot, lab_viewer, 
     segment.run()
     frames_seen: list[int] = []
 
+    running_names: list[list[str]] = []
+
     def cancel_after_two_frames(event) -> None:
         if isinstance(event, SegmentFrame):
             frames_seen.append(event.frame)
+            running_names.append([layer.name for layer in viewer.layers])
             if len(frames_seen) == 2:
                 segment.cancel()
 
     segment.worker.yielded.connect(cancel_after_two_frames)
     wait_done(qtbot, segment)
 
+    # While it ran, its frames filled the layers the user guide names, beside the result.
+    assert "lab nuclei (running)" in running_names[-1] and "lab nuclei" in running_names[-1]
+    assert not [n for n in running_names[-1] if n.endswith("]")], running_names[-1]
     names = [layer.name for layer in viewer.layers]
     np.testing.assert_array_equal(viewer.layers["lab probabilities"].data, probabilities)
     # The earlier masks follow only the threshold slider: same probabilities, new threshold.
@@ -498,7 +504,9 @@ def test_training_on_partly_painted_nuclei_says_so(
     viewer.add_image(image.mean(-1) if image.ndim == 3 else image, name="crop")
     viewer.add_labels(painted, name="five nuclei")
     train = add_widgets(viewer)["Train"]
-    assert train.frames_info.value == "1 of 1 frame(s) used"  # filled before any choice changes
+    # Said as soon as the layers are chosen, before Start (checked off the GUI thread).
+    qtbot.waitUntil(lambda: "only part of the nuclei" in train.frames_info.value, timeout=20_000)
+    assert "annotated regions" in train.frames_info.value and not warned
     fast_settings(train, "partial")
     train.start()
     wait_done(qtbot, train)

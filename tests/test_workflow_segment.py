@@ -166,7 +166,7 @@ def test_z_stack_gives_3d_objects_with_volumes(builtin, stack) -> None:
     assert summary.nuclei == len(np.unique(labels[0])) - 1 > 5
     for z in (1, 2):
         np.testing.assert_array_equal(labels[z], labels[0])  # one id through the slices
-    assert "volume" in summary.table and len(summary.table["label"]) == summary.nuclei
+    assert "volume_voxels" in summary.table and len(summary.table["label"]) == summary.nuclei
 
 
 def test_read_mode_rule() -> None:

@@ -66,6 +66,8 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "width",
     "nuclei",
     "foreground_fraction",
+    "nucleus_diameter_px",
+    "resized_frames",
     "seconds",
     "error",
 )
@@ -128,7 +130,13 @@ class SegmentOptions:
         channels or frames.
     measure : bool
         Also write ``<name>_nuclei.csv`` (one row per nucleus: area, centroid, intensity,
-        eccentricity); nuclei are the instance labels, or the connected parts of the mask.
+        eccentricity; sizes in pixels and, where the file gives its pixel size, in
+        micrometres too); nuclei are the instance labels, or the connected parts of the
+        mask.
+    diameter : float or "auto" or None
+        The nuclei's diameter in pixels, to resize each frame to the size the model
+        learned; ``"auto"`` estimates it (and resizes only nuclei over twice that size),
+        None never resizes (see :func:`~napari_unet_nuclei.workflows.segment.iter_segment`).
     tile_size, overlap, batch_size : int
         Tiled inference settings (overlap None: ``inference.default_overlap(tile_size)``,
         the rule the docks use too).
@@ -152,6 +160,7 @@ class SegmentOptions:
     stack_axis: str = "auto"
     channel: int | None = None
     measure: bool = False
+    diameter: float | str | None = "auto"
     tile_size: int = 512
     overlap: int | None = None
     batch_size: int = 1
@@ -597,6 +606,8 @@ def _row(
     foreground: int,
     seconds: float,
     error: str = "",
+    diameter: float | None = None,
+    resized: int = 0,
 ) -> dict[str, Any]:
     size = int(np.prod(shape)) if shape else 0
     return {
@@ -609,6 +620,8 @@ def _row(
         "width": int(shape[-1]) if shape else 0,
         "nuclei": int(nuclei),
         "foreground_fraction": foreground / size if size else float("nan"),
+        "nucleus_diameter_px": float("nan") if diameter is None else round(float(diameter), 1),
+        "resized_frames": int(resized),
         "seconds": round(float(seconds), 3),
         "error": error,
     }
@@ -715,6 +728,7 @@ def iter_segment_image(
     dict
         The summary row (columns :data:`SUMMARY_COLUMNS`, status ``"done"``).
     """
+    from .pixel_size import file_pixel_size, spatial_pixel_size
     from .segmentation import default_instance_config
     from .workflows.segment import SegmentOutputs, iter_segment
     from .zarr_io import finish_atomic, partial_path
@@ -762,14 +776,19 @@ def iter_segment_image(
                     axes,
                     {**attrs, "kind": "mask"},
                 )
+            stack_axis = resolve_stack_axis(options.stack_axis, shape, axes)
             summary = yield from iter_segment(
                 model,
                 image,
                 outputs,
                 threshold=threshold,
                 instances=config,
-                stack_axis=resolve_stack_axis(options.stack_axis, shape, axes),
+                stack_axis=stack_axis,
                 measure=options.measure,
+                pixel_size=spatial_pixel_size(
+                    file_pixel_size(source.path), volume=stack_axis == "z" and len(shape) == 3
+                ),
+                diameter=options.diameter,
                 tile_size=options.tile_size,
                 overlap=options.overlap,
                 batch_size=options.batch_size,
@@ -806,7 +825,15 @@ def iter_segment_image(
         for partial in partials.values():
             _remove(partial)
     return _row(
-        source, paths["main"], "done", shape, nuclei, foreground, time.perf_counter() - start
+        source,
+        paths["main"],
+        "done",
+        shape,
+        nuclei,
+        foreground,
+        time.perf_counter() - start,
+        diameter=summary.diameter,
+        resized=summary.rescaled_frames,
     )
 
 
@@ -876,6 +903,8 @@ class _Run:
             foreground_fraction=row["foreground_fraction"],
             seconds=row["seconds"],
             error=row["error"],
+            diameter=row.get("nucleus_diameter_px", float("nan")),
+            resized_frames=row.get("resized_frames", 0),
         )
 
 

@@ -32,6 +32,9 @@ class BuiltinModel:
     sha256: str
     description: str
     threshold: float = 0.5  # the model's default threshold (pickers start with it)
+    #: The diameter (px) of its training nuclei (``nucleus_size.diameter_of_masks``), for
+    #: files written before models stored it.
+    nucleus_diameter: float | None = None
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -46,6 +49,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
                 "BBBC039 training images; nucleus probability, centre and boundary maps"
             ),
             threshold=0.66,
+            nucleus_diameter=26.0,
         ),
     )
 }

@@ -162,9 +162,20 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "most nucleus-like contrast, said on stderr)",
     )
     segment.add_argument(
+        "--diameter",
+        type=_diameter,
+        default="auto",
+        metavar="PX",
+        help="the nuclei's diameter in pixels: each image is resized so that its nuclei "
+        "reach the size the model learned (about 26 px for the built-in model); 'auto' "
+        "(default) estimates it and resizes only nuclei over twice that size; 'off' never "
+        "resizes",
+    )
+    segment.add_argument(
         "--measure",
         action="store_true",
-        help="also write <name>_nuclei.csv: label, area, centroid, intensity, eccentricity",
+        help="also write <name>_nuclei.csv: label, area_px, centroid, intensity, "
+        "eccentricity, and area_um2... where the file gives its pixel size",
     )
     cluster = segment.add_mutually_exclusive_group()
     cluster.add_argument(
@@ -371,6 +382,29 @@ def read_input_image(path: Path) -> np.ndarray:
     return read_image_file(path)
 
 
+def _diameter(text: str) -> float | str | None:
+    """``--diameter``: a number of pixels, 'auto' or 'off'."""
+    if text.lower() in ("auto", "off"):
+        return "auto" if text.lower() == "auto" else None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (np.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a diameter: give the nuclei's diameter in pixels (e.g. 40), "
+            "'auto' or 'off'"
+        )
+    return value
+
+
+def _diameter_text(diameter: float, resized_frames: int) -> str:
+    """'  nucleus diameter 114 px (resized)' for a segmented image's line."""
+    if not np.isfinite(diameter):
+        return ""
+    return f"  nucleus diameter {diameter:.0f} px" + (" (resized)" if resized_frames else "")
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .batch import SegmentOptions, segment_files
     from .events import BatchFinished, BatchStarted, FrameDone, ImageDone
@@ -384,6 +418,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         stack_axis=args.stack_axis,
         channel=args.channel,
         measure=args.measure,
+        diameter=args.diameter,
         tile_size=args.tile_size,
         device=args.device,
         precision=args.precision,
@@ -418,6 +453,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                     bar.write(
                         f"{event.output}  nuclei {event.nuclei}  "
                         f"foreground {event.foreground_fraction:.1%}"
+                        + _diameter_text(event.diameter, event.resized_frames)
                     )
             elif isinstance(event, BatchFinished):
                 finished = event

@@ -49,7 +49,7 @@ def _object_rows(
                 "name": item.name,
                 "nuclei": int(table["label"].size),
                 "true_nuclei": int(objects["n_true"]),
-                "mean_area": float(np.mean(table["area"])) if table["label"].size else 0.0,
+                "mean_area": float(np.mean(table["area_px"])) if table["label"].size else 0.0,
                 "mean_intensity": float(np.mean(table["mean_intensity"]))
                 if table["label"].size
                 else 0.0,

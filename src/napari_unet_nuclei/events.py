@@ -141,6 +141,8 @@ class ImageDone:
     foreground_fraction: float
     seconds: float
     error: str = ""
+    diameter: float = float("nan")  # nucleus diameter (px), given or estimated
+    resized_frames: int = 0  # frames resized to the size the model learned
 
 
 @dataclass(frozen=True)

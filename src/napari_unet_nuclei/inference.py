@@ -8,6 +8,7 @@ caller can show it and stop between tiles.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -391,6 +392,12 @@ class FrameLogits:
     number: int
     n_frames: int
     logits: np.ndarray
+    #: The frame's nucleus diameter (px): given, or estimated with ``diameter="auto"``.
+    diameter: float | None = None
+    #: The factor the frame was resized by before the network (1.0: not resized).
+    scale: float = 1.0
+    #: When resized: the logits at the network's scale (``logits`` are at the frame's).
+    scaled_logits: np.ndarray | None = None
 
 
 def iter_frame_logits(
@@ -406,13 +413,40 @@ def iter_frame_logits(
     backend: str = "auto",
     test_time_augmentation: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    diameter: float | str | None = None,
 ) -> Iterator[TileDone | FrameLogits]:
     """Tiled network output frame by frame: ``TileDone`` events, then a ``FrameLogits``.
 
     Parameters are those of :func:`iter_predict`; with ``all_channels`` each frame's
     logits hold every output channel of the network (see
-    :attr:`~napari_unet_nuclei.network.UNetConfig.channel_names`).
+    :attr:`~napari_unet_nuclei.network.UNetConfig.channel_names`). ``diameter`` (px, or
+    ``"auto"`` to estimate it from a first pass) resizes each frame so that its nuclei
+    reach the size the model learned (:mod:`napari_unet_nuclei.nucleus_size`); the
+    logits come back at the frame's size.
     """
+    from .nucleus_size import (
+        AUTO_MAX_FOREGROUND,
+        BUILTIN_TRAINED_DIAMETER,
+        estimate_diameter,
+        rescale_factor,
+        resize_to,
+        trained_diameter,
+    )
+
+    automatic = diameter == "auto"
+    if not (diameter is None or automatic):
+        try:
+            diameter = float(diameter)
+        except (TypeError, ValueError):
+            diameter = math.nan
+        if not (math.isfinite(diameter) and diameter > 0):
+            raise ValueError(
+                f"The nucleus diameter must be a number of pixels above 0 or 'auto', got "
+                f"{diameter!r}."
+            )
+    learned = trained_diameter(model.summary)
+    reference = learned or BUILTIN_TRAINED_DIAMETER  # for a diameter given by hand
+    cut = math.log(model.threshold / (1.0 - model.threshold)) if 0 < model.threshold < 1 else 0.0
     shape = check_image(image)
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
@@ -428,19 +462,53 @@ def iter_frame_logits(
     # across the yields below (the runner enters inference mode for each call instead).
     for number, index in enumerate(frame_indices):
         frame = normalize_frame(read_array(image[index]), model.normalization)
-        tiles = _frame_logits(
-            run, frame, tile_size, overlap, batch_size, multiple, number, n_frames
-        )
-        while True:
-            try:
-                tile_event = next(tiles)
-            except StopIteration as done:
-                frame_logits = done.value
-                break
-            if should_stop is not None and should_stop():
-                raise InferenceCancelled("Segmentation was cancelled.")
-            yield tile_event
-        yield FrameLogits(index, number, n_frames, frame_logits)
+        size = None if automatic else diameter
+        factor = rescale_factor(size, reference, automatic=False)
+        frame_logits = scaled = None
+        if factor == 1.0:
+            frame_logits = yield from _cancellable(
+                _frame_logits(
+                    run, frame, tile_size, overlap, batch_size, multiple, number, n_frames
+                ),
+                should_stop,
+            )
+            if automatic:
+                nucleus = frame_logits[0] if frame_logits.ndim == 3 else frame_logits
+                mask = nucleus >= cut
+                size = estimate_diameter(mask)
+                if learned is not None and mask.mean() <= AUTO_MAX_FOREGROUND:
+                    factor = rescale_factor(size, learned, automatic=True)
+        if factor != 1.0:
+            shape = tuple(max(multiple, round(side * factor)) for side in frame.shape)
+            scaled = yield from _cancellable(
+                _frame_logits(
+                    run,
+                    resize_to(frame, shape),
+                    tile_size,
+                    overlap,
+                    batch_size,
+                    multiple,
+                    number,
+                    n_frames,
+                ),
+                should_stop,
+            )
+            frame_logits = resize_to(scaled, frame.shape)
+        yield FrameLogits(index, number, n_frames, frame_logits, size, factor, scaled)
+
+
+def _cancellable(
+    tiles: Generator[TileDone, None, np.ndarray], should_stop: Callable[[], bool] | None
+) -> Generator[TileDone, None, np.ndarray]:
+    """Pass on a frame's tile events, stopping between them when asked; return its logits."""
+    while True:
+        try:
+            tile_event = next(tiles)
+        except StopIteration as done:
+            return done.value
+        if should_stop is not None and should_stop():
+            raise InferenceCancelled("Segmentation was cancelled.")
+        yield tile_event
 
 
 def normalized_frame_logits(

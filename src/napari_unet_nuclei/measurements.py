@@ -1,7 +1,12 @@
 """Per-nucleus measurements: a table of columns for napari layer features and CSV files.
 
 One row per nucleus (label id): area, centroid, mean and integrated intensity and
-eccentricity, measured with scikit-image's ``regionprops`` in pixel units.
+eccentricity, measured with scikit-image's ``regionprops``. Every size and position
+column names its unit: ``area_px`` and ``centroid_y_px`` in pixels, and, where the pixel
+size is known (file metadata or the layer's scale, see
+:mod:`napari_unet_nuclei.pixel_size`), ``area_um2`` and ``centroid_y_um`` in micrometres
+too. A 3-D nucleus has ``volume_voxels`` (and ``volume_um3``), ``centroid_z_px`` and
+``z_slices``, the number of slices it spans, in place of the eccentricity of a 2-D one.
 """
 
 from __future__ import annotations
@@ -26,18 +31,20 @@ __all__ = [
     "write_measurements_csv",
 ]
 
-#: Columns of a 2-D measurement table, in order (stacks add frame columns in front).
+#: Columns of a 2-D measurement table without a pixel size, in order (stacks add frame
+#: columns in front; a known pixel size adds the micrometre columns at the end).
 MEASUREMENT_COLUMNS: tuple[str, ...] = (
     "label",
-    "area",
-    "centroid_y",
-    "centroid_x",
+    "area_px",
+    "centroid_y_px",
+    "centroid_x_px",
     "mean_intensity",
     "integrated_intensity",
     "eccentricity",
 )
 
-_INTEGER_COLUMNS = ("label", "area", "volume")
+# ("area" and "volume": tables written before the columns named their units.)
+_INTEGER_COLUMNS = ("label", "area_px", "volume_voxels", "z_slices", "area", "volume")
 
 
 def empty_table(columns: Sequence[str]) -> dict[str, np.ndarray]:
@@ -92,7 +99,7 @@ def with_frame_columns(
 
 
 def concatenate_tables(
-    parts: Sequence[dict[str, np.ndarray]], n_leading: int
+    parts: Sequence[dict[str, np.ndarray]], n_leading: int, micrometres: bool = False
 ) -> dict[str, np.ndarray]:
     """Frames' measurement tables (each with its frame columns) as one table.
 
@@ -102,30 +109,38 @@ def concatenate_tables(
         Per-frame tables, in the order of their rows in the result.
     n_leading : int
         Axes in front of ``(H, W)`` (names the columns of an empty result).
+    micrometres : bool
+        An empty result has the micrometre columns too (the pixel size was known).
 
     Returns
     -------
     dict of str to numpy.ndarray
     """
     if not parts:
-        return empty_table([*frame_columns(n_leading), *MEASUREMENT_COLUMNS])
+        extra = ("area_um2", "centroid_y_um", "centroid_x_um") if micrometres else ()
+        return empty_table([*frame_columns(n_leading), *MEASUREMENT_COLUMNS, *extra])
     return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
-def _measure_frame(labels: np.ndarray, image: np.ndarray | None) -> dict[str, np.ndarray]:
+def _measure_frame(
+    labels: np.ndarray, image: np.ndarray | None, pixel_size: Sequence[float] | None
+) -> dict[str, np.ndarray]:
     """Measurements of one 2-D label image (or 3-D volume)."""
     from scipy import ndimage as ndi
     from skimage.measure import regionprops_table
 
+    volume = labels.ndim == 3
     spatial = ("z", "y", "x")[-labels.ndim :]
-    size = "volume" if labels.ndim == 3 else "area"  # voxels of a 3-D nucleus
-    columns = ["label", size, *(f"centroid_{axis}" for axis in spatial)]
-    columns += ["mean_intensity", "integrated_intensity", "eccentricity"]
+    size = "volume_voxels" if volume else "area_px"
+    shape_column = "z_slices" if volume else "eccentricity"
+    columns = ["label", size, *(f"centroid_{axis}_px" for axis in spatial)]
+    columns += ["mean_intensity", "integrated_intensity", shape_column]
+    if pixel_size is not None:
+        columns += ["volume_um3" if volume else "area_um2"]
+        columns += [f"centroid_{axis}_um" for axis in spatial]
     if not labels.any():
         return empty_table(columns)
-    properties = ["label", "area", "centroid"]
-    if labels.ndim == 2:
-        properties.append("eccentricity")
+    properties = ["label", "area", "centroid", "bbox" if volume else "eccentricity"]
     raw = regionprops_table(labels, properties=properties)
     ids = raw["label"].astype(np.int64)
     table: dict[str, np.ndarray] = {
@@ -133,7 +148,7 @@ def _measure_frame(labels: np.ndarray, image: np.ndarray | None) -> dict[str, np
         size: np.rint(raw["area"]).astype(np.int64),
     }
     for number, axis in enumerate(spatial):
-        table[f"centroid_{axis}"] = raw[f"centroid-{number}"].astype(float)
+        table[f"centroid_{axis}_px"] = raw[f"centroid-{number}"].astype(float)
     if image is None:
         table["mean_intensity"] = np.full(ids.size, np.nan)
         table["integrated_intensity"] = np.full(ids.size, np.nan)
@@ -142,9 +157,15 @@ def _measure_frame(labels: np.ndarray, image: np.ndarray | None) -> dict[str, np
         integrated = np.asarray(ndi.sum_labels(values, labels, index=ids), dtype=float)
         table["integrated_intensity"] = integrated
         table["mean_intensity"] = integrated / table[size]
-    table["eccentricity"] = (
-        raw["eccentricity"].astype(float) if labels.ndim == 2 else np.full(ids.size, np.nan)
-    )
+    if volume:  # bbox: min z, y, x, then max z, y, x (exclusive)
+        table["z_slices"] = (raw["bbox-3"] - raw["bbox-0"]).astype(np.int64)
+    else:
+        table["eccentricity"] = raw["eccentricity"].astype(float)
+    if pixel_size is not None:
+        micrometres = [float(v) for v in pixel_size][-labels.ndim :]
+        table["volume_um3" if volume else "area_um2"] = table[size] * float(np.prod(micrometres))
+        for axis, step in zip(spatial, micrometres):
+            table[f"centroid_{axis}_um"] = table[f"centroid_{axis}_px"] * step
     return {name: table[name] for name in columns}
 
 
@@ -153,6 +174,7 @@ def measure_nuclei(
     image: Any = None,
     *,
     per_frame: bool | None = None,
+    pixel_size: Sequence[float] | None = None,
 ) -> dict[str, np.ndarray]:
     """Measure every nucleus of a label image: one row per label id.
 
@@ -168,16 +190,22 @@ def measure_nuclei(
         Measure each 2-D frame of a stack on its own (the default for more than 2
         dimensions: this package segments frame by frame) and add one column per leading
         axis (``frame`` for a 3-D stack, ``frame_0``, ``frame_1``... for more). ``False``
-        measures a 3-D volume as such (``volume`` in voxels instead of ``area``,
-        ``centroid_z`` is added; eccentricity is NaN).
+        measures a 3-D volume as such (``volume_voxels`` instead of ``area_px``,
+        ``centroid_z_px`` is added, and ``z_slices``, the slices a nucleus spans, replaces
+        the eccentricity).
+    pixel_size : sequence of float, optional
+        The pixel size in micrometres along y, x (and z first, for a volume), from the
+        file's metadata or the layer's scale; adds ``area_um2`` (``volume_um3``) and
+        ``centroid_*_um``. Without it the table is in pixels only.
 
     Returns
     -------
     dict of str to numpy.ndarray
         Columns of equal length, in this order: the frame columns (stacks), ``label``,
-        ``area`` (pixels), ``centroid_y``, ``centroid_x`` (pixels, row and column),
+        ``area_px``, ``centroid_y_px``, ``centroid_x_px`` (row and column),
         ``mean_intensity``, ``integrated_intensity`` (sum over the nucleus),
-        ``eccentricity`` (of the ellipse with the same second moments, 0 = circle).
+        ``eccentricity`` (of the ellipse with the same second moments, 0 = circle), then
+        with ``pixel_size`` ``area_um2``, ``centroid_y_um``, ``centroid_x_um``.
         Suitable as napari layer ``features`` (see :func:`to_layer_features`) or for
         :func:`write_measurements_csv`.
 
@@ -205,19 +233,28 @@ def measure_nuclei(
             )
     if per_frame is None:
         per_frame = labels.ndim > 2
+    if pixel_size is not None:
+        pixel_size = tuple(float(v) for v in pixel_size)
+        wanted = 3 if labels.ndim == 3 and not per_frame else 2
+        if len(pixel_size) < wanted or not all(np.isfinite(pixel_size)) or min(pixel_size) <= 0:
+            raise ValueError(
+                f"The pixel size must be {wanted} positive numbers (micrometres along "
+                f"{', '.join(('z', 'y', 'x')[-wanted:])}), got {pixel_size}."
+            )
     if not per_frame:
         if labels.ndim > 3:
             raise ValueError(
                 f"Volumes of {labels.ndim} dimensions cannot be measured as one; use "
                 "per_frame=True."
             )
-        return _measure_frame(labels, image)
+        return _measure_frame(labels, image, pixel_size)
     if labels.ndim == 2:
-        return _measure_frame(labels, image)
+        return _measure_frame(labels, image, pixel_size)
     leading = labels.shape[:-2]
     parts = [
         with_frame_columns(
-            _measure_frame(labels[index], None if image is None else image[index]), index
+            _measure_frame(labels[index], None if image is None else image[index], pixel_size),
+            index,
         )
         for index in np.ndindex(*leading)
     ]
@@ -285,8 +322,8 @@ def _format(value: Any) -> Any:
 def read_measurements_csv(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read a CSV written by :func:`write_measurements_csv` back into columns.
 
-    Integer columns (``label``, ``area``, ``volume``, frame columns) come back as int64, the others as
-    float (empty cells are NaN).
+    Integer columns (``label``, ``area_px``, ``volume_voxels``, ``z_slices``, frame columns)
+    come back as int64, the others as float (empty cells are NaN).
 
     Parameters
     ----------

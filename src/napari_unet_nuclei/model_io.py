@@ -291,7 +291,11 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu") -> NucleiMode
             f"{path} is not a readable model file (truncated, corrupted or another kind of "
             f"file): {detail}."
         ) from error
-    return model_from_dict(data, source=str(path))
+    model = model_from_dict(data, source=str(path))
+    builtin = BUILTIN_MODELS.get(builtin_name_of(path) or "")
+    if builtin is not None and builtin.nucleus_diameter is not None:
+        model.summary.setdefault("nucleus_diameter", builtin.nucleus_diameter)
+    return model
 
 
 def _what_it_is(path: Path) -> str | None:

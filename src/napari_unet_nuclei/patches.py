@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PatchSampler", "effective_patch_size"]
+__all__ = ["PatchSampler", "ReplayMix", "effective_patch_size"]
 
 
 def effective_patch_size(shapes: Sequence[tuple[int, int]], patch_size: int, multiple: int) -> int:
@@ -174,3 +174,48 @@ class PatchSampler:
             targets[slot] = item.mask[(slice(None), *window)]
             weights[slot, 0] = item.weight[window]
         return images, targets, weights
+
+
+class ReplayMix:
+    """Batches of which a share of the patches come from replayed images.
+
+    Fine-tuning on a few corrected images mixes in patches of the images the start model
+    learned from (a replayed sample of its training data), so that a short fine-tune
+    learns the new images without forgetting the others.
+
+    Parameters
+    ----------
+    own : PatchSampler
+        The patches of the images being trained on.
+    replay : PatchSampler or None
+        The replayed images' patches (same patch size and target channels); ``None``
+        leaves every batch to ``own``.
+    share : float
+        Share of each batch drawn from ``replay`` (at least one patch when above 0, and
+        never the whole batch).
+    """
+
+    def __init__(self, own: PatchSampler, replay: PatchSampler | None, share: float) -> None:
+        if replay is not None and replay.n_targets != own.n_targets:
+            raise ValueError("Replayed images need the same target channels as the others.")
+        self.own, self.replay, self.share = own, replay, float(share)
+
+    @property
+    def n_pixels(self) -> int:
+        """Annotated pixels of the images trained on (the replay is not counted)."""
+        return self.own.n_pixels
+
+    def replayed_per_batch(self, batch_size: int) -> int:
+        """How many of ``batch_size`` patches come from the replayed images."""
+        if self.replay is None or self.share <= 0 or batch_size < 2:
+            return 0
+        return int(min(batch_size - 1, max(1, round(self.share * batch_size))))
+
+    def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Draw a batch: own patches first, then the replayed ones."""
+        n_replay = self.replayed_per_batch(batch_size)
+        own = self.own.sample(batch_size - n_replay)
+        if not n_replay:
+            return own
+        replayed = self.replay.sample(n_replay)
+        return tuple(np.concatenate(pair) for pair in zip(own, replayed))

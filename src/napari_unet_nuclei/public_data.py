@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .datasets import DataError, LabelledImage, load_dataset, select_by_names
+import numpy as np
+
+from .datasets import DataError, LabelledImage, load_dataset, read_pairs, select_by_names
 
 __all__ = [
     "GENERALIST_TEST_PARTS",
@@ -29,7 +31,11 @@ __all__ = [
     "load_part",
     "load_parts",
     "part_names",
+    "replay_sample",
 ]
+
+#: Images replayed beside a fine-tune's own (see :func:`replay_sample`).
+REPLAY_IMAGES = 12
 
 
 @dataclass(frozen=True)
@@ -114,4 +120,58 @@ def load_parts(
     for part in parts:
         for item in load_part(part, root):
             items.append(LabelledImage(f"{part.collection}/{item.name}", item.image, item.labels))
+    return items
+
+
+def replay_sample(
+    n_images: int = REPLAY_IMAGES,
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+    exclude: Sequence[str] = (),
+) -> list[LabelledImage]:
+    """A seeded sample of the built-in model's training images, to replay in a fine-tune.
+
+    The images are drawn in turn from each part of :data:`GENERALIST_TRAINING_PARTS`
+    (so every collection the model learned from is represented) and read alone, not
+    with their whole collection.
+
+    Parameters
+    ----------
+    n_images : int
+        How many images.
+    seed : int
+        Seed of the draw.
+    root : path-like, optional
+        The data folder; :func:`data_root` when omitted.
+    exclude : sequence of str
+        ``collection/name`` images never to draw (e.g. the images being fine-tuned on).
+
+    Returns
+    -------
+    list of LabelledImage
+        Named ``collection/name``.
+
+    Raises
+    ------
+    DataError
+        If the collections are not in the data folder, with the folder named.
+    """
+    folder = Path(root or data_root())
+    rng = np.random.default_rng(seed)
+    skip = set(exclude)
+    queues = []
+    for part in GENERALIST_TRAINING_PARTS:
+        names = [n for n in part_names(part, folder) if f"{part.collection}/{n}" not in skip]
+        queues.append((part.collection, list(rng.permutation(names))))
+    drawn: dict[str, list[str]] = {collection: [] for collection, _ in queues}
+    while sum(map(len, drawn.values())) < n_images and any(names for _, names in queues):
+        for collection, names in queues:
+            if names and sum(map(len, drawn.values())) < n_images:
+                drawn[collection].append(str(names.pop()))
+    items = []
+    for collection, names in drawn.items():
+        if names:
+            base = folder / collection
+            for item in read_pairs(base / "images", base / "masks", sorted(names)):
+                items.append(LabelledImage(f"{collection}/{item.name}", item.image, item.labels))
     return items

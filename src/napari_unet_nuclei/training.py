@@ -41,8 +41,9 @@ from .losses import LOSSES, OBJECTIVES, map_loss, probability_loss
 from .model import NucleiModel, create_model
 from .normalization import NormalizationConfig, normalize_frame
 from .nucleus_choice import NucleusScore, candidate_rules
+from .nucleus_size import diameter_of_masks
 from .object_targets import gap_band, instance_labels, object_maps
-from .patches import PatchSampler, effective_patch_size
+from .patches import PatchSampler, ReplayMix, effective_patch_size
 from .training_data import (
     TrainingSplit,
     as_mask,
@@ -155,6 +156,9 @@ class TrainingConfig:
     fine_tune_learning_rate : float
         Peak learning rate when fine-tuning (``init_model``), instead of
         ``learning_rate``: a gentle step keeps what the start model knew.
+    replay_share : float
+        With replayed images (``train(..., replay_images=...)``), the share of each batch
+        drawn from them.
     """
 
     features: int = 8
@@ -189,6 +193,7 @@ class TrainingConfig:
     steps: int | None = None
     freeze_batchnorm: bool | None = None
     fine_tune_learning_rate: float = 5e-4
+    replay_share: float = 0.25
 
     DEFAULT_EPOCHS = 40
 
@@ -221,6 +226,8 @@ def train(
     val_names: Sequence[str] | None = None,
     init_model: NucleiModel | None = None,
     should_stop: Callable[[], bool] | None = None,
+    replay_images: Sequence[np.ndarray] | None = None,
+    replay_labels: Sequence[np.ndarray] | None = None,
 ) -> Generator[TrainingEvent, None, NucleiModel]:
     """Train a U-Net, yielding progress events.
 
@@ -245,6 +252,11 @@ def train(
     should_stop : callable, optional
         Polled after every step; training stops (keeping the best weights) when it
         returns True.
+    replay_images, replay_labels : sequence of numpy.ndarray, optional
+        Images (with their nucleus labels) the start model learned from, replayed beside
+        the training images (``config.replay_share`` of each batch) so that a fine-tune
+        does not forget them; see :func:`napari_unet_nuclei.public_data.replay_sample`.
+        They are never validated on.
 
     Yields
     ------
@@ -338,6 +350,21 @@ def train(
         [im.shape for im in train_data.images], config.patch_size, multiple
     )
     sampler = PatchSampler(train_data.images, train_data.targets(), patch, train_data.weights, rng)
+    replay = None
+    if replay_images is not None and len(replay_images) and config.replay_share > 0:
+        if replay_labels is None or len(replay_labels) != len(replay_images):
+            raise ValueError(
+                "replay_images and replay_labels must be given together, one label image "
+                "per image."
+            )
+        replayed = prepare(
+            replay_images,
+            replay_labels,
+            [f"replay_{i:03d}" for i in range(len(replay_images))],
+            None,
+        )
+        replay = PatchSampler(replayed.images, replayed.targets(), patch, None, rng)
+    batches = ReplayMix(sampler, replay, config.replay_share)
     by_time = bool(config.time_budget) and not config.steps
     steps_per_epoch = config.steps_per_epoch or max(
         MIN_STEPS_PER_EPOCH_TIMED if (by_time or config.steps) else 4,
@@ -421,7 +448,7 @@ def train(
                 break
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(peak_rate, fraction_done(), config.warmup_fraction)
-            x, y, w = (torch.from_numpy(a) for a in sampler.sample(config.batch_size))
+            x, y, w = (torch.from_numpy(a) for a in batches.sample(config.batch_size))
             if config.augmentation.enabled:
                 x, y, w = augment_batch(x, y, w, config.augmentation, augmenter)
             if pin_memory:
@@ -593,6 +620,11 @@ def train(
         "best_val_merges": best_nuclei.merges if best_nuclei else None,
         "start_val_object_f1": start_nuclei.object_f1 if start_nuclei else None,
         "kept_start_weights": bool(fine_tuning and by_objects and best_epoch == 0),
+        "nucleus_diameter": diameter_of_masks(
+            [m if w is None else m & w for m, w in zip(train_data.masks, train_data.weights)]
+        ),
+        "replayed_images": 0 if replay is None else len(replay_images),
+        "replayed_per_batch": batches.replayed_per_batch(config.batch_size),
         "fine_tuned_from": init_model.name if init_model is not None else None,
         "threshold_calibration": choice.get("calibration"),
         "config": config.to_dict(),
@@ -625,6 +657,8 @@ def _check_config(config: TrainingConfig) -> None:
         raise ValueError(f"ema_decay must be in [0, 1), got {config.ema_decay}.")
     if config.steps is not None and config.steps < 1:
         raise ValueError(f"steps must be at least 1, got {config.steps}.")
+    if not 0.0 <= config.replay_share < 1.0:
+        raise ValueError(f"replay_share must be in [0, 1), got {config.replay_share}.")
 
 
 def _start_model(config: TrainingConfig, init_model: NucleiModel | None) -> NucleiModel:

@@ -139,6 +139,9 @@ class SegmentTask:
         What the first axis of a 3-D ``image`` is.
     spacing : tuple of float
         The layer's scale along z, y, x (3-D distances of a z-stack).
+    pixel_size : tuple of float, optional
+        Micrometres along y, x (z, y, x for a z-stack) where the layer or its file says;
+        the measurements gain micrometre columns.
     """
 
     layer_name: str
@@ -146,6 +149,7 @@ class SegmentTask:
     frame: tuple[int, ...] | None = None
     stack_axis: str = "frames"
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    pixel_size: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -159,9 +163,17 @@ class SegmentProgress:
     fraction: float
 
 
-def tile_progress(event: Any, number: int, n_tasks: int) -> SegmentProgress:
-    """Progress over all tasks after the engine's ``TileDone`` ``event`` in task ``number``."""
-    inner = (event.frame + event.tiles_done / max(1, event.n_tiles)) / event.n_frames
+def tile_progress(
+    event: Any, number: int, n_tasks: int, network_share: float = 1.0, task_share: float = 1.0
+) -> SegmentProgress:
+    """Progress over all tasks after the engine's ``TileDone`` ``event`` in task ``number``.
+
+    ``network_share`` is the part of a frame's time the network takes (the rest splits its
+    nuclei), ``task_share`` the part of the task its frames take (a z-stack's 3-D nuclei
+    come after its last frame), so that the bar reaches the end only when the work does.
+    """
+    tiles = network_share * event.tiles_done / max(1, event.n_tiles)
+    inner = task_share * (event.frame + tiles) / event.n_frames
     return SegmentProgress(
         number, n_tasks, event.frame, event.n_frames, (number + inner) / n_tasks
     )
@@ -174,6 +186,8 @@ class SegmentResult:
     task: int
     probabilities: np.ndarray
     maps: dict[str, np.ndarray] = field(default_factory=dict)  # object maps, if asked
+    diameter: float | None = None  # nucleus diameter (px), given or estimated
+    resized_frames: int = 0  # frames resized to the size the model learned
 
 
 @dataclass(frozen=True)

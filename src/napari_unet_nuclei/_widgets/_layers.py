@@ -252,3 +252,26 @@ def put_output_layer(
     return add(
         data, name=unique_layer_name(viewer, name), metadata={OWNER_KEY: owner}, **layer_kwargs
     )
+
+
+def layer_pixel_size(layer: Any) -> dict[str, float] | None:
+    """The pixel size (micrometres by axis ``z``, ``y``, ``x``) of an image layer.
+
+    The layer's ``scale`` counts where its ``units`` are lengths (set by a reader or by
+    hand); otherwise the metadata of the file it was opened from, when there is one. A
+    scale in pixels is not a size: None then.
+    """
+    from ..pixel_size import file_pixel_size, micrometres
+
+    n_spatial = min(3, len(layer.scale))
+    axes = ("z", "y", "x")[-n_spatial:]
+    units = getattr(layer, "units", None) or ("pixel",) * len(layer.scale)
+    size = {}
+    for axis, step, unit in zip(axes, layer.scale[-n_spatial:], tuple(units)[-n_spatial:]):
+        value = micrometres(step, str(unit))
+        if value is not None:
+            size[axis] = value
+    if "y" in size and "x" in size:
+        return size
+    path = getattr(getattr(layer, "source", None), "path", None)
+    return file_pixel_size(path) if path else None

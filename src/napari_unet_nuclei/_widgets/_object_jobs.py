@@ -314,19 +314,31 @@ def _task_events(
     n_tasks: int,
     outputs: SegmentOutputs,
     lazy: LazyOutputs | None,
+    splitting: bool = False,
+    volume: bool = False,
 ) -> Generator[SegmentProgress | SegmentFrame | LazyFrameDone, None, Any]:
-    """The engine's events of one task as the dock's events; returns its summary."""
+    """The engine's events of one task as the dock's events; returns its summary.
+
+    With ``splitting`` a frame's tiles fill 90 % of its share of the bar and its split
+    nuclei the rest; a ``volume``'s frames fill 90 % of the task's, its 3-D nuclei the rest.
+    """
     from ..events import TileDone
     from ..workflows.segment import FrameSegmented
 
+    network_share = 0.9 if splitting else 1.0
+    task_share = 0.9 if volume else 1.0
     while True:
         try:
             event = next(events)
         except StopIteration as done:
             return done.value
         if isinstance(event, TileDone):
-            yield tile_progress(event, number, n_tasks)
+            yield tile_progress(event, number, n_tasks, network_share, task_share)
         elif isinstance(event, FrameSegmented):
+            inner = task_share * (event.frame + 1) / event.n_frames
+            yield SegmentProgress(
+                number, n_tasks, event.frame, event.n_frames, (number + inner) / n_tasks
+            )
             if lazy is not None:
                 if event.table is not None:
                     lazy.tables[event.index] = event.table
@@ -347,6 +359,7 @@ def segment_objects_job(
     device: str | None = None,
     instances: Any = None,
     lazy_outputs: dict[int, LazyOutputs] | None = None,
+    diameter: float | str | None = "auto",
     stop: threading.Event,
 ) -> Generator[Any, None, int]:
     """Segment each task with :func:`~napari_unet_nuclei.workflows.segment.iter_segment`;
@@ -370,6 +383,9 @@ def segment_objects_job(
         an object map make the job keep that map of the model too (in memory).
     lazy_outputs : dict of int to LazyOutputs, optional
         Outputs of the lazy tasks, by task number.
+    diameter : float or "auto" or None
+        The nuclei's diameter in pixels (see
+        :func:`~napari_unet_nuclei.workflows.segment.iter_segment`).
     stop : threading.Event
         Set to cancel (between tiles and frames).
 
@@ -393,23 +409,28 @@ def segment_objects_job(
         lazy = lazy_outputs.get(number)
         shape = check_image(task.image)
         outputs = _task_outputs(model, shape, instances, lazy)
+        volume = lazy is None and len(shape) == 3 and task.stack_axis == "z"
         events = iter_segment(
             model,
             task.image,
             outputs,
             instances=instances,
-            stack_axis=task.stack_axis if lazy is None and len(shape) == 3 else "frames",
+            stack_axis="z" if volume else "frames",
             spacing=task.spacing,
             measure=instances is not None,
+            pixel_size=task.pixel_size,
             read="frames" if lazy is None else "auto",
             count_nuclei=False,
+            diameter=diameter,
             tile_size=tile_size,
             overlap=None,  # inference.default_overlap(tile_size), as on the command line
             device=device,
             should_stop=stop.is_set,
         )
         try:
-            summary = yield from _task_events(events, number, n_tasks, outputs, lazy)
+            summary = yield from _task_events(
+                events, number, n_tasks, outputs, lazy, instances is not None, volume
+            )
         except InferenceCancelled:
             return number
         finally:
@@ -417,7 +438,13 @@ def segment_objects_job(
         if stop.is_set():
             return number
         if lazy is None:
-            yield SegmentResult(number, outputs.probabilities, outputs.maps)
+            yield SegmentResult(
+                number,
+                outputs.probabilities,
+                outputs.maps,
+                summary.diameter,
+                summary.rescaled_frames,
+            )
             if instances is not None:
                 yield ObjectsResult(number, outputs.labels, summary.table)
     return n_tasks

@@ -121,7 +121,12 @@ class ModelPicker(ComboBox):
         super().__init__(choices=self._choices, **kwargs)
         self._previous = self.value
         registry.models_changed.connect(self._on_models_changed)
+        # The registry outlives a closed dock: stop following it with the combo box.
+        self.native.destroyed.connect(self._stop_following)
         self.changed.connect(self._on_pick)
+
+    def _stop_following(self, *_args: Any) -> None:
+        self._registry.models_changed.disconnect(self._on_models_changed)
 
     def _choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         entries: list[tuple[str, Any]] = [(NEW_NETWORK, NEW_NETWORK)] if self._new_entry else []
@@ -156,7 +161,15 @@ class ModelPicker(ComboBox):
         ]
         self._known = names
         previous = self.value
-        self.reset_choices()
+        # magicgui appends new choices after the old ones; rebuilding the list keeps the
+        # order of _choices (built-in, the session's models, then "load file...").
+        with self.changed.blocked():
+            self.native.clear()
+            self.reset_choices()
+            if previous in [value for _, value in self._choices()]:
+                self.value = previous
+        if self.value != previous:  # the previous model is gone: say what is selected now
+            self.changed.emit(self.value)
         if added and (
             self._follow_latest or (isinstance(previous, _Choice) and previous is LOAD_FILE)
         ):

@@ -99,7 +99,7 @@ class ModelRegistry:
         """
         base = (name or model.name or "unet").strip() or "unet"
         unique, number = base, 1
-        while unique in self._models:
+        while unique in self._models or unique in self._builtin_names:
             number += 1
             unique = f"{base} ({number})"
         self._models[unique] = model

@@ -156,6 +156,8 @@ class SegmentRun:
         }
         # Stack tasks running now: their probabilities and finished frames so far.
         self.partial: dict[int, _PartialStack] = {}
+        # Per finished task: its nucleus diameter (px) and how many frames were resized.
+        self.sizes: dict[int, tuple[float | None, int]] = {}
         self._last_frame_shown = 0.0
 
     # ----------------------------------------------------------------------- events
@@ -165,6 +167,7 @@ class SegmentRun:
             self._apply_frame(event)
         elif isinstance(event, SegmentResult):
             self.partial.pop(event.task, None)
+            self.sizes[event.task] = (event.diameter, event.resized_frames)
             problem = self._apply_result(event.task, event.probabilities)
             if problem:
                 return problem
@@ -225,7 +228,12 @@ class SegmentRun:
 
     def _show_partial(self, layer: Any, partial: _PartialStack, stage: str | None) -> None:
         self.outputs.put_probabilities_and_nuclei(
-            layer, partial.probabilities, partial.mask, {"model": self.model_name}, stage
+            layer,
+            partial.probabilities,
+            partial.mask,
+            {"model": self.model_name},
+            stage,
+            suffix=f" ({stage})" if stage else "",
         )
 
     def _apply_result(self, number: int, probabilities: np.ndarray) -> str | None:
@@ -330,6 +338,22 @@ class SegmentRun:
                 self._instances_shown(target)
 
     # ------------------------------------------------------------------------- end
+    def size_note(self) -> str:
+        """A sentence on the nuclei's size ('' when none was measured)."""
+        sizes = [(d, r) for d, r in self.sizes.values() if d is not None]
+        if not sizes:
+            return ""
+        low, high = min(d for d, _ in sizes), max(d for d, _ in sizes)
+        size = f"{low:.0f} px" if round(low) == round(high) else f"{low:.0f}-{high:.0f} px"
+        resized = sum(r > 0 for _, r in sizes)
+        note = f" Nucleus diameter {size}"
+        if resized:
+            note += (
+                f"; {resized} image(s) resized so that their nuclei reach the size the model "
+                "learned"
+            )
+        return note + "."
+
     def finish(self) -> str | None:
         """Show what a finished (or stopped) run left; return a sentence for what stopped."""
         message = None

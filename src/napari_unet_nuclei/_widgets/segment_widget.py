@@ -18,12 +18,14 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSlider,
+    FloatSpinBox,
     ProgressBar,
     PushButton,
     SpinBox,
     create_widget,
 )
 
+from ..pixel_size import spatial_pixel_size
 from ._background_job import PROGRESS_STEPS, BackgroundJobMixin
 from ._dock_layout import ScrollingDock, WrappingLabel, compact_combo_boxes, scroll_body
 from ._jobs import SegmentProgress, SegmentTask, layer_stack_axis
@@ -32,6 +34,7 @@ from ._layers import (
     current_frame_index,
     find_owned_layer,
     grey_layer_data,
+    layer_pixel_size,
     read_only_view,
 )
 from ._notify import report_info
@@ -123,6 +126,18 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
             label="smallest nucleus",
             tooltip="Instances: nuclei (and holes) smaller than this many pixels are dropped",
         )
+        self.diameter = FloatSpinBox(
+            value=0,
+            min=0,
+            max=5000,
+            step=1,
+            label="nucleus diameter",
+            tooltip="The nuclei's diameter in pixels: images are resized so that their nuclei "
+            "reach the size the model learned. 'auto' estimates it and resizes only nuclei "
+            "over twice that size; the estimate is shown when the run ends",
+        )
+        self.diameter.native.setSpecialValueText("auto")
+        self.diameter.native.setSuffix(" px")
         self.results_folder = FileEdit(
             mode="d",
             nullable=True,
@@ -151,6 +166,7 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
                 self.tile_size,
                 self.instances,
                 self.min_size,
+                self.diameter,
                 self.stack_axis,
                 self.results_folder,
                 Container(
@@ -198,22 +214,28 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
                 data, rgb_note = grey_layer_data(layer)
             if rgb_note:
                 report_info(rgb_note)
+            size = layer_pixel_size(layer)
+            flat = spatial_pixel_size(size, volume=False)
             if self.scope.value == CURRENT_FRAME and data.ndim > 2:
                 index = current_frame_index(self._viewer, layer)
-                tasks.append(SegmentTask(layer.name, read_only_view(data[index]), index))
+                tasks.append(
+                    SegmentTask(layer.name, read_only_view(data[index]), index, pixel_size=flat)
+                )
             elif is_lazy(data):
                 lazy[len(tasks)] = data
-                tasks.append(SegmentTask(layer.name, data))
+                tasks.append(SegmentTask(layer.name, data, pixel_size=flat))
             else:
                 # No copy: the engine reads one frame at a time (see benchmarks/speed.py).
                 axis = layer_stack_axis(layer, self.stack_axis.value)
                 spacing = tuple(float(v) for v in layer.scale[-3:]) if data.ndim == 3 else None
+                volume = axis == "z" and data.ndim == 3
                 tasks.append(
                     SegmentTask(
                         layer.name,
                         read_only_view(data),
                         stack_axis=axis,
                         spacing=spacing or (1.0, 1.0, 1.0),
+                        pixel_size=spatial_pixel_size(size, volume=volume) if volume else flat,
                     )
                 )
         return tasks, lazy
@@ -284,6 +306,7 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
             tile_size=self.tile_size.value,
             instances=instances,
             lazy_outputs=outputs,
+            diameter=self.diameter.value or "auto",
         )
 
     def _stop_worker(self, worker: Any) -> None:
@@ -328,7 +351,7 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
             self.progress.value = PROGRESS_STEPS
             self.status.value = (
                 f"Segmented {n_done} image(s) with {self.last_run.model_name}; move the "
-                "threshold to adjust the masks."
+                "threshold to adjust the masks." + self.last_run.size_note()
             )
 
     def _on_finished(self) -> None:

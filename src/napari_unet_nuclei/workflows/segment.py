@@ -115,12 +115,18 @@ class FrameSegmented(FrameDone):
     table : dict of str to numpy.ndarray, optional
         The frame's measurements (frame columns first), when asked for and the stack is not
         a z-stack (whose nuclei are measured as volumes at the end).
+    diameter : float, optional
+        The frame's nucleus diameter (px), given or estimated (``diameter`` option).
+    scale : float
+        The factor the frame was resized by for the network (1.0: not resized).
     """
 
     index: tuple[int, ...] = ()
     nuclei: int | None = None
     foreground: int | None = None
     table: dict[str, np.ndarray] | None = None
+    diameter: float | None = None
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,10 @@ class SegmentSummary:
         Nucleus pixels; None when not counted.
     table : dict of str to numpy.ndarray, optional
         The measurements, one row per nucleus, when asked for.
+    diameter : float, optional
+        The median nucleus diameter (px) over the frames, with the ``diameter`` option.
+    rescaled_frames : int
+        Frames resized so that their nuclei reach the size the model learned.
     """
 
     shape: tuple[int, ...]
@@ -146,6 +156,8 @@ class SegmentSummary:
     nuclei: int | None
     foreground: int | None
     table: dict[str, np.ndarray] | None = None
+    diameter: float | None = None
+    rescaled_frames: int = 0
 
 
 def read_mode(image: Any, *, nuclei: bool, read: str = "auto") -> str:
@@ -212,6 +224,12 @@ class _FrameWriter:
         self.tables: list[dict[str, np.ndarray]] = []
         #: Whether frames are split into nuclei at all (counted, labelled, measured).
         self.counts = counts
+        #: The pixel size (y, x) in micrometres, for the measurements; None: unknown.
+        self.pixel_size: tuple[float, float] | None = None
+        #: The frame in progress's nucleus diameter (given or estimated) and resize factor.
+        self.size: tuple[float | None, float] = (None, 1.0)
+        self.diameters: list[float] = []
+        self.rescaled = 0
 
     def split(self, probabilities: np.ndarray, maps: dict[str, np.ndarray]) -> np.ndarray:
         """Nuclei of one frame: the watershed (with the maps it uses) or connected parts."""
@@ -220,6 +238,15 @@ class _FrameWriter:
         if self.instances is None:
             return _connected_parts(probabilities >= self.threshold)
         return instances_from_maps(probabilities, maps, self.instances)
+
+    def split_rescaled(self, logits: np.ndarray, model: Any, all_channels: bool) -> np.ndarray:
+        """Nuclei of a frame from the logits of its resized copy (at that copy's size)."""
+        from ..inference import sigmoid
+
+        channels = sigmoid(logits)
+        probabilities = channels[0] if all_channels else channels
+        maps = dict(zip(model.config.channel_names[1:], channels[1:])) if all_channels else {}
+        return self.split(probabilities, maps)
 
     def finish(
         self, number: int, index: tuple[int, ...], labels: np.ndarray | None
@@ -239,12 +266,21 @@ class _FrameWriter:
         table = None
         if self.measure_frames:
             frame = read_array(self.image[index] if index else self.image)
-            table = with_frame_columns(measure_nuclei(labels, frame), index)
+            table = with_frame_columns(
+                measure_nuclei(labels, frame, pixel_size=self.pixel_size), index
+            )
             self.tables.append(table)
         self.offset += count
         self.nuclei += count
         self.foreground += foreground
-        return FrameSegmented(number, self.n_frames, None, index, count, foreground, table)
+        diameter, scale = self.size
+        if diameter is not None:
+            self.diameters.append(float(diameter))
+        self.rescaled += scale != 1.0
+        self.size = (None, 1.0)
+        return FrameSegmented(
+            number, self.n_frames, None, index, count, foreground, table, diameter, scale
+        )
 
 
 def _clear_frame(outputs: SegmentOutputs, index: tuple[int, ...]) -> None:
@@ -260,10 +296,12 @@ def iter_segment(
     threshold: float | None = None,
     instances: Any = None,
     stack_axis: str = "frames",
-    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    spacing: Sequence[float] | None = None,
     measure: bool = False,
+    pixel_size: Sequence[float] | None = None,
     read: str = "auto",
     count_nuclei: bool = True,
+    diameter: float | str | None = "auto",
     should_stop: Callable[[], bool] | None = None,
     **inference: Any,
 ) -> Generator[TileDone | FrameSegmented, None, SegmentSummary]:
@@ -289,17 +327,27 @@ def iter_segment(
         What the leading axis of a 3-D stack is: separate frames (ids unique in the stack)
         or slices of one volume (3-D nuclei from the stacked probabilities, see
         :func:`~napari_unet_nuclei.volumes.nuclei_in_volume`).
-    spacing : sequence of float
-        ``"z"`` only: the voxel size along z, y, x (a layer's scale), for 3-D distances.
+    spacing : sequence of float, optional
+        ``"z"`` only: the voxel size along z, y, x (a layer's scale), for 3-D distances;
+        by default ``pixel_size`` where it has z, else equal steps.
     measure : bool
         Measure every nucleus (:func:`~napari_unet_nuclei.measure_nuclei`): per frame, or
         per 3-D object of a z-stack.
+    pixel_size : sequence of float, optional
+        The pixel size in micrometres along y, x (z, y, x for a z-stack), e.g. from
+        :mod:`napari_unet_nuclei.pixel_size`: measurements gain micrometre columns.
     read : {"auto", "frames", "bands"}
         How frames are read (see the module's documentation).
     count_nuclei : bool
         Count the nuclei of the mask when nothing else needs them (no ``instances``,
         ``measure`` or ``labels``). Reading frames in bands, counting reads each frame's
         mask back whole: pass False to keep memory bounded by the bands.
+    diameter : float or "auto" or None
+        The nuclei's diameter in pixels: each frame is resized so that its nuclei reach the
+        size the model learned, and the outputs come back at the frame's size
+        (:mod:`napari_unet_nuclei.nucleus_size`). ``"auto"`` (default) estimates it from a
+        first pass and resizes only frames whose nuclei are over twice that size; None
+        never resizes. Frames read in bands are not resized.
     should_stop : callable, optional
         Polled between tiles and frames; when it returns True,
         :class:`~napari_unet_nuclei.inference.InferenceCancelled` is raised and the frame
@@ -367,10 +415,15 @@ def iter_segment(
         len(_frame_indices(shape)),
         counts=count_nuclei or instances is not None or measure or outputs.labels is not None,
     )
+    if pixel_size is not None and len(pixel_size) >= 2:
+        writer.pixel_size = tuple(float(v) for v in pixel_size)[-2:]
     if mode == "frames":
+        inference = {**inference, "diameter": diameter}
         yield from _segment_frames(model, image, outputs, writer, should_stop, inference)
     else:
-        yield from _segment_bands(model, image, shape, outputs, writer, should_stop, inference)
+        yield from _segment_bands(
+            model, image, shape, outputs, writer, should_stop, {**inference, "diameter": diameter}
+        )
     nuclei, table = writer.nuclei, None
     if volume:
         from ..volumes import nuclei_in_volume
@@ -378,16 +431,23 @@ def iter_segment(
         labels = nuclei_in_volume(
             np.asarray(outputs.probabilities[...]),
             threshold,
-            spacing=spacing,
+            spacing=spacing
+            or (tuple(pixel_size) if pixel_size and len(pixel_size) == 3 else (1.0, 1.0, 1.0)),
             slice_labels=np.asarray(outputs.labels[...]),
         )
         outputs.labels[...] = labels
         nuclei = int(np.unique(labels[labels > 0]).size)
         if measure:
-            table = measure_nuclei(labels, read_array(image), per_frame=False)
+            table = measure_nuclei(
+                labels,
+                read_array(image),
+                per_frame=False,
+                pixel_size=pixel_size if pixel_size and len(pixel_size) == 3 else None,
+            )
     elif measure:
-        table = concatenate_tables(writer.tables, len(shape) - 2)
-    return SegmentSummary(shape, mode, nuclei, writer.foreground, table)
+        table = concatenate_tables(writer.tables, len(shape) - 2, writer.pixel_size is not None)
+    diameter = float(np.median(writer.diameters)) if writer.diameters else None
+    return SegmentSummary(shape, mode, nuclei, writer.foreground, table, diameter, writer.rescaled)
 
 
 def _segment_frames(
@@ -400,6 +460,7 @@ def _segment_frames(
 ) -> Generator[TileDone | FrameSegmented, None, None]:
     """Each frame read whole: every output channel at hand, written once finished."""
     from ..inference import FrameLogits, InferenceCancelled, iter_frame_logits, sigmoid
+    from ..nucleus_size import resize_to
 
     instances = writer.instances
     wanted_maps = set(outputs.maps)
@@ -417,7 +478,12 @@ def _segment_frames(
             channels = sigmoid(event.logits)
             probabilities = channels[0] if all_channels else channels
             maps = dict(zip(model.config.channel_names[1:], channels[1:])) if all_channels else {}
-            labels = writer.split(probabilities, maps)
+            if event.scaled_logits is None:
+                labels = writer.split(probabilities, maps)
+            else:  # nuclei split at the size the network saw them, then brought back
+                labels = writer.split_rescaled(event.scaled_logits, model, all_channels)
+                labels = resize_to(labels, probabilities.shape, labels=True)
+            writer.size = (event.diameter, event.scale)
             index = event.index
             if outputs.probabilities is not None:
                 outputs.probabilities[index] = probabilities
@@ -448,6 +514,12 @@ def _segment_bands(
     if outputs.maps:
         raise ValueError("Object maps are only kept when frames are read whole (read='frames').")
     inference.pop("test_time_augmentation", None)
+    if inference.pop("diameter", None) not in (None, "auto"):
+        raise ValueError(
+            "A nucleus diameter needs each frame read whole, and this image is read in bands "
+            "of rows (it is lazy or too large); leave the diameter on 'auto' or segment a "
+            "smaller crop."
+        )
     indices = _frame_indices(shape)
     # Nuclei are read back from what was written: keep what that needs for the run.
     probabilities, mask, temporary = outputs.probabilities, outputs.mask, None
