@@ -179,12 +179,20 @@ def test_folder_dataset_and_fine_tuning(trained_model, kromp_root, tmp_path) -> 
     ]
     assert main(args) == 0
     assert load_model(out).summary["fine_tuned_from"] == "model"
+    assert load_model(out).summary["replayed_images"] == 0
+    # --replay mixes a sample of the built-in model's training images into each batch.
+    replayed = tmp_path / "replayed.pt"
+    args[args.index(str(out))] = str(replayed)
+    assert main([*args, "--replay", "3"]) == 0
+    summary = load_model(replayed).summary
+    assert summary["replayed_images"] == 3 and summary["replayed_per_batch"] >= 1
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["train", "--data", "missing.npz", "--out", "m.pt"], "not found"),
+        (["train", "--data", "{npz}", "--out", "m.pt", "--replay", "4"], "give --init too"),
         (["segment", "--model", "missing.pt", "x.tif", "--out", "o"], "Model file not found"),
         (
             ["evaluate", "--model", "{model}", "--data", "{npz}", "--split", "{splits}:nope"],

@@ -338,3 +338,19 @@ def test_cancelled_batch_over_layers_keeps_finished_frames(qtbot, lab_viewer, la
     assert not probabilities[~done].any() and not nuclei[~done].any()  # untouched frames
     assert f"{int(done.sum())} of 48 frame(s) of 'big' finished and kept" in segment.status.value
     assert big.data.shape == (48, 512, 512)  # the user's layer is untouched
+
+
+def test_an_interrupted_write_leaves_the_earlier_file_and_no_temporary(tmp_path) -> None:
+    """file_writing.atomic_path: the one rule behind every file the package writes."""
+    from napari_unet_nuclei.file_writing import atomic_path
+
+    target = tmp_path / "sub" / "model.pt"
+    with atomic_path(target) as temporary:
+        temporary.write_bytes(b"first")
+    assert target.read_bytes() == b"first"
+    with pytest.raises(KeyboardInterrupt), atomic_path(target, suffix=".tif") as temporary:
+        assert temporary.suffix == ".tif" and temporary.parent == target.parent
+        temporary.write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert target.read_bytes() == b"first"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.pt"]

@@ -241,3 +241,32 @@ def test_validation_by_names(lab_split) -> None:
     assert model.summary["train_names"] == ["img0", "img1", "img3", "img5"]
     with pytest.raises(ValueError, match="not among the training images"):
         train_model(x_train[:2], y_train[:2], TrainingConfig(**SMALL, validation_names=("x",)))
+
+
+def test_few_images_each_lend_a_band_to_validation_many_lend_whole_images() -> None:
+    """Two corrected images are both trained on and both judged on (a bottom band of each);
+    from five images on, whole images are held out."""
+    from napari_unet_nuclei.training_data import (
+        BAND_FRACTION,
+        BANDS_BELOW_IMAGES,
+        TrainingSplit,
+        split_validation,
+    )
+
+    def split_of(n: int) -> TrainingSplit:
+        images = [np.full((200, 64), i, np.float32) for i in range(n)]
+        masks = [np.zeros((200, 64), bool) for _ in range(n)]
+        return TrainingSplit(images, masks, [None] * n, [f"im{i}" for i in range(n)])
+
+    rng = np.random.default_rng(0)
+    train, val = split_validation(split_of(2), 0.2, rng, 16)
+    assert train.names == ["im0 (top)", "im1 (top)"] and val.names == [
+        "im0 (bottom)",
+        "im1 (bottom)",
+    ]
+    assert val.images[0].shape == (int(round(BAND_FRACTION * 200)), 64)
+    assert train.images[1].shape[0] + val.images[1].shape[0] == 200
+    assert (val.images[1] == 1).all()  # each band comes from its own image
+    train, val = split_validation(split_of(BANDS_BELOW_IMAGES), 0.2, rng, 16)
+    assert len(val.names) == 1 and len(train.names) == BANDS_BELOW_IMAGES - 1
+    assert "(" not in val.names[0]

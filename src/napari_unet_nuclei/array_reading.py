@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["read_array"]
+__all__ = ["frame_indices", "read_array"]
 
 
 def read_array(data: Any) -> np.ndarray:
@@ -24,3 +24,9 @@ def read_array(data: Any) -> np.ndarray:
         except TypeError:  # a scheduler without a ``callbacks`` argument
             return np.asarray(data.compute())
     return np.asarray(data)
+
+
+def frame_indices(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The index of every 2-D frame of an array of ``shape`` over its leading axes, in
+    order: ``[()]`` for a 2-D image, ``[(0,), (1,)...]`` for a stack, and so on."""
+    return list(np.ndindex(*tuple(shape)[:-2]))

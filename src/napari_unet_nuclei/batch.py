@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .array_reading import frame_indices
 from .channels import MAX_UNNAMED_CHANNELS, nuclear_channel, resolve_stack_axis
 from .events import BatchFinished, BatchStarted, FrameDone, ImageDone, TileDone, run_to_end
 from .instances import InstanceConfig
@@ -562,7 +563,7 @@ def _count_mask_nuclei(mask: Any) -> tuple[int, int]:
 
     shape = tuple(mask.shape)
     nuclei = foreground = 0
-    for index in np.ndindex(*shape[:-2]) if len(shape) > 2 else [()]:
+    for index in frame_indices(shape):
         frame = np.asarray(mask[index] if index else mask[...]) > 0
         nuclei += ndi.label(frame, structure=np.ones((3, 3), bool))[1]
         foreground += int(frame.sum())
@@ -587,7 +588,7 @@ def _existing_row(source: BatchInput, out_dir: Path, options: SegmentOptions) ->
     if options.instances:
         ids = set()
         foreground = 0
-        for index in np.ndindex(*shape[:-2]) if len(shape) > 2 else [()]:
+        for index in frame_indices(shape):
             frame = np.asarray(data[index] if index else data[...])
             ids.update(np.unique(frame[frame > 0]).tolist())
             foreground += int((frame > 0).sum())

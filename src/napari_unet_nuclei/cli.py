@@ -88,6 +88,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="fine-tune this model file or built-in model (e.g. fluo-nuclei) instead of "
         "starting from scratch",
     )
+    train.add_argument(
+        "--replay",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --init fluo-nuclei: replay N images of the built-in model's training data "
+        "(read from $NAPARI_UNET_NUCLEI_DATA) in a quarter of each batch, so that the "
+        "fine-tune keeps what the model knew (default 0: off)",
+    )
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     train.add_argument(
         "--precision",
@@ -318,7 +327,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
         name=Path(args.out).stem,
     )
     init_model = load_model(args.init) if args.init else None
-    model = train_with_progress(items, val_items, config, init_model)
+    replay_items = None
+    if args.replay:
+        from .datasets import DataError
+        from .public_data import replay_sample
+
+        if init_model is None:
+            raise CommandError("--replay replays a start model's images: give --init too.")
+        try:
+            replay_items = replay_sample(args.replay, seed=args.seed)
+        except DataError as error:
+            raise CommandError(
+                f"--replay needs the built-in model's training data: {error}"
+            ) from error
+    model = train_with_progress(items, val_items, config, init_model, replay_items=replay_items)
     if not model.summary.get("history"):
         raise CommandError(
             f"training stopped before the first epoch ended, so no model was written to "

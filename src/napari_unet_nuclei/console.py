@@ -62,6 +62,7 @@ def train_with_progress(
     config: Any,
     init_model: Any = None,
     quiet: bool = False,
+    replay_items: list[Any] | None = None,
 ) -> Any:
     """Train on dataset items with a progress bar on stderr; return the model.
 
@@ -77,6 +78,9 @@ def train_with_progress(
         Fine-tune a copy of this model.
     quiet : bool
         No progress bar (the epoch lines and the final message still go to stderr).
+    replay_items : list of LabelledImage, optional
+        Images the start model learned from, replayed in each batch (see
+        :func:`napari_unet_nuclei.public_data.replay_sample`).
 
     Returns
     -------
@@ -87,6 +91,11 @@ def train_with_progress(
     from .training import train
 
     options: dict[str, Any] = {"names": [item.name for item in items], "init_model": init_model}
+    if replay_items:
+        options.update(
+            replay_images=[item.image for item in replay_items],
+            replay_labels=[item.labels for item in replay_items],
+        )
     if val_items is not None:
         options.update(
             val_images=[item.image for item in val_items],

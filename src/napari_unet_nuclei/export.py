@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .file_writing import atomic_path
+
 if TYPE_CHECKING:
     from .model import NucleiModel
     from .portable_unet import PortableUNet
@@ -138,18 +140,9 @@ def _example_input(model: NucleiModel) -> Any:
 
 def _atomic_target(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(temporary)`` next to ``path``, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    temporary = Path(temp_name)
-    try:
+    with atomic_path(path) as temporary:
         write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def _trace(model: NucleiModel) -> Any:
@@ -647,14 +640,13 @@ def export_bioimageio(
         if isinstance(descr, InvalidDescr):  # pragma: no cover - the constructor raises
             raise ExportError(f"Invalid bioimage.io description: {descr}")
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.partial.zip")
         try:
-            with ValidationContext(root=root, perform_io_checks=True, log_warnings=False):
+            with (
+                atomic_path(target, suffix=".zip") as temporary,
+                ValidationContext(root=root, perform_io_checks=True, log_warnings=False),
+            ):
                 save_bioimageio_package(descr, output_path=temporary)
-            os.replace(temporary, target)
         except Exception as error:
-            temporary.unlink(missing_ok=True)
             raise ExportError(
                 f"Could not write the bioimage.io package {target}: {error}"
             ) from error

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .acceleration import Runner, make_runner, resolve_backend, resolve_precision
-from .array_reading import read_array
+from .array_reading import frame_indices, read_array
 from .devices import resolve_device
 from .events import FrameDone, TileDone, run_to_end
 from .model import NucleiModel
@@ -456,11 +456,11 @@ def iter_frame_logits(
     if test_time_augmentation:
         run = dihedral_runner(run)
     multiple = model.config.size_multiple
-    frame_indices = list(np.ndindex(*shape[:-2])) if len(shape) > 2 else [()]
-    n_frames = len(frame_indices)
+    indices = frame_indices(shape)
+    n_frames = len(indices)
     # No grad-mode context around the loop: it would stay set in the caller's thread
     # across the yields below (the runner enters inference mode for each call instead).
-    for number, index in enumerate(frame_indices):
+    for number, index in enumerate(indices):
         frame = normalize_frame(read_array(image[index]), model.normalization)
         size = None if automatic else diameter
         factor = rescale_factor(size, reference, automatic=False)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .array_reading import frame_indices
 from .events import run_to_end
 from .object_targets import OBJECT_MAPS
 
@@ -488,7 +489,7 @@ def iter_instances(
             f"Output array shape {tuple(out.shape)} differs from the probabilities' {shape}."
         )
     limit = np.iinfo(out.dtype).max if np.issubdtype(out.dtype, np.integer) else 2**31 - 1
-    indices = list(np.ndindex(*shape[:-2])) if len(shape) > 2 else [()]
+    indices = frame_indices(shape)
     offset = 0
     frame_maps = maps or {}
     for number, index in enumerate(indices):

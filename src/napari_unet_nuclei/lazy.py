@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .array_reading import read_array
+from .array_reading import frame_indices, read_array
 from .events import FrameDone, TileDone, run_to_end
 from .normalization import (
     PERCENTILE_SAMPLE,
@@ -325,7 +325,7 @@ def iter_predict_lazy(
         resolve_backend(backend, device, precision),
     )
     multiple = model.config.size_multiple
-    indices = list(np.ndindex(*shape[:-2])) if len(shape) > 2 else [()]
+    indices = frame_indices(shape)
     # No grad-mode context around the yields (it would leak into the caller's thread).
     for number, index in enumerate(indices):
         frame = _Frame(image, index)

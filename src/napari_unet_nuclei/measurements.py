@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .file_writing import atomic_path
+
 __all__ = [
     "MEASUREMENT_COLUMNS",
     "MeasurementsFileError",
@@ -298,18 +300,11 @@ def write_measurements_csv(table: dict[str, Any], path: str | os.PathLike[str]) 
     lengths = {len(table[name]) for name in columns}
     if len(lengths) > 1:
         raise ValueError(f"Table columns have different lengths: {sorted(lengths)}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    try:
-        with open(temporary, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(columns)
-            for row in zip(*(np.asarray(table[name]).tolist() for name in columns)):
-                writer.writerow(_format(value) for value in row)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in zip(*(np.asarray(table[name]).tolist() for name in columns)):
+            writer.writerow(_format(value) for value in row)
     return path
 
 

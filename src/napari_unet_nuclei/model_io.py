@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from ._file_checks import one_line, zip_problem
+from .file_writing import atomic_path
 from .model import NucleiModel
 from .model_errors import ModelFileError
 from .network import UNetConfig, build_unet
@@ -171,17 +171,10 @@ def save_model(model: NucleiModel, path: str | os.PathLike) -> Path:
         The written path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(model_to_dict(model), stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "wb") as stream:
+        torch.save(model_to_dict(model), stream)
+        stream.flush()
+        os.fsync(stream.fileno())
     return path
 
 

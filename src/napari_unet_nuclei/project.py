@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,7 @@ import numpy as np
 
 from ._file_checks import one_line, read_json
 from .annotations import annotated_pixel_count
+from .file_writing import atomic_path
 
 __all__ = [
     "HELD_OUT",
@@ -79,32 +79,17 @@ def sample_sha256(image: np.ndarray, labels: np.ndarray, annotated: np.ndarray |
 
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=1, allow_nan=False)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as stream:
+        json.dump(data, stream, indent=1, allow_nan=False)
+        stream.flush()
+        os.fsync(stream.fileno())
 
 
 def _atomic_write_tiff(path: Path, array: np.ndarray) -> None:
     import tifffile
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tif", dir=path.parent)
-    os.close(handle)
-    try:
-        tifffile.imwrite(temp, np.ascontiguousarray(array), compression="zlib")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".tif") as temporary:
+        tifffile.imwrite(temporary, np.ascontiguousarray(array), compression="zlib")
 
 
 def _now() -> str:

@@ -108,32 +108,68 @@ def check_pair(image: np.ndarray, labels: np.ndarray, name: str) -> None:
         )
 
 
+#: With fewer training images than this, every image lends a band of its rows to the
+#: validation set instead of whole images being held out: a fine-tune on two corrected
+#: images is then judged on both, not on one (``benchmarks/fine_tune.py``).
+BANDS_BELOW_IMAGES = 5
+#: The share of each image's (annotated) rows such a band takes.
+BAND_FRACTION = 0.25
+
+
 def split_validation(
     data: TrainingSplit, fraction: float, rng: np.random.Generator, multiple: int
 ) -> tuple[TrainingSplit, TrainingSplit]:
-    """Hold out ``fraction`` of the images (a band of rows of a single image)."""
+    """Hold out ``fraction`` of the images; with fewer than :data:`BANDS_BELOW_IMAGES`
+    images, a band of rows at the bottom of each (its annotated rows)."""
     n = len(data.images)
     if fraction <= 0:
         return data, TrainingSplit([], [], [], [])
-    if n >= 2:
+    if n >= BANDS_BELOW_IMAGES:
         n_val = min(n - 1, max(1, int(round(fraction * n))))
         order = rng.permutation(n)
         val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
-
         return data.pick(train_idx), data.pick(val_idx)
-    # One image: hold out a band of rows at the bottom for validation.
-    image, weight = data.images[0], data.weights[0]
+    share = max(fraction, 0.15) if n == 1 else max(fraction, BAND_FRACTION)
+    parts = [_bottom_band(data.pick([i]), share, multiple) for i in range(n)]
+    if not any(val is not None for _, val in parts):
+        return data, TrainingSplit([], [], [], [])
+    return (
+        joined([train for train, _ in parts]),
+        joined([val for _, val in parts if val is not None]),
+    )
+
+
+def _bottom_band(
+    one: TrainingSplit, share: float, multiple: int
+) -> tuple[TrainingSplit, TrainingSplit | None]:
+    """One image split into its top rows (training) and a bottom band (validation), or
+    kept whole (None) when it is too small to lend a band."""
+    image, weight = one.images[0], one.weights[0]
     # With partial annotations the band is cut from the annotated rows, so that both
     # parts hold annotated pixels.
     top, bottom = 0, image.shape[0]
     if weight is not None and weight.any():
         annotated_rows = np.flatnonzero(weight.any(axis=1))
         top, bottom = int(annotated_rows[0]), int(annotated_rows[-1]) + 1
-    band = max(multiple, int(round(max(fraction, 0.15) * (bottom - top))))
+    band = max(multiple, int(round(share * (bottom - top))))
     if bottom - top - band < multiple:
-        return data, TrainingSplit([], [], [], [])
+        return one, None
     cut = bottom - band
-    return data.rows(slice(None, cut), "top"), data.rows(slice(cut, None), "bottom")
+    return one.rows(slice(None, cut), "top"), one.rows(slice(cut, None), "bottom")
+
+
+def joined(parts: Sequence[TrainingSplit]) -> TrainingSplit:
+    """The images of several splits, in order, as one."""
+    out = TrainingSplit([], [], [], [])
+    for part in parts:
+        out.images += part.images
+        out.masks += part.masks
+        out.weights += part.weights
+        out.names += part.names
+        out.maps += part.maps
+        out.instances += part.instances
+        out.gaps += part.gaps
+    return out
 
 
 #: Training frames whose shorter side is below this hold too little to learn from.

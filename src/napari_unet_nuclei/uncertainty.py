@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from .array_reading import frame_indices
 from .events import run_to_end
 
 __all__ = [
@@ -485,7 +486,7 @@ def iter_rank_frames(
     if len(shape) < 2 or min(shape[-2:]) < 1:
         raise ValueError(f"Expected a 2-D image or a stack (..., H, W), got shape {shape}.")
     transforms = _transforms(augmentations)
-    indices = list(np.ndindex(*shape[:-2])) if len(shape) > 2 else [()]
+    indices = frame_indices(shape)
     n_frames = len(indices)
     options = {
         "tile_size": tile_size,

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..array_reading import frame_indices
 from ..workflows.evaluate import object_frame_scores, pool_object_scores
 from ..workflows.segment import SegmentOutputs
 from ._jobs import (
@@ -59,10 +60,6 @@ def is_lazy(data: Any) -> bool:
     return not isinstance(data, np.ndarray)
 
 
-def _frames(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    return list(np.ndindex(*shape[:-2])) if len(shape) > 2 else [()]
-
-
 def to_labels(array: np.ndarray) -> tuple[np.ndarray, bool]:
     """Instance labels of a labels array; a 0/1 mask becomes its connected parts per frame.
 
@@ -81,7 +78,7 @@ def to_labels(array: np.ndarray) -> tuple[np.ndarray, bool]:
     if array.dtype == bool or (array.size and int(array.max()) <= 1):
         # The one rule that makes a mask into nuclei (the command line's too).
         out = np.zeros(array.shape, np.int32)
-        for index in _frames(array.shape):
+        for index in frame_indices(array.shape):
             out[index] = instance_labels(array[index] > 0)
         return out, True
     if array.dtype.kind == "i" and array.size and array.min() < 0:
@@ -541,7 +538,7 @@ def object_evaluation_job(
             return None
     maps = np.zeros(truth_labels.shape, np.uint8)
     frame_scores = []
-    for index in _frames(truth_labels.shape):
+    for index in frame_indices(truth_labels.shape):
         if stop.is_set():
             return None
         maps[index], scores = object_frame_scores(predicted[index], truth_labels[index])

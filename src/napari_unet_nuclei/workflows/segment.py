@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ..array_reading import read_array
+from ..array_reading import frame_indices, read_array
 from ..events import FrameDone, TileDone
 from ..measurements import concatenate_tables, measure_nuclei, with_frame_columns
 
@@ -185,10 +185,6 @@ def read_mode(image: Any, *, nuclei: bool, read: str = "auto") -> str:
     if frame_pixels * _BYTES_PER_PIXEL > IN_MEMORY_FRAME_BYTES:
         return "bands"
     return "frames" if isinstance(image, np.ndarray) or nuclei else "bands"
-
-
-def _frame_indices(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    return list(np.ndindex(*shape[:-2])) if len(shape) > 2 else [()]
 
 
 def _connected_parts(mask: np.ndarray) -> np.ndarray:
@@ -412,7 +408,7 @@ def iter_segment(
         threshold,
         stack_axis,
         measure,
-        len(_frame_indices(shape)),
+        len(frame_indices(shape)),
         counts=count_nuclei or instances is not None or measure or outputs.labels is not None,
     )
     if pixel_size is not None and len(pixel_size) >= 2:
@@ -520,7 +516,7 @@ def _segment_bands(
             "of rows (it is lazy or too large); leave the diameter on 'auto' or segment a "
             "smaller crop."
         )
-    indices = _frame_indices(shape)
+    indices = frame_indices(shape)
     # Nuclei are read back from what was written: keep what that needs for the run.
     probabilities, mask, temporary = outputs.probabilities, outputs.mask, None
     if (writer.instances is not None and probabilities is None) or (
