@@ -305,10 +305,13 @@ def test_a_tiff_that_names_its_z_axis_is_segmented_in_3d(kromp_root, tmp_path, c
     stack = tifffile.imread(kromp_root.parent / "nuclei3d" / "nuclei.tif")[16:40, :128, :128]
     tifffile.imwrite(tmp_path / "zyx.tif", stack, imagej=True, metadata={"axes": "ZYX"})
     tifffile.imwrite(tmp_path / "plain.tif", stack)
+    hints = {}
     for name in ("zyx", "plain"):
         command = ["segment", str(tmp_path / f"{name}.tif"), "--out", str(tmp_path / name)]
         assert main([*command, "--instances"]) == 0
-    capsys.readouterr()
+        hints[name] = "--stack-axis z finds the 3-D nuclei" in capsys.readouterr().err
+    # Segmented frame by frame, the unnamed stack's frames are recognised as slices.
+    assert hints == {"zyx": False, "plain": True}
     volume = tifffile.imread(tmp_path / "zyx" / "zyx.tif")
     frames = tifffile.imread(tmp_path / "plain" / "plain.tif")
     assert volume.shape == frames.shape == stack.shape

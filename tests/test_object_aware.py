@@ -296,3 +296,19 @@ def test_training_chooses_the_instance_rule_on_validation_images(kromp_root) -> 
     assert all(best >= value - 0.005 for value in choice["val_object_f1_by_rule"].values())
     plain = train_model(*halves, replace(config, object_maps=()))
     assert "instance_rule_choice" not in plain.summary
+
+
+def test_z_slices_are_told_from_separate_frames(kromp_root) -> None:
+    import tifffile
+
+    from napari_unet_nuclei.volumes import looks_like_z_slices
+
+    stack = tifffile.imread(kromp_root.parent / "nuclei3d" / "nuclei.tif")[16:40, :128, :128]
+    masks = stack > np.percentile(stack, 80)
+    assert looks_like_z_slices(masks)
+    assert not looks_like_z_slices(masks[:2])  # too few to tell
+    images = [
+        tifffile.imread(kromp_root / "masks" / f"{name}.tif")[:256, :256]
+        for name in ("Ganglioneuroblastoma_0", "normal_34", "Neuroblastoma_1")
+    ]
+    assert not looks_like_z_slices(np.stack(images))

@@ -122,6 +122,8 @@ def test_segment_a_z_stack_into_3d_nuclei(qtbot, make_napari_viewer, kromp_root)
     segment.run()
     wait_done(qtbot, segment)
     per_frame = np.asarray(viewer.layers["cells instances"].data).copy()
+    # Segmented frame by frame, the stack is recognised as a z-stack and the dock says so.
+    assert "looks like a z-stack" in segment.status.value
     segment.stack_axis.value = "z"
     segment.run()
     wait_done(qtbot, segment)

@@ -118,6 +118,12 @@ def test_train_segment_threshold_evaluate(qtbot, lab_viewer, monkeypatch) -> Non
     assert train.registry.names() == ["small-a"]
     assert train.frames_info.value == f"Training on {N_FRAMES} of {N_FRAMES} frames."
     assert len(train.loss_plot.epochs) == 2
+    # Every step's loss is drawn between the epoch points (issue 22: 2 points for a run).
+    plot = train.loss_plot
+    assert len(plot.step_loss) == train.last_result.steps > len(plot.epochs)
+    assert plot.step_positions == sorted(plot.step_positions)
+    assert 0 < plot.step_positions[0] <= 1 and plot.step_positions[-1] == pytest.approx(2.0)
+    assert len(plot.step_line.get_xdata()) == len(plot.step_loss)  # all drawn at the end
     assert segment.model.model_name == "small-a"
     assert evaluate.source.value == PredictionSource("model", "small-a")
 

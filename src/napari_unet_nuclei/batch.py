@@ -799,6 +799,7 @@ def iter_segment_image(
                 should_stop=should_stop,
             )
             nuclei, foreground = summary.nuclei, summary.foreground
+            _hint_at_z(source, shape, axes, stack_axis, outputs)
             if options.instances:
                 main_data = outputs.labels.astype(_labels_dtype(nuclei), copy=False)
                 if zarr_out:
@@ -836,6 +837,34 @@ def iter_segment_image(
         diameter=summary.diameter,
         resized=summary.rescaled_frames,
     )
+
+
+def _hint_at_z(
+    source: BatchInput,
+    shape: tuple[int, ...],
+    axes: list[str] | None,
+    stack_axis: str,
+    outputs: Any,
+) -> None:
+    """Warn when a stack whose first axis the file does not name was segmented frame by
+    frame but its frames look like z-slices of one volume (``--stack-axis z``)."""
+    import warnings
+
+    from .normalization import ImageWarning
+    from .volumes import looks_like_z_slices
+
+    named = axes is not None and axes[0] in ("t", "z")
+    if stack_axis != "frames" or len(shape) != 3 or named:
+        return
+    found = outputs.labels if outputs.labels is not None else outputs.mask
+    if found is not None and looks_like_z_slices(found):
+        warnings.warn(
+            f"{source.name}: its {shape[0]} frames look like z-slices of one volume (the "
+            "nuclei overlap from frame to frame), and each frame got its own nuclei; "
+            "--stack-axis z finds the 3-D nuclei.",
+            ImageWarning,
+            stacklevel=2,
+        )
 
 
 _MODEL_CACHE: dict[tuple[str, int], Any] = {}

@@ -19,7 +19,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ import torch
 
 from . import __version__
 from .acceleration import autocast, resolve_precision
-from .augmentation import AugmentationConfig, augment_batch
+from .augmentation import augment_batch
 from .devices import resolve_device
 from .events import (
     BestModel,
@@ -39,16 +39,14 @@ from .events import (
 )
 from .losses import LOSSES, OBJECTIVES, map_loss, probability_loss
 from .model import NucleiModel, create_model
-from .normalization import NormalizationConfig, normalize_frame
 from .nucleus_choice import NucleusScore, candidate_rules
 from .nucleus_size import diameter_of_masks
-from .object_targets import gap_band, instance_labels, object_maps
 from .patches import PatchSampler, ReplayMix, effective_patch_size
+from .training_config import TrainingConfig
 from .training_data import (
-    TrainingSplit,
-    as_mask,
-    check_pair,
-    split_validation,
+    TargetRecipe,
+    choose_validation,
+    prepare_split,
     warn_when_images_are_tiny,
     warn_when_labels_are_partial,
     warn_when_painted_with_one_value,
@@ -69,142 +67,6 @@ MIN_STEPS_PER_EPOCH_TIMED = 30
 
 
 TrainingEvent = TrainingStarted | TrainingStep | EpochEnd | BestModel | TrainingFinished
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Settings of a training run.
-
-    Parameters
-    ----------
-    features, depth : int
-        Architecture of a new network (ignored when fine-tuning an existing model).
-    epochs : int, optional
-        Number of epochs. When neither ``epochs`` nor ``time_budget`` is given, 40.
-    time_budget : float, optional
-        Train for this many seconds instead (takes precedence over ``epochs``).
-    batch_size : int
-        Patches per step.
-    learning_rate : float
-        Peak learning rate of AdamW.
-    patch_size : int
-        Side of the square training patches (smaller when all images are smaller).
-    augmentation : AugmentationConfig
-        Augmentation switches.
-    validation_fraction : float
-        Share of the images held out for validation when no validation set is given.
-    validation_names : tuple of str
-        Hold out the images with these names instead (takes precedence over the fraction).
-    seed : int
-        Seed of every random draw (weights, split, patches, augmentation).
-    device : str
-        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``...
-    precision : str
-        ``"auto"`` (float16 mixed precision on CUDA, bfloat16 mixed precision on CPUs
-        that compute it natively, float32 elsewhere), ``"fp32"``, ``"bf16"`` or
-        ``"fp16"``. Validation always runs in float32.
-    steps_per_epoch : int, optional
-        Steps between validations; by default one pass over the training pixels, and at
-        least 30 steps with a time budget (validating small data every few steps
-        would spend a third of the budget on validation).
-    batchnorm_batches : int
-        Un-augmented batches used to recompute BatchNorm statistics before each
-        validation (0 to skip).
-    normalization : NormalizationConfig
-        Intensity normalisation stored in the model.
-    loss : str
-        ``"bce+dice"`` (binary cross-entropy plus soft Dice over the batch),
-        ``"bce+image-dice"`` (soft Dice per patch, averaged), ``"bce+lovasz"`` (plus the
-        Lovasz hinge, a surrogate of the per-patch IoU) or ``"bce"``.
-    dice_weight : float
-        Weight of the second loss term (0 leaves binary cross-entropy alone).
-    ema_decay : float
-        When above 0, validate and keep an exponential moving average of the weights
-        with this decay per step (e.g. 0.99) instead of the raw weights.
-    calibrate_threshold : bool
-        After training, set the model's default threshold to the probability in
-        [0.3, 0.7] that gives the best mean F1 on the validation images (as StarDist
-        optimises its thresholds); 0.5 when there is no validation set.
-    object_maps : tuple of str
-        Maps a new network learns beside the nucleus probability so that touching nuclei
-        come apart as objects: ``"centre"`` and/or ``"boundary"`` (see
-        :mod:`napari_unet_nuclei.object_targets`). Empty: the lab's probability-only
-        U-Net. A fine-tuned model keeps the maps it has.
-    map_weight : float
-        Weight of each object map's binary cross-entropy in the loss.
-    choose_instance_rule : bool
-        With object maps and validation images: after training, store in the model the
-        instance rule with the best validation object F1 among the distance watershed and
-        the centre- and boundary-map seeds (and a fine-tuned model's inherited rule).
-    objective : str
-        ``"separating"`` (gap weights on the probability and a balanced boundary map, see
-        :mod:`napari_unet_nuclei.losses`) or ``"plain"``; object-aware networks only.
-    gap_weight : float
-        With the separating objective, pixels in the gap between two nuclei weigh
-        ``1 + gap_weight`` in the probability's cross-entropy.
-    choose_by : str
-        ``"objects"``: the epoch kept, the default threshold and the instance rule are the
-        ones with the best validation object F1, fewer merges breaking ties (see
-        :mod:`napari_unet_nuclei.nucleus_choice`); a fine-tuned model keeps its start
-        weights unless an epoch beats them. ``"pixels"``: the lab's pixel F1.
-    steps : int, optional
-        Train this many steps (takes precedence over ``epochs`` and ``time_budget``): the
-        same result on a busy and an idle machine.
-    freeze_batchnorm : bool, optional
-        Keep the BatchNorm statistics of the start model (their layers in eval mode).
-        ``None``: frozen when fine-tuning, learned otherwise.
-    fine_tune_learning_rate : float
-        Peak learning rate when fine-tuning (``init_model``), instead of
-        ``learning_rate``: a gentle step keeps what the start model knew.
-    replay_share : float
-        With replayed images (``train(..., replay_images=...)``), the share of each batch
-        drawn from them.
-    """
-
-    features: int = 8
-    depth: int = 4
-    epochs: int | None = None
-    time_budget: float | None = None
-    batch_size: int = 8
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-4
-    patch_size: int = 256
-    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
-    validation_fraction: float = 0.1
-    validation_names: tuple[str, ...] = ()
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    steps_per_epoch: int | None = None
-    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
-    warmup_fraction: float = 0.05
-    loss: str = "bce+dice"
-    dice_weight: float = 1.0
-    ema_decay: float = 0.0
-    calibrate_threshold: bool = True
-    batchnorm_batches: int = 4
-    name: str = "unet"
-    object_maps: tuple[str, ...] = ()
-    map_weight: float = 3.0
-    choose_instance_rule: bool = True
-    objective: str = "separating"
-    gap_weight: float = 5.0
-    choose_by: str = "objects"
-    steps: int | None = None
-    freeze_batchnorm: bool | None = None
-    fine_tune_learning_rate: float = 5e-4
-    replay_share: float = 0.25
-
-    DEFAULT_EPOCHS = 40
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the settings as plain data (stored in the model summary)."""
-        data = asdict(self)
-        data["augmentation"] = self.augmentation.to_dict()
-        data["normalization"] = self.normalization.to_dict()
-        data["object_maps"] = list(self.object_maps)
-        data["validation_names"] = list(self.validation_names)
-        return data
 
 
 def _learning_rate(base: float, fraction: float, warmup: float) -> float:
@@ -285,66 +147,28 @@ def train(
     compute_precision = resolve_precision(config.precision, device, training=True)
     fine_tuning = init_model is not None
     model = _start_model(config, init_model)
-    normalization = model.normalization
     multiple = model.config.size_multiple
     map_names = model.object_maps
     separating = bool(map_names) and config.objective == "separating"
     if map_names:
         warn_when_painted_with_one_value(labels, names)
 
-    def prepare(
-        imgs: Sequence[np.ndarray], labs: Sequence[np.ndarray], nms: Sequence[str], ann: Any
-    ) -> TrainingSplit:
-        ann = list(ann) if ann is not None else [None] * len(imgs)
-        out = TrainingSplit([], [], [], [])
-        for image, label, name, weight in zip(imgs, labs, nms, ann):
-            image, label = np.asarray(image), np.asarray(label)
-            check_pair(image, label, name)
-            out.images.append(normalize_frame(image, normalization))
-            out.masks.append(as_mask(label))
-            out.weights.append(None if weight is None else np.asarray(weight, bool))
-            out.names.append(str(name))
-            # Nuclei, maps and gaps from the annotated region alone: labels outside it
-            # change nothing (one value painted outside would otherwise turn a mask's
-            # parts into one "instance").
-            inside = label if weight is None else np.where(out.weights[-1], label, 0)
-            out.instances.append(instance_labels(inside))
-            if map_names:
-                out.maps.append(object_maps(inside, map_names))
-            if separating:
-                out.gaps.append(gap_band(inside))
-        return out
-
-    data = prepare(images, labels, names, annotated)
+    recipe = TargetRecipe(model.normalization, map_names, separating)
+    data = prepare_split(images, labels, names, annotated, recipe)
     if all(weight is None for weight in data.weights):
         warn_when_labels_are_partial(images, labels)
     warn_when_images_are_tiny(data.images)
-    if val_images is not None:
-        if val_labels is None or len(val_labels) != len(val_images):
-            raise ValueError(
-                "val_images and val_labels must be given together, one label image per image."
-            )
-        val_names = (
-            list(val_names)
-            if val_names is not None
-            else [f"val_{i:03d}" for i in range(len(val_images))]
-        )
-        train_data, val_data = data, prepare(val_images, val_labels, val_names, None)
-    elif config.validation_names:
-        wanted = set(config.validation_names)
-        missing = wanted - set(data.names)
-        if missing:
-            raise ValueError(
-                f"Validation names not among the training images: {sorted(missing)[:5]}; "
-                "give names passed in `names`."
-            )
-        train_idx = [i for i, n in enumerate(data.names) if n not in wanted]
-        if not train_idx:
-            raise ValueError("Every image is a validation image; leave some images for training.")
-        val_idx = [i for i, n in enumerate(data.names) if n in wanted]
-        train_data, val_data = data.pick(train_idx), data.pick(val_idx)
-    else:
-        train_data, val_data = split_validation(data, config.validation_fraction, rng, multiple)
+    train_data, val_data = choose_validation(
+        data,
+        recipe,
+        config.validation_names,
+        config.validation_fraction,
+        rng,
+        multiple,
+        val_images=val_images,
+        val_labels=val_labels,
+        val_names=val_names,
+    )
 
     patch = effective_patch_size(
         [im.shape for im in train_data.images], config.patch_size, multiple
@@ -352,16 +176,8 @@ def train(
     sampler = PatchSampler(train_data.images, train_data.targets(), patch, train_data.weights, rng)
     replay = None
     if replay_images is not None and len(replay_images) and config.replay_share > 0:
-        if replay_labels is None or len(replay_labels) != len(replay_images):
-            raise ValueError(
-                "replay_images and replay_labels must be given together, one label image "
-                "per image."
-            )
-        replayed = prepare(
-            replay_images,
-            replay_labels,
-            [f"replay_{i:03d}" for i in range(len(replay_images))],
-            None,
+        replayed = prepare_split(
+            replay_images, _paired(replay_images, replay_labels), None, None, recipe
         )
         replay = PatchSampler(replayed.images, replayed.targets(), patch, None, rng)
     batches = ReplayMix(sampler, replay, config.replay_share)
@@ -641,6 +457,15 @@ def train(
         model.summary["instance_config"] = {**inherited_rule, "threshold": float(model.threshold)}
     yield TrainingFinished(model, reason, epoch, global_step, elapsed, history, message)
     return model
+
+
+def _paired(images: Sequence[np.ndarray], labels: Sequence[np.ndarray] | None) -> Sequence:
+    """The replayed images' labels, refused unless there is one per image."""
+    if labels is None or len(labels) != len(images):
+        raise ValueError(
+            "replay_images and replay_labels must be given together, one label image per image."
+        )
+    return labels
 
 
 def _check_config(config: TrainingConfig) -> None:

@@ -9,13 +9,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .object_targets import painted_with_one_value
+from .normalization import NormalizationConfig, normalize_frame
+from .object_targets import gap_band, instance_labels, object_maps, painted_with_one_value
 
 __all__ = [
     "MIN_TRAINING_SIDE",
+    "TargetRecipe",
     "TrainingSplit",
     "as_mask",
     "check_pair",
+    "choose_validation",
+    "prepare_split",
     "split_validation",
     "warn_when_images_are_tiny",
     "warn_when_labels_are_partial",
@@ -84,6 +88,88 @@ class TrainingSplit:
                 channels.append(self.gaps[index][None])
             out.append(np.concatenate(channels))
         return out
+
+
+@dataclass(frozen=True)
+class TargetRecipe:
+    """What a network learns from a label image: its normalisation, object maps, gaps."""
+
+    normalization: NormalizationConfig
+    map_names: tuple[str, ...] = ()
+    gaps: bool = False
+
+
+def prepare_split(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    names: Sequence[str] | None,
+    annotated: Sequence[np.ndarray | None] | None,
+    recipe: TargetRecipe,
+) -> TrainingSplit:
+    """Images normalised, with their masks, loss weights, nuclei and targets.
+
+    Nuclei, maps and gaps come from the annotated region alone: labels outside it change
+    nothing (one value painted outside would otherwise turn a mask's parts into one
+    "instance").
+    """
+    annotated = list(annotated) if annotated is not None else [None] * len(images)
+    names = list(names) if names is not None else [f"image_{i:03d}" for i in range(len(images))]
+    out = TrainingSplit([], [], [], [])
+    for image, label, name, weight in zip(images, labels, names, annotated):
+        image, label = np.asarray(image), np.asarray(label)
+        check_pair(image, label, name)
+        out.images.append(normalize_frame(image, recipe.normalization))
+        out.masks.append(as_mask(label))
+        out.weights.append(None if weight is None else np.asarray(weight, bool))
+        out.names.append(str(name))
+        inside = label if weight is None else np.where(out.weights[-1], label, 0)
+        out.instances.append(instance_labels(inside))
+        if recipe.map_names:
+            out.maps.append(object_maps(inside, recipe.map_names))
+        if recipe.gaps:
+            out.gaps.append(gap_band(inside))
+    return out
+
+
+def choose_validation(
+    data: TrainingSplit,
+    recipe: TargetRecipe,
+    validation_names: Sequence[str],
+    fraction: float,
+    rng: np.random.Generator,
+    multiple: int,
+    *,
+    val_images: Sequence[np.ndarray] | None = None,
+    val_labels: Sequence[np.ndarray] | None = None,
+    val_names: Sequence[str] | None = None,
+) -> tuple[TrainingSplit, TrainingSplit]:
+    """The training and validation parts: an explicit validation set, the images named in
+    ``validation_names``, or :func:`split_validation` of ``fraction``."""
+    if val_images is not None:
+        if val_labels is None or len(val_labels) != len(val_images):
+            raise ValueError(
+                "val_images and val_labels must be given together, one label image per image."
+            )
+        val_names = (
+            list(val_names)
+            if val_names is not None
+            else [f"val_{i:03d}" for i in range(len(val_images))]
+        )
+        return data, prepare_split(val_images, val_labels, val_names, None, recipe)
+    if validation_names:
+        wanted = set(validation_names)
+        missing = wanted - set(data.names)
+        if missing:
+            raise ValueError(
+                f"Validation names not among the training images: {sorted(missing)[:5]}; "
+                "give names passed in `names`."
+            )
+        train_idx = [i for i, n in enumerate(data.names) if n not in wanted]
+        if not train_idx:
+            raise ValueError("Every image is a validation image; leave some images for training.")
+        val_idx = [i for i, n in enumerate(data.names) if n in wanted]
+        return data.pick(train_idx), data.pick(val_idx)
+    return split_validation(data, fraction, rng, multiple)
 
 
 def as_mask(labels: np.ndarray) -> np.ndarray:

@@ -14,10 +14,11 @@ object F1 0.93 on that stack).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["VOLUME_NECK_RATIO", "nuclei_in_volume"]
+__all__ = ["VOLUME_NECK_RATIO", "Z_SLICE_OVERLAP", "looks_like_z_slices", "nuclei_in_volume"]
 
 #: Two touching nuclei are split when the neck between them is narrower than this fraction
 #: of the smaller one's width (3-D distances: a stricter ratio than the 2-D 0.8, since a
@@ -115,3 +116,38 @@ def _without_fragments(labels: np.ndarray, min_size: int) -> np.ndarray:
         box = boxes[number - 1]
         drop[number] = box[0].stop - box[0].start < 2 or sizes[number] < smallest
     return np.where(drop[labels], 0, labels)
+
+
+#: Neighbouring frames whose nucleus masks overlap this much (median IoU) are slices of
+#: one volume rather than separate images or time points far apart.
+Z_SLICE_OVERLAP = 0.5
+
+
+def looks_like_z_slices(masks: Any) -> bool:
+    """Whether a ``(N, H, W)`` stack of nucleus masks looks like z-slices of one volume.
+
+    Slices a few hundred nanometres apart cut the same nuclei, so the masks of neighbouring
+    frames overlap; separate images do not, and time points only where nothing moves. The
+    rule: at least 3 frames, and a median IoU of neighbouring masks of at least
+    :data:`Z_SLICE_OVERLAP`.
+
+    Parameters
+    ----------
+    masks : array-like
+        Boolean (or label) masks of the frames, ``> 0`` is nucleus.
+
+    Returns
+    -------
+    bool
+    """
+    if len(masks) < 3:
+        return False
+    overlaps = []
+    previous = np.asarray(masks[0]) > 0
+    for index in range(1, len(masks)):
+        current = np.asarray(masks[index]) > 0
+        union = np.count_nonzero(previous | current)
+        if union:
+            overlaps.append(np.count_nonzero(previous & current) / union)
+        previous = current
+    return bool(overlaps) and float(np.median(overlaps)) >= Z_SLICE_OVERLAP

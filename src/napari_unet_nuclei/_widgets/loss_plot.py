@@ -1,8 +1,10 @@
-"""Live plot of the training loss and the validation F1 per epoch."""
+"""Live plot of the training loss (every step, and per epoch) and the validation F1 per
+epoch."""
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from .mpl_canvas import MplCanvasWidget
@@ -13,10 +15,13 @@ LOSS_COLOR = "#4cc9f0"
 F1_COLOR = "#f9c74f"
 #: The engine's loss (BCE + soft Dice) starts below 2, so this y-range rarely changes.
 INITIAL_LOSS_TOP = 2.0
+#: Steps are drawn at most this often (a blit costs a few milliseconds of the GUI thread).
+STEP_REDRAW_S = 0.25
 
 
 class LossPlot(MplCanvasWidget):
-    """Train loss (left axis) and validation F1 (right axis, 0-1) against the epoch.
+    """Train loss (left axis: every step as a thin line, each epoch's mean as points) and
+    validation F1 (right axis, 0-1) against the epoch.
 
     A full matplotlib draw takes 50 ms or more and several times longer while the worker
     competes for the GIL, so an epoch normally costs only a blit of the two lines over a
@@ -28,6 +33,10 @@ class LossPlot(MplCanvasWidget):
         self.epochs: list[int] = []
         self.train_loss: list[float] = []
         self.val_f1: list[float] = []
+        #: Every step's loss at its position in epochs (epoch 1's steps lie in 0-1).
+        self.step_positions: list[float] = []
+        self.step_loss: list[float] = []
+        self._last_step_draw = 0.0
         self.full_draws = 0
         self._background: Any = None
         super().__init__(
@@ -46,6 +55,9 @@ class LossPlot(MplCanvasWidget):
         self.f1_axes.tick_params(colors=self.colors["text"], labelsize=8)
         for spine in self.f1_axes.spines.values():
             spine.set_color(self.colors["text"])
+        (self.step_line,) = axes.plot(
+            [], [], "-", color=LOSS_COLOR, linewidth=0.8, alpha=0.45, animated=True
+        )
         (self.loss_line,) = axes.plot([], [], "o-", color=LOSS_COLOR, markersize=3, animated=True)
         (self.f1_line,) = self.f1_axes.plot(
             [], [], "s-", color=F1_COLOR, markersize=3, animated=True
@@ -69,12 +81,14 @@ class LossPlot(MplCanvasWidget):
         When something changed, the empty plot is drawn at once, while no worker
         competes for the GIL.
         """
-        pristine = not self.epochs and self.loss_line.get_animated()
+        pristine = not self.epochs and not self.step_loss and self.loss_line.get_animated()
         self.epochs.clear()
         self.train_loss.clear()
         self.val_f1.clear()
+        self.step_positions.clear()
+        self.step_loss.clear()
         self._set_animated(True)
-        limits = ((0.5, max(1, epochs or 10) + 0.5), (0.0, INITIAL_LOSS_TOP))
+        limits = ((0.0, max(1, epochs or 10) + 0.5), (0.0, INITIAL_LOSS_TOP))
         unchanged = (self.axes.get_xlim(), self.axes.get_ylim()) == limits
         if pristine and unchanged and self._background_is_valid():
             return  # nothing to redraw: the saved background is still right
@@ -88,9 +102,25 @@ class LossPlot(MplCanvasWidget):
         """Fit the x-axis to the epochs that ran and draw the lines as ordinary artists
         again (so the toolbar's *save* includes them)."""
         if self.epochs:
-            self.axes.set_xlim(0.5, max(self.epochs) + 0.5)
+            self.axes.set_xlim(0.0, max(self.epochs) + 0.5)
         self._set_animated(False)
         self._full_draw()
+
+    def add_step(self, position: float, loss: float) -> None:
+        """Append one training step's loss at ``position`` (in epochs: step ``k`` of ``n``
+        in epoch ``e`` lies at ``e - 1 + k / n``); drawn at most every
+        :data:`STEP_REDRAW_S` seconds, so a short fine-tune shows its curve as it goes."""
+        self.step_positions.append(float(position))
+        self.step_loss.append(float(loss))
+        now = time.perf_counter()
+        if now - self._last_step_draw < STEP_REDRAW_S:
+            return
+        self._last_step_draw = now
+        self._set_line_data()
+        if self._limits_fit():
+            self._blit()
+        else:
+            self._full_draw()
 
     def add_epoch(self, epoch: int, train_loss: float, val_f1: float, of: str = "pixels") -> None:
         """Append one epoch's numbers and update the plot; ``of`` says what the F1 scores,
@@ -110,10 +140,12 @@ class LossPlot(MplCanvasWidget):
 
     # ----------------------------------------------------------------------- drawing
     def _set_animated(self, animated: bool) -> None:
+        self.step_line.set_animated(animated)
         self.loss_line.set_animated(animated)
         self.f1_line.set_animated(animated)
 
     def _set_line_data(self) -> None:
+        self.step_line.set_data(self.step_positions, self.step_loss)
         self.loss_line.set_data(self.epochs, self.train_loss)
         shown = [(e, f) for e, f in zip(self.epochs, self.val_f1) if not math.isnan(f)]
         self.f1_line.set_data([e for e, _ in shown], [f for _, f in shown])
@@ -122,10 +154,11 @@ class LossPlot(MplCanvasWidget):
         """Keep the data inside the axes; return False when the limits had to change."""
         fits = True
         x_high = self.axes.get_xlim()[1]
-        if self.epochs and max(self.epochs) > x_high - 0.5:
-            self.axes.set_xlim(0.5, 2 * max(self.epochs) + 0.5)
+        furthest = max([*self.epochs, *self.step_positions], default=0)
+        if furthest > x_high - 0.5:
+            self.axes.set_xlim(0.0, 2 * math.ceil(furthest) + 0.5)
             fits = False
-        finite = [v for v in self.train_loss if math.isfinite(v)]
+        finite = [v for v in (*self.train_loss, *self.step_loss) if math.isfinite(v)]
         if finite:
             low, high = self.axes.get_ylim()
             if max(finite) > high or min(finite) < low:
@@ -144,6 +177,7 @@ class LossPlot(MplCanvasWidget):
             self._draw_lines()
 
     def _draw_lines(self) -> None:
+        self.axes.draw_artist(self.step_line)
         self.axes.draw_artist(self.loss_line)
         self.f1_axes.draw_artist(self.f1_line)
 

@@ -338,6 +338,21 @@ class SegmentRun:
                 self._instances_shown(target)
 
     # ------------------------------------------------------------------------- end
+    def z_note(self) -> str:
+        """A sentence when a stack segmented frame by frame looks like one volume's slices."""
+        from ..volumes import looks_like_z_slices
+
+        for task in self.tasks:
+            if task.frame is not None or task.stack_axis != "frames" or task.image.ndim != 3:
+                continue
+            nuclei = find_owned_layer(self._viewer, "nuclei", task.layer_name)
+            if nuclei is not None and looks_like_z_slices(np.asarray(nuclei.data)):
+                return (
+                    f" '{task.layer_name}' looks like a z-stack (its nuclei overlap from frame "
+                    "to frame): set stack axis to z for 3-D nuclei."
+                )
+        return ""
+
     def size_note(self) -> str:
         """A sentence on the nuclei's size ('' when none was measured)."""
         sizes = [(d, r) for d, r in self.sizes.values() if d is not None]

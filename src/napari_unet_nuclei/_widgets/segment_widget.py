@@ -351,7 +351,9 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
             self.progress.value = PROGRESS_STEPS
             self.status.value = (
                 f"Segmented {n_done} image(s) with {self.last_run.model_name}; move the "
-                "threshold to adjust the masks." + self.last_run.size_note()
+                "threshold to adjust the masks."
+                + self.last_run.size_note()
+                + self.last_run.z_note()
             )
 
     def _on_finished(self) -> None:

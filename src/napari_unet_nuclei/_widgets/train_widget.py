@@ -148,6 +148,7 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
         )
         self.body.native.layout().addWidget(self.projects.section)
         self.loss_plot = LossPlot(viewer)
+        self._steps_per_epoch = 1  # from TrainingStarted: places each step in its epoch
         self.body.native.layout().addWidget(self.loss_plot)
 
         self.image_layer.changed.connect(self._on_data_choice_changed)
@@ -348,6 +349,7 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
         elif isinstance(event, RoundRecorded):
             self.status.value = f"{self._finished_text} {self.projects.record_round(event)}"
         elif isinstance(event, TrainingStarted):
+            self._steps_per_epoch = event.steps_per_epoch
             budget = (
                 f"{format_seconds(event.time_budget)} budget"
                 if event.time_budget
@@ -359,6 +361,9 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
             )
         elif isinstance(event, TrainingStep):
             self._show_progress(event.fraction_done)
+            self.loss_plot.add_step(
+                event.epoch - 1 + event.step / max(1, self._steps_per_epoch), event.loss
+            )
             self.status.value = (
                 f"epoch {event.epoch}, step {event.global_step}"
                 f"{'/' + str(event.total_steps) if event.total_steps else ''}: loss "
