@@ -237,6 +237,9 @@ def test_demo_without_viewer(tmp_path) -> None:
     assert before["model"] == "fluo-nuclei" and len(before["images"]) == 4
     assert before["mean"]["nuclei"] > 5 and before["mean"]["object_f1"] > 0.3
     assert len(after["images"]) == 4 and after["mean"]["object_f1"] > 0.5
+    # Pooled as `evaluate` pools: the nucleus counts of the four images summed.
+    assert before["pooled"]["n_true"] == sum(row["true_nuclei"] for row in before["images"])
+    assert 0 < after["pooled"]["object_f1"] <= 1 and "merges" in after["images"][0]
     # A fine-tune chosen by nuclei never leaves the held-out nuclei worse than it found them
     # on its validation image; on these images it is at least as good.
     assert after["mean"]["object_f1"] >= before["mean"]["object_f1"] - 0.02

@@ -35,15 +35,15 @@ def _object_rows(
     labels; the measurement table with an ``image`` column."""
     from .measurements import measure_nuclei
     from .metrics import confusion_counts
-    from .object_metrics import dsb_average_precision, object_scores
     from .segmentation import predict_instances
+    from .workflows.evaluate import object_frame_scores
 
     rows, all_labels, tables = [], [], []
     for item in items:
         labels = predict_instances(model, item.image)
         table = measure_nuclei(labels, item.image)
         tables.append({"image": np.full(table["label"].size, item.name), **table})
-        objects = object_scores(labels, item.labels)
+        _, objects = object_frame_scores(labels, item.labels)  # the one evaluation path
         rows.append(
             {
                 "name": item.name,
@@ -53,9 +53,12 @@ def _object_rows(
                 "mean_intensity": float(np.mean(table["mean_intensity"]))
                 if table["label"].size
                 else 0.0,
-                "object_f1": float(objects["f1"]),
-                "dsb_ap": float(dsb_average_precision(labels, item.labels)),
+                "object_f1": float(objects["object_f1"]),
+                "dsb_ap": float(objects["dsb_ap"]),
+                "merges": int(objects["merges"]),
+                "splits": int(objects["splits"]),
                 "pixel_f1": float(confusion_counts(labels > 0, item.labels > 0).f1),
+                "object_counts": objects,
             }
         )
         all_labels.append(labels)
@@ -65,6 +68,13 @@ def _object_rows(
 def _mean(rows: list[dict[str, Any]]) -> dict[str, float]:
     keys = ("nuclei", "true_nuclei", "mean_area", "object_f1", "dsb_ap", "pixel_f1")
     return {key: float(np.mean([row[key] for row in rows])) for key in keys}
+
+
+def _pooled(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Nucleus counts summed over the images, then the scores (``evaluate``'s pooling)."""
+    from .workflows.evaluate import pool_object_scores
+
+    return pool_object_scores([row.pop("object_counts") for row in rows])
 
 
 #: Fine-tuning steps of the demo: a fixed number, so that the before/after does not depend
@@ -102,7 +112,9 @@ def run_demo(
     -------
     dict
         The metrics written to ``metrics.json``: ``before`` and ``after``, each with
-        ``mean`` and ``images``.
+        ``mean`` (of per-image scores), ``pooled`` (nucleus counts summed over the images,
+        as ``evaluate`` pools them: :mod:`napari_unet_nuclei.workflows.evaluate`) and
+        ``images``.
     """
     import tifffile
 
@@ -140,8 +152,18 @@ def run_demo(
     after_rows, after_labels, after_tables = _object_rows(model, test_items)
     write_measurements_csv(concatenate_tables(after_tables, 0), out / "nuclei.csv")
     metrics = {
-        "before": {"model": builtin.name, "mean": _mean(before_rows), "images": before_rows},
-        "after": {"model": model.name, "mean": _mean(after_rows), "images": after_rows},
+        "before": {
+            "model": builtin.name,
+            "mean": _mean(before_rows),
+            "pooled": _pooled(before_rows),
+            "images": before_rows,
+        },
+        "after": {
+            "model": model.name,
+            "mean": _mean(after_rows),
+            "pooled": _pooled(after_rows),
+            "images": after_rows,
+        },
         "fine_tune_steps": steps,
         "kept_start_weights": bool(model.summary.get("kept_start_weights")),
     }
