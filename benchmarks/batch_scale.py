@@ -71,11 +71,11 @@ def memory_child(args: argparse.Namespace) -> None:
     import dask.array as da
     import torch
 
-    from napari_unet_nuclei.inference import predict
-    from napari_unet_nuclei.model import create_model
-    from napari_unet_nuclei.model_io import load_model
+    from napari_unet_nuclei.io.model_io import load_model
+    from napari_unet_nuclei.io.zarr_io import open_zarr_image
+    from napari_unet_nuclei.nn.model import create_model
+    from napari_unet_nuclei.prediction.inference import predict
     from napari_unet_nuclei.workflows.segment import iter_segment_to_zarr
-    from napari_unet_nuclei.zarr_io import open_zarr_image
 
     torch.set_num_threads(args.threads)
     if args.model == "tiny":
@@ -116,8 +116,8 @@ def memory_child(args: argparse.Namespace) -> None:
 
 def write_synthetic_zarr(path: Path, size: int, chunk: int = 1024) -> None:
     """A size x size uint16 image of synthetic nuclei, written one chunk at a time."""
-    from napari_unet_nuclei.sample_data import make_synthetic_nuclei
-    from napari_unet_nuclei.zarr_io import create_ome_zarr
+    from napari_unet_nuclei.data.sample_data import make_synthetic_nuclei
+    from napari_unet_nuclei.io.zarr_io import create_ome_zarr
 
     array = create_ome_zarr(path, (size, size), np.uint16, chunks=(chunk, chunk))
     tiles = [make_synthetic_nuclei((chunk, chunk), seed=seed)[0] for seed in range(4)]
@@ -174,9 +174,9 @@ def memory_benchmark(model_path: str, size: int, threads: int, tiny_only: bool) 
 
 
 def train_default_model(path: Path, budget: float) -> None:
-    from napari_unet_nuclei.datasets import load_dataset, parse_split, select_by_names
-    from napari_unet_nuclei.model_io import save_model
-    from napari_unet_nuclei.training import TrainingConfig, train_model
+    from napari_unet_nuclei.io.datasets import load_dataset, parse_split, select_by_names
+    from napari_unet_nuclei.io.model_io import save_model
+    from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
     train_names, _ = parse_split(f"{KROMP / 'splits.json'}:paper_42_37")
     items = select_by_names(load_dataset(KROMP), train_names)
@@ -192,9 +192,9 @@ def throughput_benchmark(model_path: str, n_images: int, work: Path) -> dict:
     import tifffile
     import torch
 
-    from napari_unet_nuclei.batch import SegmentOptions, segment_files
-    from napari_unet_nuclei.datasets import parse_split
     from napari_unet_nuclei.events import BatchFinished
+    from napari_unet_nuclei.io.datasets import parse_split
+    from napari_unet_nuclei.workflows.batch import SegmentOptions, segment_files
 
     _, test_names = parse_split(f"{KROMP / 'splits.json'}:paper_42_37")
     names = list(test_names)[:n_images]

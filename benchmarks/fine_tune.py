@@ -121,8 +121,8 @@ def corrected(images, labels, max_nuclei: int):
 
 def scores(model, tests) -> dict:
     """Pooled over the test images: mean object F1 and DSB AP, merges and splits."""
-    from napari_unet_nuclei.object_metrics import dsb_average_precision, object_error_map
-    from napari_unet_nuclei.segmentation import predict_instances
+    from napari_unet_nuclei.evaluate.object_metrics import dsb_average_precision, object_error_map
+    from napari_unet_nuclei.workflows.segmentation import predict_instances
 
     rows = []
     for image, truth in tests:
@@ -151,9 +151,9 @@ def fine_tune(
     builtin, images, labels, regions, kind: str, steps: int, seconds: float, seed: int, names=()
 ):
     """One training run of the row ``kind``; returns the model and its seconds."""
-    from napari_unet_nuclei.object_targets import OBJECT_MAPS
-    from napari_unet_nuclei.public_data import replay_sample
-    from napari_unet_nuclei.training import TrainingConfig, train_model
+    from napari_unet_nuclei.data.public_data import replay_sample
+    from napari_unet_nuclei.nn.object_targets import OBJECT_MAPS
+    from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
     common = {"seed": seed, "validation_fraction": 0.2}
     replay = {}
@@ -206,8 +206,8 @@ def main() -> None:
 
     import torch
 
-    from napari_unet_nuclei.model_io import load_model
-    from napari_unet_nuclei.public_data import data_root
+    from napari_unet_nuclei.data.public_data import data_root
+    from napari_unet_nuclei.io.model_io import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -13,7 +13,7 @@ Rows:
   same data, same budget, same seed, instances from its maps;
 - ``built-in <name>``: the shipped model (``scripts/train_builtin_model.py``), as the
   product runs it: nuclei far larger than it learned resized first (``diameter="auto"``,
-  :mod:`napari_unet_nuclei.nucleus_size`);
+  :mod:`napari_unet_nuclei.prediction.nucleus_size`);
 - ``built-in, no resizing``: the same model on every image as it is (``diameter=None``);
 - ``candidate``: with ``--candidate FILE``, a new built-in model (a piece of the long
   schedule) beside the shipped one, in the same run: it is shipped only when it is better
@@ -54,8 +54,8 @@ TARGETS = {  # issue 13's targets for the built-in model
 
 def score(predicted: np.ndarray, truth: np.ndarray) -> dict:
     """Pixel and object scores of one image."""
-    from napari_unet_nuclei.metrics import confusion_counts
-    from napari_unet_nuclei.object_metrics import dsb_average_precision, object_error_map
+    from napari_unet_nuclei.evaluate.metrics import confusion_counts
+    from napari_unet_nuclei.evaluate.object_metrics import dsb_average_precision, object_error_map
 
     errors = object_error_map(predicted, truth)
     objects = errors.match.scores()
@@ -147,8 +147,8 @@ def summarise(rows: list[dict]) -> dict:
 
 def train_same_budget(items, object_maps: tuple[str, ...], budget: float, seed: int):
     """The engine's default training on ``items`` for ``budget`` seconds."""
-    from napari_unet_nuclei.augmentation import AugmentationConfig
-    from napari_unet_nuclei.training import TrainingConfig, train_model
+    from napari_unet_nuclei.train.augmentation import AugmentationConfig
+    from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
     config = TrainingConfig(
         time_budget=budget,
@@ -180,9 +180,12 @@ def time_paths(model, image: np.ndarray, repeats: int = 2) -> dict:
     (and with centre-map seeds) beside ``predict`` + the distance watershed."""
     from dataclasses import replace
 
-    from napari_unet_nuclei.inference import predict
-    from napari_unet_nuclei.instances import instances_from_probabilities
-    from napari_unet_nuclei.segmentation import default_instance_config, predict_instances
+    from napari_unet_nuclei.prediction.inference import predict
+    from napari_unet_nuclei.prediction.instances import instances_from_probabilities
+    from napari_unet_nuclei.workflows.segmentation import (
+        default_instance_config,
+        predict_instances,
+    )
 
     megapixels = image.size / 1e6
     predict_instances(model, image[:512, :512])  # warm-up (first call builds the runner)
@@ -249,19 +252,25 @@ def main() -> None:
 
     import torch
 
-    from napari_unet_nuclei.inference import predict
-    from napari_unet_nuclei.instances import instances_from_mask, instances_from_probabilities
-    from napari_unet_nuclei.metrics import otsu_mask
-    from napari_unet_nuclei.model_io import load_model, save_model
-    from napari_unet_nuclei.object_targets import OBJECT_MAPS
-    from napari_unet_nuclei.public_data import (
+    from napari_unet_nuclei.data.public_data import (
         GENERALIST_TEST_PARTS,
         GENERALIST_TRAINING_PARTS,
         data_root,
         load_part,
         load_parts,
     )
-    from napari_unet_nuclei.segmentation import default_instance_config, predict_instances
+    from napari_unet_nuclei.evaluate.metrics import otsu_mask
+    from napari_unet_nuclei.io.model_io import load_model, save_model
+    from napari_unet_nuclei.nn.object_targets import OBJECT_MAPS
+    from napari_unet_nuclei.prediction.inference import predict
+    from napari_unet_nuclei.prediction.instances import (
+        instances_from_mask,
+        instances_from_probabilities,
+    )
+    from napari_unet_nuclei.workflows.segmentation import (
+        default_instance_config,
+        predict_instances,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)

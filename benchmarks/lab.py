@@ -42,16 +42,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_unet_nuclei.augmentation import AugmentationConfig
-from napari_unet_nuclei.datasets import load_dataset, parse_split, select_by_names
-from napari_unet_nuclei.inference import predict
-from napari_unet_nuclei.metrics import (
+from napari_unet_nuclei.evaluate.metrics import (
     average_precision,
     precision_recall_curve,
     segmentation_scores,
 )
-from napari_unet_nuclei.reports import error_overlay_rgb, save_precision_recall_png
-from napari_unet_nuclei.training import TrainingConfig, train_model
+from napari_unet_nuclei.evaluate.reports import error_overlay_rgb, save_precision_recall_png
+from napari_unet_nuclei.io.datasets import load_dataset, parse_split, select_by_names
+from napari_unet_nuclei.prediction.inference import predict
+from napari_unet_nuclei.train.augmentation import AugmentationConfig
+from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NAPARI_UNET_NUCLEI_DATA", REPO.parent / "shared" / "data"))
@@ -164,13 +164,13 @@ def export_check(model: Any, test_items: list[Any]) -> dict[str, Any]:
     except ImportError as error:
         print(f"  export check skipped: {error}")
         return {"skipped": str(error)}
-    from napari_unet_nuclei.export import (
+    from napari_unet_nuclei.nn.normalization import normalize_frame
+    from napari_unet_nuclei.workflows.export import (
         export_bioimageio,
         export_onnx,
         import_bioimageio,
         validate_bioimageio,
     )
-    from napari_unet_nuclei.normalization import normalize_frame
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
@@ -238,7 +238,7 @@ def error_grid(path: Path, rows: list[tuple[str, Any, np.ndarray]], title: str) 
     """One row per image: image | ground truth | prediction | missed and added pixels."""
     from matplotlib.patches import Patch
 
-    from napari_unet_nuclei.metrics import ERROR_CLASSES, ERROR_COLORS
+    from napari_unet_nuclei.evaluate.metrics import ERROR_CLASSES, ERROR_COLORS
 
     figure = _figure(6.6, 1.65 * len(rows) + 0.9)
     axes = figure.subplots(len(rows), 4, squeeze=False)

@@ -38,7 +38,7 @@ METHODS = ("U-Net + watershed", "U-Net components", "Otsu + watershed", "Otsu co
 
 
 def score(predicted: np.ndarray, truth: np.ndarray) -> dict:
-    from napari_unet_nuclei.object_metrics import dsb_average_precision, object_error_map
+    from napari_unet_nuclei.evaluate.object_metrics import dsb_average_precision, object_error_map
 
     errors = object_error_map(predicted, truth)
     return {
@@ -78,15 +78,15 @@ def main() -> None:
     import torch
     from skimage.measure import label
 
-    from napari_unet_nuclei.datasets import load_dataset, parse_split, select_by_names
-    from napari_unet_nuclei.inference import predict
-    from napari_unet_nuclei.instances import (
+    from napari_unet_nuclei.evaluate.metrics import otsu_mask
+    from napari_unet_nuclei.io.datasets import load_dataset, parse_split, select_by_names
+    from napari_unet_nuclei.prediction.inference import predict
+    from napari_unet_nuclei.prediction.instances import (
         InstanceConfig,
         instances_from_mask,
         instances_from_probabilities,
     )
-    from napari_unet_nuclei.metrics import otsu_mask
-    from napari_unet_nuclei.training import TrainingConfig, train_model
+    from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from _machine import machine_info
-from napari_unet_nuclei.datasets import load_dataset, parse_split, select_by_names
-from napari_unet_nuclei.inference import predict
-from napari_unet_nuclei.metrics import otsu_mask, segmentation_scores
-from napari_unet_nuclei.network import UNetConfig, build_unet
-from napari_unet_nuclei.training import TrainingConfig, train_model
+from napari_unet_nuclei.evaluate.metrics import otsu_mask, segmentation_scores
+from napari_unet_nuclei.io.datasets import load_dataset, parse_split, select_by_names
+from napari_unet_nuclei.nn.network import UNetConfig, build_unet
+from napari_unet_nuclei.prediction.inference import predict
+from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
 DATA = Path(
     os.environ.get(

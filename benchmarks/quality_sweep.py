@@ -93,11 +93,11 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    from napari_unet_nuclei.augmentation import AugmentationConfig
-    from napari_unet_nuclei.datasets import load_dataset, parse_split, select_by_names
-    from napari_unet_nuclei.inference import predict
-    from napari_unet_nuclei.metrics import segmentation_scores
-    from napari_unet_nuclei.training import TrainingConfig, train_model
+    from napari_unet_nuclei.evaluate.metrics import segmentation_scores
+    from napari_unet_nuclei.io.datasets import load_dataset, parse_split, select_by_names
+    from napari_unet_nuclei.prediction.inference import predict
+    from napari_unet_nuclei.train.augmentation import AugmentationConfig
+    from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
     kromp = Path(job["data"]) / "kromp2020"
     items = load_dataset(kromp / "nuclei_128.npz")

@@ -11,7 +11,7 @@ For U-Nets of depth 4 with F = 8, 16 and 32 features (``--features``), in one pr
 * **Mask agreement**: IoU between the default path's masks and the naive float32
   reference's masks on ``paper_42_37`` test images, for a model of that width trained for
   ``--train-budget`` seconds on the ``paper_42_37`` training images.
-* **Training**: samples/s of the engine's own loop (:func:`~napari_unet_nuclei.training.train`
+* **Training**: samples/s of the engine's own loop (:func:`~napari_unet_nuclei.train.training.train`
   with its defaults: patch sampling, augmentation, events) between its step events, beside
   a bare forward + backward + AdamW step on pre-made tensors, in eager float32 and in the
   engine's default precision.
@@ -44,16 +44,16 @@ import tifffile
 import torch
 
 from _machine import machine_info
-from napari_unet_nuclei.acceleration import cpu_supports_bf16, onnxruntime_available
-from napari_unet_nuclei.datasets import load_dataset, parse_split, select_by_names
+from napari_unet_nuclei.evaluate.metrics import segmentation_scores
 from napari_unet_nuclei.events import EpochEnd, TrainingStep
-from napari_unet_nuclei.inference import predict
-from napari_unet_nuclei.losses import probability_loss
-from napari_unet_nuclei.metrics import segmentation_scores
-from napari_unet_nuclei.model import create_model
-from napari_unet_nuclei.model_io import load_model, save_model
-from napari_unet_nuclei.normalization import normalize_frame
-from napari_unet_nuclei.training import TrainingConfig, train, train_model
+from napari_unet_nuclei.io.datasets import load_dataset, parse_split, select_by_names
+from napari_unet_nuclei.io.model_io import load_model, save_model
+from napari_unet_nuclei.nn.acceleration import cpu_supports_bf16, onnxruntime_available
+from napari_unet_nuclei.nn.model import create_model
+from napari_unet_nuclei.nn.normalization import normalize_frame
+from napari_unet_nuclei.prediction.inference import predict
+from napari_unet_nuclei.train.losses import probability_loss
+from napari_unet_nuclei.train.training import TrainingConfig, train, train_model
 
 DATA = Path(
     os.environ.get(

@@ -101,7 +101,7 @@ def main(out: Path, budget: float) -> None:
     import napari
     from qtpy.QtCore import Qt
 
-    from napari_unet_nuclei._widgets.evaluate_widget import PredictionSource
+    from napari_unet_nuclei._napari.evaluate_widget import PredictionSource
 
     out.mkdir(parents=True, exist_ok=True)
     kromp = DATA / "kromp2020"

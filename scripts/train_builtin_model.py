@@ -45,9 +45,9 @@ DEFAULT_OUT = ROOT / "src" / "napari_unet_nuclei" / "models" / "fluo-nuclei.pt"
 
 def choose_instance_rule(model, items) -> tuple[dict, list[dict]]:
     """The instance settings with the best mean object F1 on ``items`` (validation)."""
-    from napari_unet_nuclei.inference import iter_frame_logits, sigmoid
-    from napari_unet_nuclei.instances import InstanceConfig, instances_from_maps
-    from napari_unet_nuclei.object_metrics import object_scores
+    from napari_unet_nuclei.evaluate.object_metrics import object_scores
+    from napari_unet_nuclei.prediction.inference import iter_frame_logits, sigmoid
+    from napari_unet_nuclei.prediction.instances import InstanceConfig, instances_from_maps
 
     outputs = []
     for item in items:
@@ -151,12 +151,12 @@ def main() -> None:
 
     import torch
 
-    from napari_unet_nuclei.augmentation import AugmentationConfig
+    from napari_unet_nuclei.data.public_data import GENERALIST_TRAINING_PARTS, load_parts
     from napari_unet_nuclei.events import EpochEnd
-    from napari_unet_nuclei.model_io import save_model
-    from napari_unet_nuclei.object_targets import OBJECT_MAPS
-    from napari_unet_nuclei.public_data import GENERALIST_TRAINING_PARTS, load_parts
-    from napari_unet_nuclei.training import TrainingConfig, train_model
+    from napari_unet_nuclei.io.model_io import save_model
+    from napari_unet_nuclei.nn.object_targets import OBJECT_MAPS
+    from napari_unet_nuclei.train.augmentation import AugmentationConfig
+    from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -165,7 +165,7 @@ def main() -> None:
     n_val = max(1, round(0.05 * len(items)))
     val_names = tuple(sorted(items[i].name for i in rng.permutation(len(items))[:n_val]))
     if args.choose_only:
-        from napari_unet_nuclei.model_io import load_model
+        from napari_unet_nuclei.io.model_io import load_model
 
         model = load_model(args.choose_only)
         val_items = [i for i in items if i.name in set(model.summary.get("val_names", []))]
@@ -205,7 +205,7 @@ def main() -> None:
         )
     config = replace(config, objective=args.objective)
     if args.init:
-        from napari_unet_nuclei.model_io import load_model
+        from napari_unet_nuclei.io.model_io import load_model
 
         init_model = load_model(args.init)
         init_model.name = "fluo-nuclei"

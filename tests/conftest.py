@@ -74,7 +74,7 @@ def kromp_tiny_model(kromp_root):
     import tifffile
     import torch
 
-    from napari_unet_nuclei.training import TrainingConfig, train_model
+    from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
     names = ("Ganglioneuroblastoma_0", "normal_16", "Neuroblastoma_10", "otherspecimen_9")
     crop = (slice(256, 512), slice(256, 512))
@@ -139,7 +139,7 @@ def untrained_model():
     """An untrained U-Net (F=4, depth 2, seed 0) named "tiny": shapes, errors, plumbing."""
     import torch
 
-    from napari_unet_nuclei.model import create_model
+    from napari_unet_nuclei.nn.model import create_model
 
     torch.manual_seed(0)
     return create_model(features=4, depth=2, name="tiny")
@@ -148,7 +148,7 @@ def untrained_model():
 @pytest.fixture(scope="module")
 def lab_tiny_model(lab_arrays):
     """A tiny U-Net (F=4, depth 2) trained for a few steps on 6 lab images, named "tiny"."""
-    from napari_unet_nuclei.training import TrainingConfig, train_model
+    from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
     x, y, _ = lab_arrays
     config = TrainingConfig(

@@ -9,22 +9,22 @@ import pytest
 import tifffile
 import torch
 
-from napari_unet_nuclei.acceleration import (
+from napari_unet_nuclei.events import TrainingStarted
+from napari_unet_nuclei.nn.acceleration import (
     make_runner,
     onnxruntime_available,
     resolve_backend,
     resolve_precision,
 )
-from napari_unet_nuclei.events import TrainingStarted
-from napari_unet_nuclei.inference import (
+from napari_unet_nuclei.nn.model import create_model
+from napari_unet_nuclei.prediction.inference import (
     TileGrid,
     balanced_tile_size,
     iter_predict,
     predict_logits,
     tile_positions,
 )
-from napari_unet_nuclei.model import create_model
-from napari_unet_nuclei.training import TrainingConfig, train
+from napari_unet_nuclei.train.training import TrainingConfig, train
 
 CPU = torch.device("cpu")
 needs_onnxruntime = pytest.mark.skipif(
@@ -48,7 +48,7 @@ def kromp_crop(kromp_root) -> np.ndarray:
 def test_precision_choice(native_bf16, monkeypatch) -> None:
     """Both kinds of CPU, whichever this one is: bf16 inference only where it is native,
     float32 training on both."""
-    import napari_unet_nuclei.acceleration as acceleration
+    import napari_unet_nuclei.nn.acceleration as acceleration
 
     monkeypatch.setattr(acceleration, "cpu_supports_bf16", lambda: native_bf16)
     assert resolve_precision("auto", CPU) == ("bf16" if native_bf16 else "fp32")
@@ -173,7 +173,7 @@ def test_training_reports_its_precision(lab_arrays) -> None:
 def test_training_precision_holds_across_epochs(lab_arrays, monkeypatch) -> None:
     """Regression: the epoch's validation scores once overwrote the compute precision, so
     from the second epoch on the CPU trained in emulated float16, ten times slower."""
-    import napari_unet_nuclei.training as training
+    import napari_unet_nuclei.train.training as training
 
     seen: list[str] = []
     real_autocast = training.autocast

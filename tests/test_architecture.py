@@ -94,8 +94,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_import_graph_is_read_correctly() -> None:
     graph = import_graph()
-    assert "napari_unet_nuclei.model_errors" in graph["napari_unet_nuclei.model_io"]
-    assert "napari_unet_nuclei.console" in graph["napari_unet_nuclei.demo"]  # a local import
+    assert "napari_unet_nuclei.io.model_errors" in graph["napari_unet_nuclei.io.model_io"]
+    assert (
+        "napari_unet_nuclei.console" in graph["napari_unet_nuclei.workflows.demo"]
+    )  # a local import
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
@@ -103,11 +105,71 @@ def test_no_module_imports_another_in_a_cycle() -> None:
     assert cycles(import_graph()) == []
 
 
+#: What each subpackage may import besides itself, lowest layer first (``events`` is the
+#: shared vocabulary of progress events; ``napari_unet_nuclei`` the root, for its version).
+LAYERS = {
+    "nn": set(),
+    "io": {"nn"},
+    "evaluate": {"nn"},
+    "prediction": {"nn", "io", "events"},
+    "train": {"nn", "io", "evaluate", "prediction", "events", "napari_unet_nuclei"},
+    "data": {"nn", "io"},
+    "project": {"nn", "io", "evaluate", "prediction", "train", "events"},
+    "console": {"train", "events"},
+    "workflows": {
+        "nn",
+        "io",
+        "evaluate",
+        "prediction",
+        "train",
+        "data",
+        "project",
+        "events",
+        "console",
+        "napari_unet_nuclei",
+    },
+    "_napari": {
+        "nn",
+        "io",
+        "evaluate",
+        "prediction",
+        "train",
+        "data",
+        "project",
+        "events",
+        "workflows",
+    },
+}
+
+
+def _layer(module: str) -> str:
+    """``napari_unet_nuclei.train.losses`` -> ``train``; root modules are their own."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_the_folders_show_the_architecture_and_lower_layers_never_import_higher() -> None:
+    graph = import_graph()
+    packages = {_layer(name) for name in graph if name.count(".") >= 2}
+    assert packages == set(LAYERS) - {"console"}, packages
+    for package in packages:
+        init = PACKAGE / package / "__init__.py"
+        docstring = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
+        assert docstring, f"{package}/__init__.py says in a line what the subpackage is for"
+    for name, imported in graph.items():
+        layer = _layer(name)
+        if layer not in LAYERS:  # cli (the top) and events (imported by all)
+            continue
+        for other in imported:
+            target = _layer(other)
+            assert target == layer or target in LAYERS[layer], f"{name} imports {other}"
+
+
 def test_the_engine_never_imports_the_gui() -> None:
     graph = import_graph()
-    engine = [name for name in graph if "._widgets" not in name and "_napari" not in name]
+    engine = [name for name in graph if "._napari" not in name]
     for name in engine:
-        gui = sorted(other for other in graph[name] if "._widgets" in other)
+        gui = sorted(other for other in graph[name] if "._napari" in other)
         assert not gui, f"{name} imports {gui}"
 
 

@@ -16,18 +16,18 @@ import tifffile
 import torch
 
 from napari_unet_nuclei.cli import main
-from napari_unet_nuclei.datasets import (
+from napari_unet_nuclei.io.datasets import (
     DataError,
     LabelledImage,
     check_training_labels,
     select_labelled,
     to_grey,
 )
-from napari_unet_nuclei.inference import iter_predict, predict
-from napari_unet_nuclei.model import create_model
-from napari_unet_nuclei.model_io import load_model, save_model
-from napari_unet_nuclei.normalization import ImageWarning
-from napari_unet_nuclei.training import TrainingConfig, train, train_model
+from napari_unet_nuclei.io.model_io import load_model, save_model
+from napari_unet_nuclei.nn.model import create_model
+from napari_unet_nuclei.nn.normalization import ImageWarning
+from napari_unet_nuclei.prediction.inference import iter_predict, predict
+from napari_unet_nuclei.train.training import TrainingConfig, train, train_model
 
 TINY = {
     "features": 4,

@@ -97,7 +97,7 @@ def test_rgb_layer_is_trained_on_as_grey_and_the_user_is_told(
 
 
 def test_rgb_layer_is_segmented_as_grey(qtbot, viewer, lab_arrays, tiny_model, notes) -> None:
-    from napari_unet_nuclei.inference import predict
+    from napari_unet_nuclei.prediction.inference import predict
 
     segment = widget(viewer, "Segment")
     segment.registry.add(tiny_model, "tiny")
@@ -116,9 +116,9 @@ def test_rgb_layer_is_segmented_as_grey(qtbot, viewer, lab_arrays, tiny_model, n
 
 
 def test_rgb_layer_is_evaluated_as_grey(qtbot, viewer, lab_arrays, tiny_model, notes) -> None:
-    from napari_unet_nuclei._widgets.evaluate_widget import PredictionSource
-    from napari_unet_nuclei.inference import predict
-    from napari_unet_nuclei.metrics import segmentation_scores
+    from napari_unet_nuclei._napari.evaluate_widget import PredictionSource
+    from napari_unet_nuclei.evaluate.metrics import segmentation_scores
+    from napari_unet_nuclei.prediction.inference import predict
 
     evaluate = widget(viewer, "Evaluate")
     evaluate.registry.add(tiny_model, "tiny")
@@ -256,8 +256,8 @@ def test_crafted_data_files_are_refused_by_the_napari_reader(viewer, tmp_path) -
 def test_crafted_and_damaged_model_files_through_the_widgets(
     viewer, tiny_model, tmp_path, notes
 ) -> None:
-    from napari_unet_nuclei.model import create_model
-    from napari_unet_nuclei.model_io import model_to_dict, save_model
+    from napari_unet_nuclei.io.model_io import model_to_dict, save_model
+    from napari_unet_nuclei.nn.model import create_model
 
     sentinel = tmp_path / "sentinel.txt"
     data = model_to_dict(tiny_model)

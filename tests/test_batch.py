@@ -12,7 +12,18 @@ import tifffile
 import zarr
 
 from conftest import drain
-from napari_unet_nuclei.batch import (
+from napari_unet_nuclei.cli import main
+from napari_unet_nuclei.events import BatchFinished, BatchStarted, FrameDone, ImageDone
+from napari_unet_nuclei.io.model_io import save_model
+from napari_unet_nuclei.io.zarr_io import create_ome_zarr
+from napari_unet_nuclei.nn.normalization import normalize_frame
+from napari_unet_nuclei.prediction.inference import InferenceCancelled, iter_predict, predict
+from napari_unet_nuclei.prediction.lazy import (
+    frame_intensity_range,
+    iter_predict_lazy,
+    predict_lazy,
+)
+from napari_unet_nuclei.workflows.batch import (
     BatchError,
     BatchInput,
     SegmentOptions,
@@ -20,18 +31,7 @@ from napari_unet_nuclei.batch import (
     open_image,
     segment_files,
 )
-from napari_unet_nuclei.cli import main
-from napari_unet_nuclei.events import BatchFinished, BatchStarted, FrameDone, ImageDone
-from napari_unet_nuclei.inference import InferenceCancelled, iter_predict, predict
-from napari_unet_nuclei.lazy import (
-    frame_intensity_range,
-    iter_predict_lazy,
-    predict_lazy,
-)
-from napari_unet_nuclei.model_io import save_model
-from napari_unet_nuclei.normalization import normalize_frame
 from napari_unet_nuclei.workflows.segment import iter_segment_to_zarr
-from napari_unet_nuclei.zarr_io import create_ome_zarr
 
 #: Three small real images (430 x 550, 763 x 1014, 1024 x 1024).
 KROMP_NAMES = ("Ganglioneuroblastoma_9", "otherspecimen_3", "otherspecimen_9")
@@ -210,7 +210,7 @@ def test_open_multipage_tiff_lazily_and_ome_zarr(tmp_path) -> None:
     two = create_ome_zarr(tmp_path / "two.ome.zarr", (2, 32, 40), np.uint16, axes=["c", "y", "x"])
     two[1] = stack[0]  # the nuclei in channel 1, channel 0 empty
     del two
-    from napari_unet_nuclei.normalization import ImageWarning
+    from napari_unet_nuclei.nn.normalization import ImageWarning
 
     with (
         pytest.warns(ImageWarning, match="has 2 channels: segmenting channel 1"),
@@ -398,7 +398,7 @@ def test_worker_reads_of_dask_arrays_leave_dask_global_callbacks_alone() -> None
     import dask.array as da
     from dask.callbacks import Callback
 
-    from napari_unet_nuclei.lazy import read_array
+    from napari_unet_nuclei.prediction.lazy import read_array
 
     seen_during_compute: list[bool] = []
     calls: list[str] = []
@@ -428,8 +428,8 @@ def test_segmenting_a_dask_stack_leaves_dask_global_callbacks_alone(model, kromp
     import dask.array as da
     from dask.callbacks import Callback
 
-    from napari_unet_nuclei.segmentation import default_instance_config
     from napari_unet_nuclei.workflows.segment import SegmentOutputs, iter_segment
+    from napari_unet_nuclei.workflows.segmentation import default_instance_config
 
     calls: list[str] = []
 

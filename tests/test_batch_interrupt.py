@@ -17,7 +17,7 @@ import tifffile
 import torch
 
 from napari_unet_nuclei.cli import main
-from napari_unet_nuclei.model_io import save_model
+from napari_unet_nuclei.io.model_io import save_model
 
 pytestmark = pytest.mark.skipif(
     not hasattr(signal, "SIGKILL"), reason="needs POSIX signals (SIGKILL)"

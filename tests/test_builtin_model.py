@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet_nuclei import builtin_models
-from napari_unet_nuclei.builtin_models import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_path
 from napari_unet_nuclei.cli import main
-from napari_unet_nuclei.model_io import ModelFileError, load_model
-from napari_unet_nuclei.object_metrics import object_scores
-from napari_unet_nuclei.segmentation import predict_instances
+from napari_unet_nuclei.evaluate.object_metrics import object_scores
+from napari_unet_nuclei.io import builtin_models
+from napari_unet_nuclei.io.builtin_models import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_path
+from napari_unet_nuclei.io.model_io import ModelFileError, load_model
+from napari_unet_nuclei.workflows.segmentation import predict_instances
 
 # Mean object F1 at IoU 0.5 of the built-in model on the first images of each test part
 # (benchmarks/generalist.py measures all of them), minus a margin of 0.05: a broken or
@@ -64,7 +64,7 @@ def test_a_changed_byte_is_refused_with_a_sentence(tmp_path, monkeypatch) -> Non
 def test_builtin_model_finds_real_nuclei_above_a_floor(
     builtin, kromp_root, one_torch_thread, collection, split
 ) -> None:
-    from napari_unet_nuclei.public_data import DataPart, load_part
+    from napari_unet_nuclei.data.public_data import DataPart, load_part
 
     items = load_part(DataPart(collection, split, ("test",)), kromp_root.parent, IMAGES_PER_PART)
     scores = []

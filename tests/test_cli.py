@@ -12,7 +12,7 @@ import pytest
 import tifffile
 
 from napari_unet_nuclei.cli import main
-from napari_unet_nuclei.model_io import load_model
+from napari_unet_nuclei.io.model_io import load_model
 
 TINY = [
     "--features",

@@ -21,7 +21,7 @@ def lab_stacks(lab_split):
 
 @pytest.fixture(scope="module")
 def cuda_model(lab_stacks):
-    from napari_unet_nuclei.training import TrainingConfig, train
+    from napari_unet_nuclei.train.training import TrainingConfig, train
 
     x_train, y_train, x_test, y_test = lab_stacks
     config = TrainingConfig(features=8, depth=4, epochs=6, steps_per_epoch=30, seed=0)
@@ -55,8 +55,8 @@ def test_cuda_training_learns_and_returns_a_cpu_model(cuda_model, lab_stacks):
 
 
 def test_cuda_inference_matches_cpu(cuda_model, lab_stacks):
-    from napari_unet_nuclei.inference import predict
-    from napari_unet_nuclei.metrics import segmentation_scores
+    from napari_unet_nuclei.evaluate.metrics import segmentation_scores
+    from napari_unet_nuclei.prediction.inference import predict
 
     model = cuda_model[-1].model
     _, _, x_test, _ = lab_stacks
@@ -73,7 +73,7 @@ def test_cuda_inference_matches_cpu(cuda_model, lab_stacks):
 def test_cuda_tiled_large_image_and_tta(cuda_model, kromp_root):
     import tifffile
 
-    from napari_unet_nuclei.inference import predict
+    from napari_unet_nuclei.prediction.inference import predict
 
     model = cuda_model[-1].model
     image = tifffile.imread(kromp_root / "images" / "Neuroblastoma_0.tif")
@@ -88,8 +88,8 @@ def test_cuda_tiled_large_image_and_tta(cuda_model, kromp_root):
 
 
 def test_lazy_inference_on_cuda(cuda_model, lab_stacks):
-    from napari_unet_nuclei.inference import predict
-    from napari_unet_nuclei.lazy import predict_lazy
+    from napari_unet_nuclei.prediction.inference import predict
+    from napari_unet_nuclei.prediction.lazy import predict_lazy
 
     model = cuda_model[-1].model
     _, _, x_test, _ = lab_stacks
@@ -114,7 +114,7 @@ def test_cuda_model_file_round_trip(cuda_model, lab_stacks, tmp_path):
 
 
 def test_fine_tuning_on_cuda_from_a_cpu_model(kromp_tiny_model, lab_stacks):
-    from napari_unet_nuclei.training import TrainingConfig, train_model
+    from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
     x_train, y_train, _, _ = lab_stacks
     tuned = train_model(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet_nuclei.datasets import (
+from napari_unet_nuclei.io.datasets import (
     DataError,
     LabelledImage,
     load_dataset,
@@ -24,8 +24,8 @@ from napari_unet_nuclei.datasets import (
     stack_to_items,
     to_grey,
 )
-from napari_unet_nuclei.normalization import ImageWarning
-from napari_unet_nuclei.safe_pickle import UnsafeFileError
+from napari_unet_nuclei.io.safe_pickle import UnsafeFileError
+from napari_unet_nuclei.nn.normalization import ImageWarning
 
 
 def _smallest(kromp_root: Path, count: int = 3) -> list[str]:

@@ -14,10 +14,14 @@ import tifffile
 import torch
 import yaml
 
-from napari_unet_nuclei.augmentation import AugmentationConfig
 from napari_unet_nuclei.cli import main
-from napari_unet_nuclei.datasets import load_dataset, parse_split, select_by_names
-from napari_unet_nuclei.export import (
+from napari_unet_nuclei.io.datasets import load_dataset, parse_split, select_by_names
+from napari_unet_nuclei.io.model_io import ModelFileError, load_model, save_model
+from napari_unet_nuclei.nn.normalization import normalize_frame
+from napari_unet_nuclei.prediction.inference import predict
+from napari_unet_nuclei.train.augmentation import AugmentationConfig
+from napari_unet_nuclei.train.training import TrainingConfig, train_model
+from napari_unet_nuclei.workflows.export import (
     BioimageioPackageError,
     ExportError,
     export_bioimageio,
@@ -28,10 +32,6 @@ from napari_unet_nuclei.export import (
     portable_network,
     validate_bioimageio,
 )
-from napari_unet_nuclei.inference import predict
-from napari_unet_nuclei.model_io import ModelFileError, load_model, save_model
-from napari_unet_nuclei.normalization import normalize_frame
-from napari_unet_nuclei.training import TrainingConfig, train_model
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("bioimageio.spec")
@@ -111,7 +111,7 @@ def test_onnx_matches_pytorch_under_onnxruntime(model, real_inputs, tmp_path) ->
         np.testing.assert_allclose(logits, _torch_logits(model, x), atol=1e-4, rtol=0)
     metadata = session.get_modelmeta().custom_metadata_map
     assert metadata["napari_unet_nuclei.format"] == "napari-unet-nuclei-model"
-    assert "99.8" in metadata["napari_unet_nuclei.normalization"]
+    assert "99.8" in metadata["napari_unet_nuclei.nn.normalization"]
 
 
 def test_torchscript_matches_pytorch(model, real_inputs, tmp_path) -> None:

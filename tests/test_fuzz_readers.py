@@ -58,8 +58,7 @@ import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_unet_nuclei.batch import BatchError, SegmentOptions, open_image, segment_files
-from napari_unet_nuclei.datasets import (
+from napari_unet_nuclei.io.datasets import (
     DataError,
     LabelledImage,
     parse_split,
@@ -68,23 +67,29 @@ from napari_unet_nuclei.datasets import (
     read_lab_pickle,
     read_npz,
 )
-from napari_unet_nuclei.export import (
-    BioimageioPackageError,
-    export_bioimageio,
-    import_bioimageio,
-)
-from napari_unet_nuclei.ledger import Ledger, data_item, score_held_out
-from napari_unet_nuclei.measurements import (
+from napari_unet_nuclei.io.model_io import ModelFileError, load_model, save_model
+from napari_unet_nuclei.io.safe_pickle import UnsafeFileError
+from napari_unet_nuclei.io.zarr_io import ZarrFileError, create_ome_zarr, open_zarr_image
+from napari_unet_nuclei.nn.model import NucleiModel
+from napari_unet_nuclei.prediction.measurements import (
     MeasurementsFileError,
     measure_nuclei,
     read_measurements_csv,
     write_measurements_csv,
 )
-from napari_unet_nuclei.model import NucleiModel
-from napari_unet_nuclei.model_io import ModelFileError, load_model, save_model
-from napari_unet_nuclei.project import ProjectError, TrainingProject
-from napari_unet_nuclei.safe_pickle import UnsafeFileError
-from napari_unet_nuclei.zarr_io import ZarrFileError, create_ome_zarr, open_zarr_image
+from napari_unet_nuclei.project.folder import ProjectError, TrainingProject
+from napari_unet_nuclei.project.ledger import Ledger, data_item, score_held_out
+from napari_unet_nuclei.workflows.batch import (
+    BatchError,
+    SegmentOptions,
+    open_image,
+    segment_files,
+)
+from napari_unet_nuclei.workflows.export import (
+    BioimageioPackageError,
+    export_bioimageio,
+    import_bioimageio,
+)
 
 #: Generated examples per reader and per hypothesis test (more: the environment variable).
 EXAMPLES = int(os.environ.get("NAPARI_UNET_NUCLEI_FUZZ_EXAMPLES", "20"))
@@ -1223,8 +1228,8 @@ def test_batch_records_damaged_inputs_and_finishes_the_others(
 def test_bad_model_files_in_the_pickers(make_napari_viewer, readers, work, monkeypatch) -> None:
     from napari.utils import notifications
 
-    from napari_unet_nuclei._widgets import model_picker
-    from napari_unet_nuclei._widgets.model_picker import LOAD_FILE
+    from napari_unet_nuclei._napari import model_picker
+    from napari_unet_nuclei._napari.model_picker import LOAD_FILE
 
     shown: list[str] = []
     monkeypatch.setattr(notifications, "show_error", shown.append)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_unet_nuclei.events import FrameDone, TileDone
-from napari_unet_nuclei.inference import (
+from napari_unet_nuclei.prediction.inference import (
     InferenceCancelled,
     iter_predict,
     predict,
@@ -106,7 +106,7 @@ def test_one_overlap_rule_for_every_tile_size(model, kromp_root) -> None:
     """Docks, command line and API share ``default_overlap``: an eighth of the tile."""
     import tifffile
 
-    from napari_unet_nuclei.inference import default_overlap
+    from napari_unet_nuclei.prediction.inference import default_overlap
 
     assert [default_overlap(t) for t in (32, 64, 128, 512, 2048)] == [8, 8, 16, 64, 64]
     image = tifffile.imread(kromp_root / "images" / "normal_16.tif")[:200, :300]

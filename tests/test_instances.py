@@ -8,14 +8,14 @@ import tifffile
 from scipy import ndimage as ndi
 from skimage.measure import label
 
-from napari_unet_nuclei.instances import (
+from napari_unet_nuclei.evaluate.object_metrics import object_scores
+from napari_unet_nuclei.prediction.instances import (
     InstanceConfig,
     instances_from_mask,
     instances_from_probabilities,
     iter_instances,
     label_stack,
 )
-from napari_unet_nuclei.object_metrics import object_scores
 
 
 def _discs(shape: tuple[int, int], centres: list[tuple[int, int]], radius: float) -> np.ndarray:
@@ -117,7 +117,7 @@ def test_single_peak_shortcut_gives_skimage_h_maxima_exactly(kromp_root, seeds: 
     the merged masks of real dense images (touching nuclei make many multi-peak parts)."""
     from skimage.morphology import h_maxima
 
-    from napari_unet_nuclei import instances
+    from napari_unet_nuclei.prediction import instances
 
     for name in ("Ganglioneuroblastoma_7", "normal_34"):
         truth = tifffile.imread(kromp_root / "masks" / f"{name}.tif")[:512, :512]

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet_nuclei import training
 from napari_unet_nuclei.cli import main
 from napari_unet_nuclei.events import TrainingFinished, TrainingStep
-from napari_unet_nuclei.inference import InferenceCancelled, iter_predict, predict
-from napari_unet_nuclei.model import create_model
-from napari_unet_nuclei.model_io import load_model, save_model
-from napari_unet_nuclei.training import TrainingConfig, train
+from napari_unet_nuclei.io.model_io import load_model, save_model
+from napari_unet_nuclei.nn.model import create_model
+from napari_unet_nuclei.prediction.inference import InferenceCancelled, iter_predict, predict
+from napari_unet_nuclei.train import training
+from napari_unet_nuclei.train.training import TrainingConfig, train
 
 SMALL = {"features": 4, "depth": 2, "batch_size": 2, "patch_size": 32, "device": "cpu"}
 PLUGIN = "napari-unet-nuclei"
@@ -56,8 +56,8 @@ def test_save_killed_halfway_through_the_write_keeps_the_old_file(tmp_path, lab_
         f"""
         import io, time, torch
         from pathlib import Path
-        from napari_unet_nuclei import model_io
-        from napari_unet_nuclei.model import create_model
+        from napari_unet_nuclei.io import model_io
+        from napari_unet_nuclei.nn.model import create_model
         real_save = torch.save
         def half_then_hang(obj, stream, *args, **kwargs):
             buffer = io.BytesIO()
@@ -98,8 +98,8 @@ def test_repeated_saves_killed_at_any_moment_leave_a_whole_file(tmp_path) -> Non
     script = textwrap.dedent(
         f"""
         import torch
-        from napari_unet_nuclei.model import create_model
-        from napari_unet_nuclei.model_io import save_model
+        from napari_unet_nuclei.nn.model import create_model
+        from napari_unet_nuclei.io.model_io import save_model
         torch.manual_seed(0)
         model = create_model(16, 4)
         for generation in range(1000):
@@ -304,7 +304,7 @@ def test_nan_loss_in_napari_warns_and_keeps_the_last_good_model(
 
 @pytest.mark.gui
 def test_cancelled_batch_over_layers_keeps_finished_frames(qtbot, lab_viewer, lab_arrays) -> None:
-    from napari_unet_nuclei.inference import predict as engine_predict
+    from napari_unet_nuclei.prediction.inference import predict as engine_predict
 
     segment = lab_viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")[1]
     torch.manual_seed(0)
@@ -342,7 +342,7 @@ def test_cancelled_batch_over_layers_keeps_finished_frames(qtbot, lab_viewer, la
 
 def test_an_interrupted_write_leaves_the_earlier_file_and_no_temporary(tmp_path) -> None:
     """file_writing.atomic_path: the one rule behind every file the package writes."""
-    from napari_unet_nuclei.file_writing import atomic_path
+    from napari_unet_nuclei.io.file_writing import atomic_path
 
     target = tmp_path / "sub" / "model.pt"
     with atomic_path(target) as temporary:

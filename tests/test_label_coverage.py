@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet_nuclei.label_coverage import (
+from napari_unet_nuclei.train.label_coverage import (
     PartialLabelsWarning,
     label_coverage,
     partial_labels_note,
 )
-from napari_unet_nuclei.training import TrainingConfig, train_model
+from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
 #: One training step of a tiny network, no validation: enough to see what training says.
 ONE_STEP = {
@@ -91,7 +91,7 @@ def test_training_warns_on_partial_labels_unless_regions_say_where(kromp_pairs) 
 
 
 def test_training_on_a_tiny_image_says_it_is_too_small() -> None:
-    from napari_unet_nuclei.normalization import ImageWarning
+    from napari_unet_nuclei.nn.normalization import ImageWarning
 
     rng = np.random.default_rng(0)
     image = rng.random((5, 5)).astype(np.float32)

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet_nuclei.inference import predict
-from napari_unet_nuclei.ledger import (
+from napari_unet_nuclei.evaluate.metrics import confusion_counts, precision_recall_curve
+from napari_unet_nuclei.prediction.inference import predict
+from napari_unet_nuclei.project.folder import HELD_OUT, ProjectError, TrainingProject
+from napari_unet_nuclei.project.ledger import (
     HeldOutScores,
     Ledger,
     data_item,
     score_held_out,
     weights_sha256,
 )
-from napari_unet_nuclei.metrics import confusion_counts, precision_recall_curve
-from napari_unet_nuclei.project import HELD_OUT, ProjectError, TrainingProject
-from napari_unet_nuclei.training import TrainingConfig, train_model
+from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
 TRAIN_FRAMES, HELD_FRAMES = range(0, 6), range(70, 73)
 

@@ -41,7 +41,7 @@ def test_widget_is_added_through_the_manifest(make_napari_viewer, name: str) -> 
 
 @pytest.mark.parametrize("fixture", ["lab_pickle", "lab_npz"])
 def test_reader_opens_image_and_labels_stacks(request, fixture: str) -> None:
-    from napari_unet_nuclei._napari_reader import get_reader
+    from napari_unet_nuclei._napari.reader import get_reader
 
     path = str(request.getfixturevalue(fixture))
     reader = get_reader(path)
@@ -55,7 +55,7 @@ def test_reader_opens_image_and_labels_stacks(request, fixture: str) -> None:
 
 
 def test_reader_matches_the_npz(lab_npz, lab_pickle, lab_arrays) -> None:
-    from napari_unet_nuclei._napari_reader import read_lab_file
+    from napari_unet_nuclei._napari.reader import read_lab_file
 
     x, y, _ = lab_arrays
     for path in (lab_npz, lab_pickle):
@@ -65,7 +65,7 @@ def test_reader_matches_the_npz(lab_npz, lab_pickle, lab_arrays) -> None:
 
 
 def test_reader_declines_other_files(tmp_path: Path) -> None:
-    from napari_unet_nuclei._napari_reader import get_reader, read_lab_file
+    from napari_unet_nuclei._napari.reader import get_reader, read_lab_file
 
     other = tmp_path / "other.npz"
     np.savez(other, a=np.zeros(3))
@@ -86,8 +86,8 @@ class _RunsCode:
 
 
 def test_reader_refuses_an_unsafe_pickle_with_a_clear_error(tmp_path: Path) -> None:
-    from napari_unet_nuclei._napari_reader import get_reader
-    from napari_unet_nuclei.safe_pickle import UnsafeFileError
+    from napari_unet_nuclei._napari.reader import get_reader
+    from napari_unet_nuclei.io.safe_pickle import UnsafeFileError
 
     path = tmp_path / "evil.pck"
     path.write_bytes(pickle.dumps((_RunsCode(), np.zeros((2, 4, 4))), protocol=4))
@@ -107,7 +107,7 @@ def test_viewer_opens_the_lab_file(make_napari_viewer, lab_npz) -> None:
 
 
 def test_synthetic_sample_gives_image_and_labels() -> None:
-    from napari_unet_nuclei._napari_sample_data import synthetic_nuclei
+    from napari_unet_nuclei._napari.samples import synthetic_nuclei
 
     (image, _, image_kind), (labels, _, labels_kind) = synthetic_nuclei()
     assert (image_kind, labels_kind) == ("image", "labels")
@@ -116,7 +116,7 @@ def test_synthetic_sample_gives_image_and_labels() -> None:
 
 
 def test_kromp_sample_gives_image_and_labels(kromp_root, monkeypatch) -> None:
-    from napari_unet_nuclei._napari_sample_data import KROMP_ENV, kromp_nuclei
+    from napari_unet_nuclei._napari.samples import KROMP_ENV, kromp_nuclei
 
     monkeypatch.setenv(KROMP_ENV, str(kromp_root))
     (image, meta, image_kind), (labels, _, labels_kind) = kromp_nuclei()
@@ -128,7 +128,7 @@ def test_kromp_sample_gives_image_and_labels(kromp_root, monkeypatch) -> None:
 
 def test_kromp_sample_is_found_from_any_folder(kromp_root, tmp_path, monkeypatch) -> None:
     """The data folder the tests use, not the folder napari was started from."""
-    from napari_unet_nuclei import _napari_sample_data as samples
+    from napari_unet_nuclei._napari import samples as samples
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(samples.KROMP_ENV, raising=False)
@@ -142,8 +142,8 @@ def test_kromp_sample_in_the_user_data_folder_in_the_archive_layout(
     kromp_root, tmp_path, monkeypatch
 ) -> None:
     """Where fetch_kromp() unpacks the BioStudies archive: rawimages/ and groundtruth/."""
-    from napari_unet_nuclei import _napari_sample_data as samples
-    from napari_unet_nuclei import sample_data
+    from napari_unet_nuclei._napari import samples as samples
+    from napari_unet_nuclei.data import sample_data
 
     archive = tmp_path / "cache" / "kromp2020" / "dataset"
     (archive / "rawimages").mkdir(parents=True)
@@ -162,8 +162,8 @@ def test_kromp_sample_in_the_user_data_folder_in_the_archive_layout(
 
 
 def test_kromp_sample_says_where_it_looked_and_how_to_get_the_data(tmp_path, monkeypatch) -> None:
-    from napari_unet_nuclei import _napari_sample_data as samples
-    from napari_unet_nuclei import sample_data
+    from napari_unet_nuclei._napari import samples as samples
+    from napari_unet_nuclei.data import sample_data
 
     monkeypatch.setenv(samples.KROMP_ENV, str(tmp_path / "nowhere"))
     monkeypatch.setenv(samples.DATA_ENV, str(tmp_path / "no data"))
@@ -178,7 +178,7 @@ def test_kromp_sample_says_where_it_looked_and_how_to_get_the_data(tmp_path, mon
 
 @pytest.mark.gui
 def test_samples_open_through_the_manifest(make_napari_viewer, kromp_root, monkeypatch) -> None:
-    from napari_unet_nuclei._napari_sample_data import KROMP_ENV
+    from napari_unet_nuclei._napari.samples import KROMP_ENV
 
     monkeypatch.setenv(KROMP_ENV, str(kromp_root))
     viewer = make_napari_viewer()

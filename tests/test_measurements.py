@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from skimage.measure import regionprops
 
-from napari_unet_nuclei.measurements import (
+from napari_unet_nuclei.prediction.measurements import (
     MEASUREMENT_COLUMNS,
     measure_nuclei,
     read_measurements_csv,

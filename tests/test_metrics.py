@@ -11,7 +11,7 @@ import tifffile
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from napari_unet_nuclei.metrics import (
+from napari_unet_nuclei.evaluate.metrics import (
     ERROR_CLASSES,
     ERROR_COLORS,
     LAB_LOGIT_THRESHOLDS,

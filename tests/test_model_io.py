@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet_nuclei.inference import predict
-from napari_unet_nuclei.model import create_model
-from napari_unet_nuclei.model_io import (
+from napari_unet_nuclei.io.model_io import (
     FORMAT_VERSION,
     ModelFileError,
     load_model,
     model_to_dict,
     save_model,
 )
+from napari_unet_nuclei.nn.model import create_model
+from napari_unet_nuclei.prediction.inference import predict
 
 
 def test_save_load_gives_identical_outputs(tmp_path, lab_arrays) -> None:
@@ -102,8 +102,8 @@ def test_interrupted_save_keeps_old_file(tmp_path) -> None:
     script = textwrap.dedent(
         f"""
         import os, signal, torch
-        from napari_unet_nuclei import model_io
-        from napari_unet_nuclei.model import create_model
+        from napari_unet_nuclei.io import model_io
+        from napari_unet_nuclei.nn.model import create_model
         real_save = torch.save
         def dying_save(obj, stream, *a, **k):
             real_save(obj, stream, *a, **k)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_unet_nuclei.network import UNet, UNetConfig, build_unet
+from napari_unet_nuclei.nn.network import UNet, UNetConfig, build_unet
 
 
 @pytest.mark.parametrize(("features", "depth"), [(4, 2), (8, 4), (4, 1), (2, 5)])

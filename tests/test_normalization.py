@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from napari_unet_nuclei.normalization import (
+from napari_unet_nuclei.nn.normalization import (
     ImageWarning,
     NormalizationConfig,
     normalize_frame,

@@ -11,8 +11,9 @@ import tifffile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from napari_unet_nuclei.evaluate.object_metrics import object_error_map
 from napari_unet_nuclei.events import run_to_end
-from napari_unet_nuclei.nucleus_size import (
+from napari_unet_nuclei.prediction.nucleus_size import (
     BUILTIN_TRAINED_DIAMETER,
     diameter_of_masks,
     estimate_diameter,
@@ -20,14 +21,13 @@ from napari_unet_nuclei.nucleus_size import (
     resize_to,
     trained_diameter,
 )
-from napari_unet_nuclei.object_metrics import object_error_map
-from napari_unet_nuclei.segmentation import default_instance_config
 from napari_unet_nuclei.workflows.segment import SegmentOutputs, iter_segment
+from napari_unet_nuclei.workflows.segmentation import default_instance_config
 
 
 @pytest.fixture(scope="module")
 def builtin():
-    from napari_unet_nuclei.model_io import load_model
+    from napari_unet_nuclei.io.model_io import load_model
 
     return load_model("fluo-nuclei")
 

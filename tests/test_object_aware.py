@@ -9,17 +9,21 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet_nuclei.instances import InstanceConfig, instances_from_maps, iter_instances
-from napari_unet_nuclei.model import create_model
-from napari_unet_nuclei.model_io import load_model, model_to_dict, save_model
-from napari_unet_nuclei.object_metrics import object_scores
-from napari_unet_nuclei.object_targets import (
+from napari_unet_nuclei.evaluate.object_metrics import object_scores
+from napari_unet_nuclei.io.model_io import load_model, model_to_dict, save_model
+from napari_unet_nuclei.nn.model import create_model
+from napari_unet_nuclei.nn.object_targets import (
     instance_labels,
     object_maps,
     painted_with_one_value,
 )
-from napari_unet_nuclei.segmentation import default_instance_config, predict_instances
-from napari_unet_nuclei.stitching import stitch_slices
+from napari_unet_nuclei.prediction.instances import (
+    InstanceConfig,
+    instances_from_maps,
+    iter_instances,
+)
+from napari_unet_nuclei.prediction.stitching import stitch_slices
+from napari_unet_nuclei.workflows.segmentation import default_instance_config, predict_instances
 
 # Two nuclei of Ganglioneuroblastoma_2 (a Kromp training image) that touch along ~20
 # pixels without a neck: the distance-transform watershed of their mask keeps them as one.
@@ -80,7 +84,7 @@ def test_centre_map_seeds_split_what_the_mask_shape_cannot(touching_pair) -> Non
     _, labels = touching_pair
     probabilities = (labels > 0).astype(np.float32)
     centre, boundary = object_maps(labels, ("centre", "boundary"))
-    from napari_unet_nuclei.instances import instances_from_probabilities
+    from napari_unet_nuclei.prediction.instances import instances_from_probabilities
 
     assert instances_from_probabilities(probabilities).max() == 1  # the shape alone merges
     for seeds, maps in (("centre", {"centre": centre}), ("boundary", {"boundary": boundary})):
@@ -95,7 +99,7 @@ def test_centre_map_seeds_split_what_the_mask_shape_cannot(touching_pair) -> Non
 def test_two_ids_teach_the_network_to_separate_one_value_teaches_it_to_merge(
     touching_pair, one_torch_thread
 ) -> None:
-    from napari_unet_nuclei.training import TrainingConfig, train_model
+    from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
     image, labels = touching_pair
     config = TrainingConfig(
@@ -157,8 +161,8 @@ def test_z_stack_gives_about_as_many_3d_nuclei_as_there_are(kromp_root, one_torc
     """The shared 60 x 256 x 256 stack holds 20 nuclei (machine-made labels): slices linked
     one by one gave 224 objects; the stack as one volume gives about 20, none in a single
     slice, matching the labels' nuclei."""
-    from napari_unet_nuclei.measurements import measure_nuclei
-    from napari_unet_nuclei.object_metrics import object_error_map
+    from napari_unet_nuclei.evaluate.object_metrics import object_error_map
+    from napari_unet_nuclei.prediction.measurements import measure_nuclei
 
     folder = kromp_root.parent / "nuclei3d"
     stack = tifffile.imread(folder / "nuclei.tif")
@@ -233,9 +237,13 @@ def test_exports_of_an_object_aware_model_carry_the_nucleus_probability(
     import onnxruntime as ort
     import torch
 
-    from napari_unet_nuclei.export import export_bioimageio, export_onnx, import_bioimageio
-    from napari_unet_nuclei.inference import predict
-    from napari_unet_nuclei.normalization import normalize_frame
+    from napari_unet_nuclei.nn.normalization import normalize_frame
+    from napari_unet_nuclei.prediction.inference import predict
+    from napari_unet_nuclei.workflows.export import (
+        export_bioimageio,
+        export_onnx,
+        import_bioimageio,
+    )
 
     image, _ = touching_pair
     torch.manual_seed(0)
@@ -256,7 +264,7 @@ def test_exports_of_an_object_aware_model_carry_the_nucleus_probability(
 
 
 def test_fine_tuning_keeps_the_instance_rule_of_the_model_it_started_from(touching_pair) -> None:
-    from napari_unet_nuclei.training import TrainingConfig, train_model
+    from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
     image, labels = touching_pair
     start = create_model(features=4, depth=2, object_maps=("centre", "boundary"))
@@ -271,7 +279,7 @@ def test_fine_tuning_keeps_the_instance_rule_of_the_model_it_started_from(touchi
 
 
 def test_training_chooses_the_instance_rule_on_validation_images(kromp_root) -> None:
-    from napari_unet_nuclei.training import TrainingConfig, train_model
+    from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
     image = tifffile.imread(kromp_root / "images" / "Ganglioneuroblastoma_0.tif")[:128, :256]
     labels = tifffile.imread(kromp_root / "masks" / "Ganglioneuroblastoma_0.tif")[:128, :256]
@@ -301,7 +309,7 @@ def test_training_chooses_the_instance_rule_on_validation_images(kromp_root) -> 
 def test_z_slices_are_told_from_separate_frames(kromp_root) -> None:
     import tifffile
 
-    from napari_unet_nuclei.volumes import looks_like_z_slices
+    from napari_unet_nuclei.prediction.volumes import looks_like_z_slices
 
     stack = tifffile.imread(kromp_root.parent / "nuclei3d" / "nuclei.tif")[16:40, :128, :128]
     masks = stack > np.percentile(stack, 80)

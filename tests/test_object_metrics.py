@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from skimage.measure import label
 
-from napari_unet_nuclei.object_metrics import (
+from napari_unet_nuclei.evaluate.object_metrics import (
     DSB_THRESHOLDS,
     OBJECT_ERROR_CLASSES,
     OBJECT_ERROR_COLORS,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet_nuclei._widgets._object_jobs import to_labels
-from napari_unet_nuclei.object_targets import instance_labels
+from napari_unet_nuclei._napari._object_jobs import to_labels
+from napari_unet_nuclei.nn.object_targets import instance_labels
 from napari_unet_nuclei.workflows.evaluate import _truth_labels
 
 

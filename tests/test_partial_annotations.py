@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet_nuclei.annotations import annotated_pixel_count, region_mask, regions_mask
-from napari_unet_nuclei.augmentation import AugmentationConfig
-from napari_unet_nuclei.ledger import weights_sha256
-from napari_unet_nuclei.patches import PatchSampler
-from napari_unet_nuclei.training import TrainingConfig, train_model
+from napari_unet_nuclei.project.ledger import weights_sha256
+from napari_unet_nuclei.train.annotations import annotated_pixel_count, region_mask, regions_mask
+from napari_unet_nuclei.train.augmentation import AugmentationConfig
+from napari_unet_nuclei.train.patches import PatchSampler
+from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
 
 def tiny_config(**changes) -> TrainingConfig:

@@ -11,7 +11,7 @@ import tifffile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_unet_nuclei.pixel_size import (
+from napari_unet_nuclei.io.pixel_size import (
     file_pixel_size,
     micrometres,
     spatial_pixel_size,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet_nuclei.project import (
+from napari_unet_nuclei.project.folder import (
     HELD_OUT,
     INDEX_NAME,
     TRAIN,
@@ -152,7 +152,7 @@ def test_foreign_corrupted_and_tampered_folders_give_clear_errors(tmp_path, krom
 def test_an_interrupted_index_write_keeps_the_old_index(
     tmp_path, kromp_pairs, monkeypatch
 ) -> None:
-    from napari_unet_nuclei import project as module
+    from napari_unet_nuclei.project import folder as module
 
     project = TrainingProject.create(tmp_path / "p")
     (n1, im1, lab1), (n2, im2, lab2), _ = kromp_pairs

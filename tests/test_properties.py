@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from napari_unet_nuclei.inference import predict, threshold_mask
-from napari_unet_nuclei.metrics import confusion_counts, error_map, segmentation_scores
-from napari_unet_nuclei.model import create_model
+from napari_unet_nuclei.evaluate.metrics import confusion_counts, error_map, segmentation_scores
+from napari_unet_nuclei.nn.model import create_model
+from napari_unet_nuclei.prediction.inference import predict, threshold_mask
 
 SETTINGS = settings(
     max_examples=25,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet_nuclei.safe_pickle import UnsafeFileError, load_tensor_pickle
+from napari_unet_nuclei.io.safe_pickle import UnsafeFileError, load_tensor_pickle
 
 
 def test_lab_pickle_equals_npz(lab_pickle: Path, lab_arrays) -> None:

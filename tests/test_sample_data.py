@@ -12,8 +12,7 @@ import pytest
 import tifffile
 from skimage.filters import threshold_otsu
 
-from napari_unet_nuclei.datasets import DataError
-from napari_unet_nuclei.sample_data import (
+from napari_unet_nuclei.data.sample_data import (
     KROMP_HASH,
     KROMP_URL,
     fetch_kromp,
@@ -21,6 +20,7 @@ from napari_unet_nuclei.sample_data import (
     make_synthetic_nuclei,
     synthetic_dataset,
 )
+from napari_unet_nuclei.io.datasets import DataError
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import drain
-from napari_unet_nuclei.augmentation import AugmentationConfig, augment_batch
+from napari_unet_nuclei.evaluate.metrics import segmentation_scores
 from napari_unet_nuclei.events import (
     BestModel,
     EpochEnd,
@@ -18,10 +18,10 @@ from napari_unet_nuclei.events import (
     TrainingStarted,
     TrainingStep,
 )
-from napari_unet_nuclei.inference import predict
-from napari_unet_nuclei.metrics import segmentation_scores
-from napari_unet_nuclei.model import create_model
-from napari_unet_nuclei.training import TrainingConfig, train, train_model
+from napari_unet_nuclei.nn.model import create_model
+from napari_unet_nuclei.prediction.inference import predict
+from napari_unet_nuclei.train.augmentation import AugmentationConfig, augment_batch
+from napari_unet_nuclei.train.training import TrainingConfig, train, train_model
 
 SMALL = {"features": 4, "depth": 2, "batch_size": 4, "patch_size": 64}
 
@@ -246,7 +246,7 @@ def test_validation_by_names(lab_split) -> None:
 def test_few_images_each_lend_a_band_to_validation_many_lend_whole_images() -> None:
     """Two corrected images are both trained on and both judged on (a bottom band of each);
     from five images on, whole images are held out."""
-    from napari_unet_nuclei.training_data import (
+    from napari_unet_nuclei.train.training_data import (
         BAND_FRACTION,
         BANDS_BELOW_IMAGES,
         TrainingSplit,

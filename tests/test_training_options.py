@@ -8,17 +8,17 @@ import pytest
 import torch
 
 from napari_unet_nuclei import load_model, save_model
+from napari_unet_nuclei.evaluate.metrics import segmentation_scores
 from napari_unet_nuclei.events import TrainingStarted
-from napari_unet_nuclei.inference import predict
-from napari_unet_nuclei.losses import LOSSES, lovasz_hinge, probability_loss
-from napari_unet_nuclei.metrics import segmentation_scores
-from napari_unet_nuclei.training import (
+from napari_unet_nuclei.prediction.inference import predict
+from napari_unet_nuclei.train.losses import LOSSES, lovasz_hinge, probability_loss
+from napari_unet_nuclei.train.training import (
     MIN_STEPS_PER_EPOCH_TIMED,
     TrainingConfig,
     train,
     train_model,
 )
-from napari_unet_nuclei.training_validation import CALIBRATION_THRESHOLDS
+from napari_unet_nuclei.train.training_validation import CALIBRATION_THRESHOLDS
 
 SMALL = {"features": 4, "depth": 2, "batch_size": 4, "patch_size": 64}
 LEARNS = {"features": 8, "depth": 2, "batch_size": 8, "patch_size": 128}  # F1 > 0.75 in 36 steps
@@ -130,9 +130,9 @@ def test_weight_averaging_keeps_the_average_not_the_last_weights(lab_split) -> N
 
 @pytest.mark.slow
 def test_threshold_is_chosen_by_nuclei_on_the_validation_images(lab_split) -> None:
-    from napari_unet_nuclei.object_metrics import object_scores
-    from napari_unet_nuclei.object_targets import instance_labels
-    from napari_unet_nuclei.segmentation import predict_instances
+    from napari_unet_nuclei.evaluate.object_metrics import object_scores
+    from napari_unet_nuclei.nn.object_targets import instance_labels
+    from napari_unet_nuclei.workflows.segmentation import predict_instances
 
     x_train, y_train, x_test, y_test = lab_split
     config = TrainingConfig(features=8, depth=2, batch_size=8, epochs=3, seed=0)
@@ -220,7 +220,7 @@ def test_time_budget_validates_at_most_every_30_steps(lab_split) -> None:
 
 
 def test_a_replayed_share_of_each_batch_comes_from_the_replayed_images() -> None:
-    from napari_unet_nuclei.patches import PatchSampler, ReplayMix
+    from napari_unet_nuclei.train.patches import PatchSampler, ReplayMix
 
     rng = np.random.default_rng(0)
     own = PatchSampler([np.zeros((64, 64), np.float32)], [np.zeros((64, 64))], 32, rng=rng)
@@ -238,8 +238,8 @@ def test_a_replayed_share_of_each_batch_comes_from_the_replayed_images() -> None
 def test_fine_tuning_replays_the_generalist_images_and_records_the_nucleus_size(
     lab_split, lab_tiny_model
 ) -> None:
-    from napari_unet_nuclei.nucleus_size import diameter_of_masks
-    from napari_unet_nuclei.public_data import replay_sample
+    from napari_unet_nuclei.data.public_data import replay_sample
+    from napari_unet_nuclei.prediction.nucleus_size import diameter_of_masks
 
     x_train, y_train, x_test, y_test = lab_split
     replayed = replay_sample(3, seed=1)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet_nuclei.inference import InferenceCancelled
-from napari_unet_nuclei.uncertainty import (
+from napari_unet_nuclei.prediction.inference import InferenceCancelled
+from napari_unet_nuclei.prediction.uncertainty import (
     FrameRanking,
     FrameScored,
     RankingProgress,
@@ -40,7 +40,7 @@ def lab(lab_arrays, splits):
 @pytest.fixture(scope="module")
 def tiny_model(lab):
     """F=4, depth 2, trained briefly (120 steps of 8 patches) on 12 lab_70_9 images."""
-    from napari_unet_nuclei.training import TrainingConfig, train_model
+    from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
     images, labels, _ = lab
     config = TrainingConfig(

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet_nuclei._napari_reader import get_reader, read_lab_file
+from napari_unet_nuclei._napari.reader import get_reader, read_lab_file
 from napari_unet_nuclei.cli import main
-from napari_unet_nuclei.datasets import DataError, RefusedFileError, load_dataset
-from napari_unet_nuclei.model import create_model
-from napari_unet_nuclei.model_io import ModelFileError, load_model, model_to_dict, save_model
-from napari_unet_nuclei.safe_pickle import UnsafeFileError, load_tensor_pickle
+from napari_unet_nuclei.io.datasets import DataError, RefusedFileError, load_dataset
+from napari_unet_nuclei.io.model_io import ModelFileError, load_model, model_to_dict, save_model
+from napari_unet_nuclei.io.safe_pickle import UnsafeFileError, load_tensor_pickle
+from napari_unet_nuclei.nn.model import create_model
 
 
 class WritesSentinel:

@@ -30,7 +30,7 @@ def notifications(monkeypatch) -> list[str]:
 
 def open_widget(viewer, model=None):
     """The widget through the manifest, with ``model`` in the session."""
-    from napari_unet_nuclei._widgets.model_registry import registry_for
+    from napari_unet_nuclei._napari.model_registry import registry_for
 
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Annotate next")
     if model is not None:
@@ -87,8 +87,8 @@ def test_rank_frames_fills_the_table_and_jumps(
 def test_rank_tiles_outlines_the_top_tiles_and_zooms(
     qtbot, make_napari_viewer, lab_arrays, tiny_model
 ) -> None:
-    from napari_unet_nuclei._widgets._layers import OWNER_KEY
-    from napari_unet_nuclei._widgets.annotate_next_widget import viewer_camera
+    from napari_unet_nuclei._napari._layers import OWNER_KEY
+    from napari_unet_nuclei._napari.annotate_next_widget import viewer_camera
 
     x, _, _ = lab_arrays
     mosaic = np.block([[x[0, 0], x[1, 0]], [x[2, 0], x[3, 0]]])
@@ -162,7 +162,7 @@ def test_errors_are_one_sentence_notifications(
     widget.image_layer.value = image
     assert widget.model.model_name == "fluo-nuclei"  # the built-in model, ready at start
 
-    from napari_unet_nuclei._widgets.model_registry import registry_for
+    from napari_unet_nuclei._napari.model_registry import registry_for
 
     registry_for(viewer).add(tiny_model, "tiny")
     assert widget.model.model_name == "tiny"

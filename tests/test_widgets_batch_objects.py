@@ -64,9 +64,15 @@ def test_instances_features_match_regionprops_and_csv(
 ) -> None:
     from skimage.measure import regionprops
 
-    from napari_unet_nuclei._widgets._layers import OWNER_KEY
-    from napari_unet_nuclei.instances import InstanceConfig, instances_from_probabilities
-    from napari_unet_nuclei.measurements import MEASUREMENT_COLUMNS, read_measurements_csv
+    from napari_unet_nuclei._napari._layers import OWNER_KEY
+    from napari_unet_nuclei.prediction.instances import (
+        InstanceConfig,
+        instances_from_probabilities,
+    )
+    from napari_unet_nuclei.prediction.measurements import (
+        MEASUREMENT_COLUMNS,
+        read_measurements_csv,
+    )
 
     image = tifffile.imread(kromp_root / "images" / f"{IMAGE}.tif")
     viewer = make_napari_viewer()
@@ -135,8 +141,8 @@ def test_current_frame_instances_keep_ids_unique(qtbot, make_napari_viewer, mode
 def test_dask_stack_frame_by_frame_into_zarr_equals_in_memory(
     qtbot, make_napari_viewer, model, stack, tmp_path
 ) -> None:
-    from napari_unet_nuclei._widgets._layers import OWNER_KEY
-    from napari_unet_nuclei.zarr_io import open_zarr_image
+    from napari_unet_nuclei._napari._layers import OWNER_KEY
+    from napari_unet_nuclei.io.zarr_io import open_zarr_image
 
     viewer = make_napari_viewer()
     recording = Recording(stack)
@@ -211,8 +217,8 @@ def test_dask_stack_frame_by_frame_into_zarr_equals_in_memory(
 def test_cancel_mid_stack_shows_only_finished_frames(
     qtbot, make_napari_viewer, model, kromp_root
 ) -> None:
-    from napari_unet_nuclei._widgets._layers import OWNER_KEY
-    from napari_unet_nuclei.zarr_io import open_zarr_image
+    from napari_unet_nuclei._napari._layers import OWNER_KEY
+    from napari_unet_nuclei.io.zarr_io import open_zarr_image
 
     full = tifffile.imread(kromp_root.parent / "nuclei3d" / "nuclei.tif")  # (60, 256, 256)
     viewer = make_napari_viewer()
@@ -264,13 +270,16 @@ def _doctored_prediction(truth: np.ndarray) -> np.ndarray:
 
 
 def test_evaluate_object_metrics_and_overlay(qtbot, make_napari_viewer, model, kromp_root) -> None:
-    from napari_unet_nuclei._widgets._layers import OWNER_KEY
-    from napari_unet_nuclei._widgets.evaluate_widget import PredictionSource
-    from napari_unet_nuclei.instances import InstanceConfig, instances_from_probabilities
-    from napari_unet_nuclei.object_metrics import (
+    from napari_unet_nuclei._napari._layers import OWNER_KEY
+    from napari_unet_nuclei._napari.evaluate_widget import PredictionSource
+    from napari_unet_nuclei.evaluate.object_metrics import (
         dsb_average_precision,
         object_error_map,
         object_scores,
+    )
+    from napari_unet_nuclei.prediction.instances import (
+        InstanceConfig,
+        instances_from_probabilities,
     )
 
     name = "normal_16"

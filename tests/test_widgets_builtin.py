@@ -27,7 +27,7 @@ def kromp_crop(kromp_root):
 
 @pytest.fixture
 def warnings_shown(monkeypatch) -> list[str]:
-    from napari_unet_nuclei._widgets import _notify
+    from napari_unet_nuclei._napari import _notify
 
     shown: list[str] = []
     original = _notify.report_warning
@@ -37,7 +37,7 @@ def warnings_shown(monkeypatch) -> list[str]:
         original(message)
 
     monkeypatch.setattr(_notify, "report_warning", record)
-    from napari_unet_nuclei._widgets import train_widget
+    from napari_unet_nuclei._napari import train_widget
 
     monkeypatch.setattr(train_widget, "report_warning", record)
     return shown
@@ -46,10 +46,10 @@ def warnings_shown(monkeypatch) -> list[str]:
 def test_builtin_model_is_listed_first_and_segments_nuclei_at_once(
     qtbot, make_napari_viewer, kromp_crop
 ) -> None:
-    from napari_unet_nuclei._widgets._layers import OWNER_KEY
-    from napari_unet_nuclei._widgets.model_picker import NEW_NETWORK
-    from napari_unet_nuclei.builtin_models import BUILTIN_MODELS
-    from napari_unet_nuclei.object_metrics import object_scores
+    from napari_unet_nuclei._napari._layers import OWNER_KEY
+    from napari_unet_nuclei._napari.model_picker import NEW_NETWORK
+    from napari_unet_nuclei.evaluate.object_metrics import object_scores
+    from napari_unet_nuclei.io.builtin_models import BUILTIN_MODELS
 
     image, truth = kromp_crop
     viewer = make_napari_viewer()
@@ -178,7 +178,7 @@ def test_pickers_keep_builtin_then_user_models_then_load_file(
     from pathlib import Path
 
     import napari_unet_nuclei
-    from napari_unet_nuclei._widgets.model_picker import LOAD_FILE
+    from napari_unet_nuclei._napari.model_picker import LOAD_FILE
 
     viewer = make_napari_viewer()
     segment = dock(viewer, "Segment")

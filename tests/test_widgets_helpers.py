@@ -14,7 +14,7 @@ def small_model(untrained_model):
 
 
 def test_registry_names_are_unique_and_signal(small_model) -> None:
-    from napari_unet_nuclei._widgets.model_registry import ModelRegistry
+    from napari_unet_nuclei._napari.model_registry import ModelRegistry
 
     registry = ModelRegistry()
     changes: list[int] = []
@@ -31,7 +31,7 @@ def test_registry_names_are_unique_and_signal(small_model) -> None:
 
 
 def test_registry_threshold_is_clipped_and_signalled() -> None:
-    from napari_unet_nuclei._widgets.model_registry import ModelRegistry
+    from napari_unet_nuclei._napari.model_registry import ModelRegistry
 
     registry = ModelRegistry()
     seen: list[float] = []
@@ -43,7 +43,7 @@ def test_registry_threshold_is_clipped_and_signalled() -> None:
 
 
 def test_registry_adopts_the_threshold_of_each_new_model(small_model) -> None:
-    from napari_unet_nuclei._widgets.model_registry import ModelRegistry
+    from napari_unet_nuclei._napari.model_registry import ModelRegistry
 
     registry = ModelRegistry()
     seen: list[float] = []
@@ -57,7 +57,7 @@ def test_registry_adopts_the_threshold_of_each_new_model(small_model) -> None:
 
 
 def test_registry_caches_probabilities_per_model_and_layer() -> None:
-    from napari_unet_nuclei._widgets.model_registry import CachedProbabilities, ModelRegistry
+    from napari_unet_nuclei._napari.model_registry import CachedProbabilities, ModelRegistry
 
     class Layer:
         pass
@@ -73,7 +73,7 @@ def test_registry_caches_probabilities_per_model_and_layer() -> None:
 
 
 def test_registry_is_one_per_viewer() -> None:
-    from napari_unet_nuclei._widgets.model_registry import registry_for
+    from napari_unet_nuclei._napari.model_registry import registry_for
 
     class Viewer:
         pass
@@ -88,7 +88,7 @@ def test_registry_is_one_per_viewer() -> None:
 
 
 def test_training_data_uses_labelled_frames_only() -> None:
-    from napari_unet_nuclei._widgets._layers import training_data
+    from napari_unet_nuclei._napari._layers import training_data
 
     image = np.arange(4 * 8 * 8, dtype=np.float32).reshape(4, 8, 8)
     labels = np.zeros((4, 8, 8), np.int32)
@@ -106,7 +106,7 @@ def test_training_data_uses_labelled_frames_only() -> None:
 
 
 def test_training_data_explains_bad_input() -> None:
-    from napari_unet_nuclei._widgets._layers import training_data
+    from napari_unet_nuclei._napari._layers import training_data
 
     with pytest.raises(ValueError, match="do not match"):
         training_data(np.zeros((8, 8)), np.zeros((8, 9)))
@@ -115,7 +115,7 @@ def test_training_data_explains_bad_input() -> None:
 
 
 def test_error_sentence_is_one_line() -> None:
-    from napari_unet_nuclei._widgets._notify import error_sentence
+    from napari_unet_nuclei._napari._notify import error_sentence
 
     assert error_sentence(ValueError("Bad thing.\nDetails"), "Training") == (
         "Training failed: Bad thing."
@@ -135,14 +135,14 @@ def test_error_sentence_is_one_line() -> None:
 
 
 def test_jobs_turn_errors_into_one_sentence(small_model) -> None:
-    from napari_unet_nuclei._widgets._jobs import (
+    from napari_unet_nuclei._napari._jobs import (
         JobFailed,
         SegmentResult,
         SegmentTask,
         segmentation_job,
         training_job,
     )
-    from napari_unet_nuclei.training import TrainingConfig
+    from napari_unet_nuclei.train.training import TrainingConfig
 
     stop = threading.Event()
     events = list(
@@ -160,8 +160,8 @@ def test_jobs_turn_errors_into_one_sentence(small_model) -> None:
 
 
 def test_evaluation_job_matches_the_engine() -> None:
-    from napari_unet_nuclei._widgets._jobs import evaluation_job
-    from napari_unet_nuclei.metrics import error_map, segmentation_scores
+    from napari_unet_nuclei._napari._jobs import evaluation_job
+    from napari_unet_nuclei.evaluate.metrics import error_map, segmentation_scores
 
     rng = np.random.default_rng(1)
     truth = (rng.random((2, 16, 16)) > 0.6).astype(np.int32)
@@ -184,10 +184,10 @@ def test_segment_progress_reaches_the_end_only_when_nuclei_are_split(
     """Issue 22: the bar used to read 100 % while the nuclei were still being split."""
     import tifffile
 
-    from napari_unet_nuclei._widgets._jobs import SegmentProgress, SegmentTask
-    from napari_unet_nuclei._widgets._object_jobs import ObjectsResult, segment_objects_job
-    from napari_unet_nuclei.model_io import load_model
-    from napari_unet_nuclei.segmentation import default_instance_config
+    from napari_unet_nuclei._napari._jobs import SegmentProgress, SegmentTask
+    from napari_unet_nuclei._napari._object_jobs import ObjectsResult, segment_objects_job
+    from napari_unet_nuclei.io.model_io import load_model
+    from napari_unet_nuclei.workflows.segmentation import default_instance_config
 
     model = load_model("fluo-nuclei")
     stack = tifffile.imread(kromp_root.parent / "nuclei3d" / "nuclei.tif")[24:30, :128, :128]

@@ -121,7 +121,7 @@ def test_long_layer_names_elide_in_the_middle_with_the_full_name_on_hover(
     import numpy as np
     from qtpy.QtGui import QImage
 
-    from napari_unet_nuclei._widgets._dock_layout import elided_middle
+    from napari_unet_nuclei._napari._dock_layout import elided_middle
 
     viewer, _ = _laptop_viewer(make_napari_viewer, qtbot)
     long_name = "Ganglioneuroblastoma_3 nuclei corrected by hand (second round)"

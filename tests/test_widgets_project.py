@@ -32,7 +32,7 @@ def lab_stack(lab_arrays):
 
 
 def make_train(make_napari_viewer, images=None, labels=None):
-    from napari_unet_nuclei._widgets.train_widget import TrainWidget
+    from napari_unet_nuclei._napari.train_widget import TrainWidget
 
     viewer = make_napari_viewer()
     if images is not None:
@@ -61,7 +61,7 @@ def run(qtbot, train, name: str) -> None:
 def test_shapes_layer_limits_training_to_annotated_regions(
     qtbot, make_napari_viewer, lab_stack, shown
 ) -> None:
-    from napari_unet_nuclei.ledger import weights_sha256
+    from napari_unet_nuclei.project.ledger import weights_sha256
 
     images, labels = lab_stack
     viewer, train = make_train(make_napari_viewer, images, labels)
@@ -78,7 +78,8 @@ def test_shapes_layer_limits_training_to_annotated_regions(
     run(qtbot, train, "regions")
     first = train.registry.get("regions")
     used = first.summary["train_names"] + first.summary["val_names"]
-    assert sorted(used) == ["lab [1]", "lab [3]"]
+    # Two annotated frames: each lends a band of its rows to validation.
+    assert sorted(used) == [f"lab [{i}] ({band})" for i in (1, 3) for band in ("bottom", "top")]
     pixels = 71 * 81 + 81 * 91
     assert train.frames_info.value == (
         f"Training on the annotated regions of 2 of 6 frame(s) ({pixels:,} px)."
@@ -104,7 +105,7 @@ def test_shapes_layer_limits_training_to_annotated_regions(
 def test_project_folder_is_reopened_by_a_new_widget(
     qtbot, make_napari_viewer, lab_stack, tmp_path, shown
 ) -> None:
-    from napari_unet_nuclei.project import TrainingProject
+    from napari_unet_nuclei.project.folder import TrainingProject
 
     images, labels = lab_stack
     folder = tmp_path / "my project"
@@ -157,7 +158,7 @@ def test_project_folder_is_reopened_by_a_new_widget(
 def test_rounds_ledger_rollback_compare_and_worse_round_warning(
     qtbot, make_napari_viewer, lab_stack, tmp_path, shown
 ) -> None:
-    from napari_unet_nuclei.ledger import Ledger
+    from napari_unet_nuclei.project.ledger import Ledger
 
     images, labels = lab_stack
     viewer, train = make_train(make_napari_viewer, images, labels)
@@ -166,15 +167,18 @@ def test_rounds_ledger_rollback_compare_and_worse_round_warning(
         viewer.dims.set_current_step(0, frame)
         assert train.projects.add_to_training_set(role="held-out") is not None
 
-    # Round 1: the held-out frames of the open stack are left out of training.
-    train.settings.epochs.value = 3
+    # Round 1: the held-out frames of the open stack are left out of training; enough
+    # steps for the network to find nuclei (36 steps of 8 patches).
+    settings = train.settings
+    settings.features.value, settings.batch_size.value, settings.patch_size.value = 8, 8, 128
+    settings.epochs.value, settings.steps_per_epoch.value = 3, 12
     run(qtbot, train, "round-one")
     assert any("held-out images of the project" in m for m in shown["info"])
     first = train.projects.last_round
     assert sorted(d["name"] for d in first.data) == [f"lab [{i}]" for i in range(4)]
     # The recorded held-out F1 is the round's model on the held-out frames, pixels pooled.
-    from napari_unet_nuclei.inference import predict
-    from napari_unet_nuclei.metrics import segmentation_scores
+    from napari_unet_nuclei.evaluate.metrics import segmentation_scores
+    from napari_unet_nuclei.prediction.inference import predict
 
     model = train.registry.get("round-one")
     frames = list(HELD_OUT_FRAMES)
@@ -227,8 +231,8 @@ def test_rounds_ledger_rollback_compare_and_worse_round_warning(
 def test_stored_images_are_listed_and_removed_after_confirmation(
     make_napari_viewer, lab_stack, tmp_path, shown, monkeypatch
 ) -> None:
-    from napari_unet_nuclei._widgets import project_controller
-    from napari_unet_nuclei.project import TrainingProject
+    from napari_unet_nuclei._napari import project_controller
+    from napari_unet_nuclei.project.folder import TrainingProject
 
     images, labels = lab_stack
     folder = tmp_path / "project"

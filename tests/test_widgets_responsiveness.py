@@ -45,8 +45,8 @@ class Heartbeat:
 @pytest.fixture
 def lab_viewer(make_napari_viewer, lab_npz, qtbot):
     """A viewer with the lab stack and the plugin's engine already imported."""
-    from napari_unet_nuclei._napari_reader import read_lab_file
-    from napari_unet_nuclei._widgets._warmup import engine_ready
+    from napari_unet_nuclei._napari._warmup import engine_ready
+    from napari_unet_nuclei._napari.reader import read_lab_file
 
     (images, _, _), (labels, _, _) = read_lab_file(str(lab_npz))
     viewer = make_napari_viewer()
@@ -79,7 +79,7 @@ def test_window_responds_during_training(qtbot, lab_viewer) -> None:
 
 
 def test_window_responds_during_stack_segmentation(qtbot, lab_viewer) -> None:
-    from napari_unet_nuclei.model import create_model
+    from napari_unet_nuclei.nn.model import create_model
 
     segment = lab_viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")[1]
     segment.registry.add(create_model(16, 3), "untrained")

@@ -19,7 +19,7 @@ N_FRAMES = 12
 @pytest.fixture
 def lab_viewer(make_napari_viewer, lab_npz):
     """A viewer holding the first frames of the lab file, opened with the plugin's reader."""
-    from napari_unet_nuclei._napari_reader import read_lab_file
+    from napari_unet_nuclei._napari.reader import read_lab_file
 
     (images, _, _), (labels, _, _) = read_lab_file(str(lab_npz))
     viewer = make_napari_viewer()
@@ -69,7 +69,7 @@ def fast_settings(train, name: str, seed: int = 0) -> None:
 def count_network_runs(monkeypatch) -> list[int]:
     """Count calls of the engine's iter_frame_logits (the network running on an image:
     ``iter_predict`` and the segment workflow both run it)."""
-    from napari_unet_nuclei import inference
+    from napari_unet_nuclei.prediction import inference
 
     calls: list[int] = []
     original = inference.iter_frame_logits
@@ -100,9 +100,9 @@ def click_curve(plot, name: str) -> float:
 
 # ----------------------------------------------------------------------------- tests
 def test_train_segment_threshold_evaluate(qtbot, lab_viewer, monkeypatch) -> None:
-    from napari_unet_nuclei._widgets._layers import OWNER_KEY
-    from napari_unet_nuclei._widgets.evaluate_widget import PredictionSource
-    from napari_unet_nuclei.metrics import error_map, segmentation_scores
+    from napari_unet_nuclei._napari._layers import OWNER_KEY
+    from napari_unet_nuclei._napari.evaluate_widget import PredictionSource
+    from napari_unet_nuclei.evaluate.metrics import error_map, segmentation_scores
 
     viewer = lab_viewer
     widgets = add_widgets(viewer)
@@ -237,8 +237,8 @@ def test_every_image_layer_and_user_layers_untouched(qtbot, lab_viewer, tiny_mod
 
 
 def test_evaluate_a_labels_layer_and_the_current_frame(qtbot, lab_viewer) -> None:
-    from napari_unet_nuclei._widgets.evaluate_widget import PredictionSource
-    from napari_unet_nuclei.metrics import per_frame_scores, segmentation_scores
+    from napari_unet_nuclei._napari.evaluate_widget import PredictionSource
+    from napari_unet_nuclei.evaluate.metrics import per_frame_scores, segmentation_scores
 
     viewer = lab_viewer
     evaluate = add_widgets(viewer)["Evaluate"]
@@ -315,8 +315,8 @@ def _segment_stack(qtbot, segment, viewer):
 
 
 def test_a_cancelled_rerun_keeps_the_earlier_complete_result(qtbot, lab_viewer, tiny_model):
-    from napari_unet_nuclei._widgets._jobs import SegmentFrame
-    from napari_unet_nuclei._widgets._layers import OWNER_KEY
+    from napari_unet_nuclei._napari._jobs import SegmentFrame
+    from napari_unet_nuclei._napari._layers import OWNER_KEY
 
     viewer = lab_viewer
     segment = add_widgets(viewer)["Segment"]
@@ -428,7 +428,7 @@ def test_save_as_other_formats(qtbot, lab_viewer, tiny_model, tmp_path: Path) ->
 
     import torch
 
-    from napari_unet_nuclei.export import import_bioimageio
+    from napari_unet_nuclei.workflows.export import import_bioimageio
 
     train = add_widgets(lab_viewer)["Train"]
     train.model_files.current_name = train.registry.add(tiny_model, "tiny")
@@ -475,7 +475,7 @@ def test_closing_the_viewer_stops_training(qtbot, lab_viewer) -> None:
 def test_segment_reads_the_layer_without_copying_it(qtbot, lab_viewer, tiny_model) -> None:
     """The GUI path costs no more than the engine: the worker gets a read-only view of the
     image layer, not a copy, and the result equals the engine's own prediction."""
-    from napari_unet_nuclei.inference import predict
+    from napari_unet_nuclei.prediction.inference import predict
 
     viewer = lab_viewer
     segment = add_widgets(viewer)["Segment"]

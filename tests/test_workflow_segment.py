@@ -10,21 +10,21 @@ import tifffile
 
 from conftest import drain
 from napari_unet_nuclei.events import TileDone
-from napari_unet_nuclei.inference import InferenceCancelled, predict
-from napari_unet_nuclei.instances import InstanceConfig
-from napari_unet_nuclei.measurements import measure_nuclei
-from napari_unet_nuclei.segmentation import default_instance_config, predict_instances
+from napari_unet_nuclei.prediction.inference import InferenceCancelled, predict
+from napari_unet_nuclei.prediction.instances import InstanceConfig
+from napari_unet_nuclei.prediction.measurements import measure_nuclei
 from napari_unet_nuclei.workflows.segment import (
     FrameSegmented,
     SegmentOutputs,
     iter_segment,
     read_mode,
 )
+from napari_unet_nuclei.workflows.segmentation import default_instance_config, predict_instances
 
 
 @pytest.fixture(scope="module")
 def builtin():
-    from napari_unet_nuclei.model_io import load_model
+    from napari_unet_nuclei.io.model_io import load_model
 
     return load_model("fluo-nuclei")
 

@@ -17,29 +17,29 @@ __version__ = "0.1.0"
 #: everything else is reachable from its module (see docs/python-api.md).
 _LAZY = {
     # models
-    "load_model": "model_io",
-    "save_model": "model_io",
-    "NucleiModel": "model",
+    "load_model": "io.model_io",
+    "save_model": "io.model_io",
+    "NucleiModel": "nn.model",
     # train
-    "TrainingConfig": "training",
-    "train_model": "training",
-    "iter_train": "training",
+    "TrainingConfig": "train.training",
+    "train_model": "train.training",
+    "iter_train": "train.training",
     # predict: nucleus probabilities
-    "predict": "inference",
-    "iter_predict": "inference",
+    "predict": "prediction.inference",
+    "iter_predict": "prediction.inference",
     # segment: nuclei as objects, one image or many files
-    "predict_instances": "segmentation",
-    "iter_predict_instances": "segmentation",
-    "segment_files": "batch",
-    "SegmentOptions": "batch",
-    "measure_nuclei": "measurements",
+    "predict_instances": "workflows.segmentation",
+    "iter_predict_instances": "workflows.segmentation",
+    "segment_files": "workflows.batch",
+    "SegmentOptions": "workflows.batch",
+    "measure_nuclei": "prediction.measurements",
     # evaluate
     "evaluate_model": "workflows.evaluate",
     "iter_evaluate_model": "workflows.evaluate",
     # export to other tools' formats
-    "export_model": "export",
+    "export_model": "workflows.export",
     # data
-    "load_dataset": "datasets",
+    "load_dataset": "io.datasets",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from .console import progress_bar, train_with_progress
+from napari_unet_nuclei.console import progress_bar, train_with_progress
 
 __all__ = ["main"]
 
-DEFAULT_MODEL = "fluo-nuclei"  # the built-in model (napari_unet_nuclei.builtin_models)
+DEFAULT_MODEL = "fluo-nuclei"  # the built-in model (napari_unet_nuclei.io.builtin_models)
 
 
 class CommandError(Exception):
@@ -266,7 +266,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _load_items(data: str, split: str | None, part: str) -> list[Any]:
-    from .datasets import load_dataset, parse_split, select_by_names
+    from napari_unet_nuclei.io.datasets import load_dataset, parse_split, select_by_names
 
     items = load_dataset(data)
     if split is None:
@@ -276,7 +276,7 @@ def _load_items(data: str, split: str | None, part: str) -> list[Any]:
 
 
 def _object_maps_argument(text: str) -> tuple[str, ...]:
-    from .network import OBJECT_MAPS
+    from napari_unet_nuclei.nn.network import OBJECT_MAPS
 
     if text.strip().lower() in ("", "none"):
         return ()
@@ -291,10 +291,10 @@ def _object_maps_argument(text: str) -> tuple[str, ...]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .augmentation import AugmentationConfig
-    from .datasets import select_labelled
-    from .model_io import load_model, save_model
-    from .training import TrainingConfig
+    from napari_unet_nuclei.io.datasets import select_labelled
+    from napari_unet_nuclei.io.model_io import load_model, save_model
+    from napari_unet_nuclei.train.augmentation import AugmentationConfig
+    from napari_unet_nuclei.train.training import TrainingConfig
 
     items = _load_items(args.data, args.split, "train")
     keep, note = select_labelled(
@@ -329,8 +329,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     init_model = load_model(args.init) if args.init else None
     replay_items = None
     if args.replay:
-        from .datasets import DataError
-        from .public_data import replay_sample
+        from napari_unet_nuclei.data.public_data import replay_sample
+        from napari_unet_nuclei.io.datasets import DataError
 
         if init_model is None:
             raise CommandError("--replay replays a start model's images: give --init too.")
@@ -387,7 +387,7 @@ def training_choice_text(summary: dict) -> str:
 
 def read_input_image(path: Path) -> np.ndarray:
     """Read an image file to segment: 2-D, a stack of frames, or RGB(A) turned to grey."""
-    from .datasets import read_image_file, to_grey
+    from napari_unet_nuclei.io.datasets import read_image_file, to_grey
 
     if not path.is_file():
         raise CommandError(f"Input image not found: {path}")
@@ -428,8 +428,8 @@ def _diameter_text(diameter: float, resized_frames: int) -> str:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .batch import SegmentOptions, segment_files
-    from .events import BatchFinished, BatchStarted, FrameDone, ImageDone
+    from napari_unet_nuclei.events import BatchFinished, BatchStarted, FrameDone, ImageDone
+    from napari_unet_nuclei.workflows.batch import SegmentOptions, segment_files
 
     options = SegmentOptions(
         threshold=args.threshold,
@@ -499,8 +499,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .model_io import load_model
-    from .workflows.evaluate import evaluate_model
+    from napari_unet_nuclei.io.model_io import load_model
+    from napari_unet_nuclei.workflows.evaluate import evaluate_model
 
     model = load_model(args.model)
     items = _load_items(args.data, args.split, "test")
@@ -532,8 +532,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import ExportError, export_model
-    from .model_io import load_model
+    from napari_unet_nuclei.io.model_io import load_model
+    from napari_unet_nuclei.workflows.export import ExportError, export_model
 
     model = load_model(args.model)
     try:
@@ -545,7 +545,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from napari_unet_nuclei.workflows.demo import run_demo
 
     run_demo(
         Path(args.out),
@@ -558,8 +558,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-unet-nuclei`` command."""
-    from .datasets import DataError
-    from .model_io import ModelFileError
+    from napari_unet_nuclei.io.datasets import DataError
+    from napari_unet_nuclei.io.model_io import ModelFileError
 
     args = _parse_args(argv)
     commands = {

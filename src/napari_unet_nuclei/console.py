@@ -80,15 +80,15 @@ def train_with_progress(
         No progress bar (the epoch lines and the final message still go to stderr).
     replay_items : list of LabelledImage, optional
         Images the start model learned from, replayed in each batch (see
-        :func:`napari_unet_nuclei.public_data.replay_sample`).
+        :func:`napari_unet_nuclei.data.public_data.replay_sample`).
 
     Returns
     -------
     NucleiModel or None
         The model (None when training stopped before the first epoch ended).
     """
-    from .events import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep
-    from .training import train
+    from napari_unet_nuclei.events import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep
+    from napari_unet_nuclei.train.training import train
 
     options: dict[str, Any] = {"names": [item.name for item in items], "init_model": init_model}
     if replay_items:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .model import NucleiModel
+    from napari_unet_nuclei.nn.model import NucleiModel
 
 __all__ = [
     "BatchFinished",

@@ -4,12 +4,19 @@ batch runner and the docks take them from.
 - :mod:`.segment`: an image into probabilities, a mask, nuclei and their measurements,
   in memory or into zarr, frame by frame.
 - :mod:`.evaluate`: score a model on labelled images, pixels and nuclei, one pooling rule.
+- :mod:`.batch`: many files segmented here or on a dask cluster, with a summary table.
+- :mod:`.demo`: the main job on the built-in sample (nuclei, a short fine-tune, before/after).
 """
 
 from __future__ import annotations
 
-from .evaluate import POOLING_RULE, evaluate_model, iter_evaluate_model
-from .segment import FrameSegmented, SegmentOutputs, SegmentSummary, iter_segment
+from napari_unet_nuclei.workflows.evaluate import POOLING_RULE, evaluate_model, iter_evaluate_model
+from napari_unet_nuclei.workflows.segment import (
+    FrameSegmented,
+    SegmentOutputs,
+    SegmentSummary,
+    iter_segment,
+)
 
 __all__ = [
     "POOLING_RULE",

@@ -88,10 +88,10 @@ def object_frame_scores(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.nd
     Returns
     -------
     tuple of (numpy.ndarray, dict)
-        The object error map (see :func:`~napari_unet_nuclei.object_metrics.object_error_map`)
+        The object error map (see :func:`~napari_unet_nuclei.evaluate.object_metrics.object_error_map`)
         and the frame's scores in the form of :func:`pool_object_scores`.
     """
-    from ..object_metrics import dsb_average_precision, object_error_map
+    from napari_unet_nuclei.evaluate.object_metrics import dsb_average_precision, object_error_map
 
     errors = object_error_map(predicted, truth)
     scores = {
@@ -157,10 +157,10 @@ def iter_evaluate_model(
         ``objects`` the object scores and counts), ``mean`` (per-image average of each
         score), ``pooled`` (see the module's pooling rule) and ``pooling`` (the rule).
     """
-    from ..inference import iter_predict
-    from ..instances import iter_instances
-    from ..metrics import average_precision, confusion_counts
-    from ..segmentation import default_instance_config
+    from napari_unet_nuclei.evaluate.metrics import average_precision, confusion_counts
+    from napari_unet_nuclei.prediction.inference import iter_predict
+    from napari_unet_nuclei.prediction.instances import iter_instances
+    from napari_unet_nuclei.workflows.segmentation import default_instance_config
 
     threshold = float(model.threshold if threshold is None else threshold)
     config = default_instance_config(model, threshold=threshold)
@@ -213,7 +213,7 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """:func:`iter_evaluate_model` run to the end (its events passed to ``progress``);
     returns its result dictionary."""
-    from ..events import run_to_end
+    from napari_unet_nuclei.events import run_to_end
 
     return run_to_end(iter_evaluate_model(model, items, threshold, **options), progress)
 
@@ -224,6 +224,6 @@ def _pixel_row(counts: Any) -> dict[str, float]:
 
 def _truth_labels(labels: np.ndarray) -> np.ndarray:
     """Instance labels of the ground truth (a 0/1 mask: its connected parts)."""
-    from ..object_targets import instance_labels
+    from napari_unet_nuclei.nn.object_targets import instance_labels
 
     return instance_labels(np.asarray(labels))

@@ -12,7 +12,7 @@ How a frame is read
 - ``"frames"``: each 2-D frame is read whole and the network's every output is at hand,
   so nuclei can be seeded from the model's own object maps.
 - ``"bands"``: each frame is read in bands of rows and only the nucleus probability is
-  kept (:func:`~napari_unet_nuclei.lazy.iter_predict_lazy`), so memory stays bounded
+  kept (:func:`~napari_unet_nuclei.prediction.lazy.iter_predict_lazy`), so memory stays bounded
   whatever the image size. Nuclei are then split by the probability's shape (distance
   seeds), from the probabilities written back.
 - ``"auto"`` (the default): frames, unless a frame is too large to hold in memory
@@ -21,7 +21,7 @@ How a frame is read
 
 Nuclei
 ------
-With an :class:`~napari_unet_nuclei.instances.InstanceConfig`, each frame is split into
+With an :class:`~napari_unet_nuclei.prediction.instances.InstanceConfig`, each frame is split into
 nuclei by the seeded watershed; without one, the nuclei are the connected parts of the
 mask (8-neighbours). In a stack, ``stack_axis="frames"`` gives ids unique in the whole
 stack; ``"z"`` links the nuclei of consecutive slices into 3-D objects at the end.
@@ -42,9 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from ..array_reading import frame_indices, read_array
-from ..events import FrameDone, TileDone
-from ..measurements import concatenate_tables, measure_nuclei, with_frame_columns
+from napari_unet_nuclei.events import FrameDone, TileDone
+from napari_unet_nuclei.io.array_reading import frame_indices, read_array
+from napari_unet_nuclei.prediction.measurements import (
+    concatenate_tables,
+    measure_nuclei,
+    with_frame_columns,
+)
 
 __all__ = [
     "IN_MEMORY_FRAME_BYTES",
@@ -229,7 +233,7 @@ class _FrameWriter:
 
     def split(self, probabilities: np.ndarray, maps: dict[str, np.ndarray]) -> np.ndarray:
         """Nuclei of one frame: the watershed (with the maps it uses) or connected parts."""
-        from ..instances import instances_from_maps
+        from napari_unet_nuclei.prediction.instances import instances_from_maps
 
         if self.instances is None:
             return _connected_parts(probabilities >= self.threshold)
@@ -237,7 +241,7 @@ class _FrameWriter:
 
     def split_rescaled(self, logits: np.ndarray, model: Any, all_channels: bool) -> np.ndarray:
         """Nuclei of a frame from the logits of its resized copy (at that copy's size)."""
-        from ..inference import sigmoid
+        from napari_unet_nuclei.prediction.inference import sigmoid
 
         channels = sigmoid(logits)
         probabilities = channels[0] if all_channels else channels
@@ -317,12 +321,12 @@ def iter_segment(
         instance settings') when omitted.
     instances : InstanceConfig, optional
         Split nuclei with the seeded watershed (e.g.
-        :func:`~napari_unet_nuclei.segmentation.default_instance_config`); without it,
+        :func:`~napari_unet_nuclei.workflows.segmentation.default_instance_config`); without it,
         nuclei are the connected parts of the mask.
     stack_axis : {"frames", "z"}
         What the leading axis of a 3-D stack is: separate frames (ids unique in the stack)
         or slices of one volume (3-D nuclei from the stacked probabilities, see
-        :func:`~napari_unet_nuclei.volumes.nuclei_in_volume`).
+        :func:`~napari_unet_nuclei.prediction.volumes.nuclei_in_volume`).
     spacing : sequence of float, optional
         ``"z"`` only: the voxel size along z, y, x (a layer's scale), for 3-D distances;
         by default ``pixel_size`` where it has z, else equal steps.
@@ -331,7 +335,7 @@ def iter_segment(
         per 3-D object of a z-stack.
     pixel_size : sequence of float, optional
         The pixel size in micrometres along y, x (z, y, x for a z-stack), e.g. from
-        :mod:`napari_unet_nuclei.pixel_size`: measurements gain micrometre columns.
+        :mod:`napari_unet_nuclei.io.pixel_size`: measurements gain micrometre columns.
     read : {"auto", "frames", "bands"}
         How frames are read (see the module's documentation).
     count_nuclei : bool
@@ -341,12 +345,12 @@ def iter_segment(
     diameter : float or "auto" or None
         The nuclei's diameter in pixels: each frame is resized so that its nuclei reach the
         size the model learned, and the outputs come back at the frame's size
-        (:mod:`napari_unet_nuclei.nucleus_size`). ``"auto"`` (default) estimates it from a
+        (:mod:`napari_unet_nuclei.prediction.nucleus_size`). ``"auto"`` (default) estimates it from a
         first pass and resizes only frames whose nuclei are over twice that size; None
         never resizes. Frames read in bands are not resized.
     should_stop : callable, optional
         Polled between tiles and frames; when it returns True,
-        :class:`~napari_unet_nuclei.inference.InferenceCancelled` is raised and the frame
+        :class:`~napari_unet_nuclei.prediction.inference.InferenceCancelled` is raised and the frame
         in progress is left zeroed.
     **inference
         ``tile_size``, ``overlap``, ``batch_size``, ``device``, ``precision``,
@@ -363,7 +367,7 @@ def iter_segment(
     SegmentSummary
         Counts and, with ``measure``, the measurements.
     """
-    from ..inference import check_image
+    from napari_unet_nuclei.prediction.inference import check_image
 
     if stack_axis not in STACK_AXES:
         raise ValueError(
@@ -422,7 +426,7 @@ def iter_segment(
         )
     nuclei, table = writer.nuclei, None
     if volume:
-        from ..volumes import nuclei_in_volume
+        from napari_unet_nuclei.prediction.volumes import nuclei_in_volume
 
         labels = nuclei_in_volume(
             np.asarray(outputs.probabilities[...]),
@@ -455,8 +459,13 @@ def _segment_frames(
     inference: dict[str, Any],
 ) -> Generator[TileDone | FrameSegmented, None, None]:
     """Each frame read whole: every output channel at hand, written once finished."""
-    from ..inference import FrameLogits, InferenceCancelled, iter_frame_logits, sigmoid
-    from ..nucleus_size import resize_to
+    from napari_unet_nuclei.prediction.inference import (
+        FrameLogits,
+        InferenceCancelled,
+        iter_frame_logits,
+        sigmoid,
+    )
+    from napari_unet_nuclei.prediction.nucleus_size import resize_to
 
     instances = writer.instances
     wanted_maps = set(outputs.maps)
@@ -504,8 +513,8 @@ def _segment_bands(
     inference: dict[str, Any],
 ) -> Generator[TileDone | FrameSegmented, None, None]:
     """Each frame read and written in bands of rows; nuclei from the written outputs."""
-    from ..inference import InferenceCancelled
-    from ..lazy import iter_predict_lazy
+    from napari_unet_nuclei.prediction.inference import InferenceCancelled
+    from napari_unet_nuclei.prediction.lazy import iter_predict_lazy
 
     if outputs.maps:
         raise ValueError("Object maps are only kept when frames are read whole (read='frames').")
@@ -522,7 +531,7 @@ def _segment_bands(
     if (writer.instances is not None and probabilities is None) or (
         writer.counts and probabilities is None and mask is None
     ):
-        from ..zarr_io import create_ome_zarr
+        from napari_unet_nuclei.io.zarr_io import create_ome_zarr
 
         temporary = Path(tempfile.mkdtemp(prefix="napari-unet-nuclei-bands-"))
         if writer.instances is not None:
@@ -614,7 +623,12 @@ def iter_segment_to_zarr(
     dask.array.Array
         The written result, read lazily from ``path``.
     """
-    from ..zarr_io import create_ome_zarr, finish_atomic, partial_path, read_ome_zarr_lazy
+    from napari_unet_nuclei.io.zarr_io import (
+        create_ome_zarr,
+        finish_atomic,
+        partial_path,
+        read_ome_zarr_lazy,
+    )
 
     if kind not in ("mask", "probabilities"):
         raise ValueError(f"kind must be 'mask' or 'probabilities', got {kind!r}.")

@@ -1,0 +1,1 @@
+"""Evaluation: pixel and object metrics, and the reports drawn from them."""

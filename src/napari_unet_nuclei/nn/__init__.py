@@ -1,0 +1,1 @@
+"""Networks and their numerics: the U-Net, the model wrapper, normalisation, devices and precision."""

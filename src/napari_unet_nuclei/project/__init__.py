@@ -1,0 +1,1 @@
+"""A project folder: its images, labels, rounds of training and the ledger of scores."""

@@ -1,0 +1,1 @@
+"""Training: the objective, targets, patches, augmentation, annotations and the choice by nuclei."""

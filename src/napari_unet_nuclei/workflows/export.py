@@ -1,0 +1,896 @@
+"""Export trained models for other tools: TorchScript, ONNX and bioimage.io model packages.
+
+- :func:`export_torchscript` and :func:`export_onnx` write the network alone (input: the
+  normalised image, output: logits). The graph pads height and width to a multiple of
+  ``2**depth`` itself (reflect padding recorded in the graph, as
+  :class:`~napari_unet_nuclei.nn.network.UNet` does), so it takes any ``H, W >= 2**depth``,
+  with dynamic batch, height and width.
+- :func:`export_bioimageio` writes a zip model package in the current bioimage.io format
+  (``bioimageio.spec`` model description 0.5): ``pytorch_state_dict`` weights with their
+  architecture (:mod:`napari_unet_nuclei.nn.portable_unet`, copied into the package), TorchScript
+  and ONNX weights converted from them, the ``scale_range`` pre-processing that equals our
+  percentile normalisation, a ``sigmoid`` post-processing, a test input/output pair made by our
+  own :func:`~napari_unet_nuclei.prediction.inference.predict`, a cover image and a README. The package is
+  checked with bioimageio.spec's own validator before it is kept.
+- :func:`import_bioimageio` reads such a package back into a
+  :class:`~napari_unet_nuclei.nn.model.NucleiModel`. Only packages written by this plugin are
+  accepted, and their weights are read with ``torch.load(weights_only=True)``: nothing in a
+  package is ever unpickled or run.
+
+torch, onnx and bioimageio.spec are imported inside the functions that need them
+(``pip install "napari-unet-nuclei[export]"``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_unet_nuclei.io.file_writing import atomic_path
+
+if TYPE_CHECKING:
+    from napari_unet_nuclei.nn.model import NucleiModel
+    from napari_unet_nuclei.nn.portable_unet import PortableUNet
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "BioimageioPackageError",
+    "ExportError",
+    "export_bioimageio",
+    "export_model",
+    "export_onnx",
+    "export_torchscript",
+    "import_bioimageio",
+    "portable_network",
+    "validate_bioimageio",
+]
+
+#: Export formats: name -> (usual file suffix, one-line description for pickers and --help).
+EXPORT_FORMATS: dict[str, tuple[str, str]] = {
+    "bioimageio": (".zip", "bioimage.io model package (zip)"),
+    "onnx": (".onnx", "ONNX network (normalised image in, logits out)"),
+    "torchscript": (".pt", "TorchScript network (normalised image in, logits out)"),
+}
+
+#: ``config`` key of our bioimage.io packages; its content identifies a package of ours.
+CONFIG_KEY = "napari_unet_nuclei"
+#: Name of the architecture file inside a bioimage.io package.
+ARCHITECTURE_FILE = "portable_unet.py"
+#: Largest member of a package we read into memory (weights of depth 5, F=64 are ~125 MB).
+_MAX_MEMBER_BYTES = 1 << 30
+#: Largest ``rdf.yaml`` we parse (ours are a few kB).
+_MAX_RDF_BYTES = 16 << 20
+
+_CITATIONS = (
+    (
+        "Ronneberger, Fischer & Brox (2015). U-Net: Convolutional Networks for Biomedical "
+        "Image Segmentation. MICCAI.",
+        "10.1007/978-3-319-24574-4_28",
+    ),
+    (
+        "Kromp et al. (2020). An annotated fluorescence image dataset for training nuclear "
+        "segmentation methods. Scientific Data 7:262.",
+        "10.1038/s41597-020-00608-w",
+    ),
+)
+
+
+class ExportError(RuntimeError):
+    """A model could not be exported (missing optional package, invalid package...)."""
+
+
+class BioimageioPackageError(ValueError):
+    """A bioimage.io package could not be imported as a napari-unet-nuclei model.
+
+    A ``ValueError`` like :class:`~napari_unet_nuclei.io.model_io.ModelFileError` (which is not
+    its base class, so that this module can be imported without torch).
+    """
+
+
+# --------------------------------------------------------------------------------------
+# Networks for export
+# --------------------------------------------------------------------------------------
+
+
+def portable_network(model: NucleiModel) -> PortableUNet:
+    """Return a CPU :class:`~napari_unet_nuclei.nn.portable_unet.PortableUNet` with the weights.
+
+    Parameters
+    ----------
+    model : NucleiModel
+        A trained model; it is not modified.
+
+    Returns
+    -------
+    PortableUNet
+        In eval mode (BatchNorm uses the running statistics), on the CPU, with one output
+        channel: the nucleus logit (an object-aware network's extra maps are left out).
+    """
+    from napari_unet_nuclei.nn.portable_unet import PortableUNet
+
+    cfg = model.config
+    network = PortableUNet(cfg.features, cfg.depth, cfg.in_channels)
+    state = {k: v.detach().cpu() for k, v in model.network.state_dict().items()}
+    # Exports carry the nucleus logit only (what bioimage.io consumers and the lab use);
+    # the object maps of an object-aware network stay with the plugin's own .pt file.
+    state["head.weight"], state["head.bias"] = state["head.weight"][:1], state["head.bias"][:1]
+    network.load_state_dict(state, strict=True)
+    return network.eval()
+
+
+def _example_input(model: NucleiModel) -> Any:
+    import torch
+
+    side = max(64, 2 * model.config.size_multiple)
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(1, model.config.in_channels, side, side, generator=generator)
+
+
+def _atomic_target(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(temporary)`` next to ``path``, then rename it to ``path``."""
+    with atomic_path(path) as temporary:
+        write(temporary)
+    return Path(path)
+
+
+def _trace(model: NucleiModel) -> Any:
+    """Trace the portable network and check it on a size the trace did not see."""
+    import torch
+
+    network = portable_network(model)
+    example = _example_input(model)
+    with warnings.catch_warnings():
+        # torch.jit.trace is in maintenance mode and says so in a DeprecationWarning.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        with torch.no_grad():
+            traced = torch.jit.trace(network, example, check_trace=False)
+            # The padding must have been recorded, not frozen: try another, odd size.
+            other = torch.rand(2, example.shape[1], example.shape[2] + 3, example.shape[3] - 5)
+            difference = float((traced(other) - network(other)).abs().max())
+    if not difference <= 1e-4:
+        raise ExportError(
+            f"The traced network differs from PyTorch by {difference:g} on a new input size."
+        )
+    return traced
+
+
+def export_torchscript(model: NucleiModel, path: str | os.PathLike) -> Path:
+    """Write the network as a TorchScript file (``torch.jit.load`` reads it).
+
+    Parameters
+    ----------
+    model : NucleiModel
+        A trained model.
+    path : str or path-like
+        Target file, written atomically.
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+
+    Notes
+    -----
+    Input: the normalised image (see ``model.normalization``), float32 ``(B, C, H, W)``
+    with ``H, W >= 2**depth``; output: logits ``(B, 1, H, W)``.
+    """
+    traced = _trace(model)
+    return _atomic_target(path, lambda target: traced.save(str(target)))
+
+
+def export_onnx(model: NucleiModel, path: str | os.PathLike, opset: int = 17) -> Path:
+    """Write the network as an ONNX file with dynamic batch, height and width.
+
+    Parameters
+    ----------
+    model : NucleiModel
+        A trained model.
+    path : str or path-like
+        Target file (``.onnx``), written atomically.
+    opset : int
+        ONNX operator set (17 by default; reflect padding needs at least 11).
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+
+    Notes
+    -----
+    Input ``input``: the normalised image, float32 ``(batch, C, height, width)`` with
+    ``height, width >= 2**depth``; output ``logits``: ``(batch, 1, height, width)``. The
+    normalisation percentiles and the threshold are stored as ONNX metadata
+    (``napari_unet_nuclei.*`` keys) when the ``onnx`` package is installed.
+
+    This uses torch's TorchScript-based exporter (``dynamo=False``), which torch 2.13
+    deprecates but which exports this network in about a second at any opset. The
+    ``torch.export``-based exporter also gives a correct graph (checked with torch 2.13 and
+    onnxscript 0.7) but needs onnxscript, takes 15-20 s on two cores and cannot go below
+    opset 18 for ``Pad``.
+    """
+    import torch
+
+    network = portable_network(model)
+    example = _example_input(model)
+    axes = {0: "batch", 2: "height", 3: "width"}
+
+    def write(target: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            torch.onnx.export(
+                network,
+                (example,),
+                str(target),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": axes, "logits": axes},
+                do_constant_folding=True,
+            )
+        _add_onnx_metadata(target, model)
+
+    return _atomic_target(path, write)
+
+
+def _add_onnx_metadata(path: Path, model: NucleiModel) -> None:
+    try:
+        import onnx
+    except ImportError:  # metadata is a convenience; the graph is complete without it
+        return
+    from napari_unet_nuclei.io.model_io import FORMAT_NAME
+
+    proto = onnx.load(str(path))
+    metadata = {
+        "napari_unet_nuclei.format": FORMAT_NAME,
+        "napari_unet_nuclei.architecture": json.dumps(
+            {**model.config.to_dict(), "object_maps": []}  # the nucleus logit only
+        ),
+        "napari_unet_nuclei.nn.normalization": json.dumps(model.normalization.to_dict()),
+        "napari_unet_nuclei.threshold": repr(float(model.threshold)),
+        "napari_unet_nuclei.output": "logits; probability = sigmoid(logits)",
+    }
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "napari-unet-nuclei"
+    onnx.save(proto, str(path))
+
+
+# --------------------------------------------------------------------------------------
+# bioimage.io packages
+# --------------------------------------------------------------------------------------
+
+
+def _require_bioimageio_spec() -> Any:
+    try:
+        import bioimageio.spec
+    except ImportError as error:
+        raise ExportError(
+            "bioimage.io export needs the bioimageio.spec package: "
+            'pip install "napari-unet-nuclei[export]".'
+        ) from error
+    return bioimageio.spec
+
+
+def _yaml_safe(value: Any) -> Any:
+    """Plain YAML data: NaN and infinities become None, numpy scalars Python numbers."""
+    from napari_unet_nuclei.io.model_io import plain_data
+
+    value = plain_data(value)
+    if isinstance(value, dict):
+        return {k: _yaml_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_yaml_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _test_image(model: NucleiModel, image: np.ndarray | None) -> np.ndarray:
+    """A 2-D float32 test image, at most 256 x 256 and cropped to a multiple of 2**depth."""
+    if image is None:
+        from napari_unet_nuclei.data.sample_data import make_synthetic_nuclei
+
+        image, _ = make_synthetic_nuclei((128, 128), seed=0)
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"test_image must be a 2-D image, got shape {image.shape}.")
+    multiple = model.config.size_multiple
+    height = min(image.shape[0], 256) // multiple * multiple
+    width = min(image.shape[1], 256) // multiple * multiple
+    if height < multiple or width < multiple:
+        raise ValueError(
+            f"test_image of shape {image.shape} is smaller than the network's size multiple "
+            f"{multiple}; give a larger image."
+        )
+    return np.ascontiguousarray(image[:height, :width], dtype=np.float32)
+
+
+def _write_cover(path: Path, image: np.ndarray, probabilities: np.ndarray, title: str) -> None:
+    """Image | nucleus probability side by side, 2:1 as bioimage.io recommends."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from napari_unet_nuclei.nn.normalization import normalize_frame
+
+    figure = Figure(figsize=(8, 4), dpi=80)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2)
+    axes[0].imshow(np.clip(normalize_frame(image), 0, 1), cmap="gray")
+    axes[0].set_title("input")
+    axes[1].imshow(probabilities, cmap="magma", vmin=0, vmax=1)
+    axes[1].set_title("nucleus probability")
+    for axis in axes:
+        axis.set_axis_off()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def _readme(model: NucleiModel, name: str) -> str:
+    cfg, norm, summary = model.config, model.normalization, model.summary
+
+    def number(key: str) -> str:
+        value = summary.get(key)
+        return f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "n/a"
+
+    train_names = summary.get("train_names") or []
+    val_names = summary.get("val_names") or []
+    return f"""# {name}
+
+U-Net for **binary cell-nuclei segmentation in 2-D fluorescence images** (DAPI/Hoechst),
+trained and exported with napari-unet-nuclei {_version()}.
+
+## Network
+
+The U-Net of the classic nuclei lab: block = (conv 3x3 -> ReLU -> BatchNorm) x 2, max-pool
+encoder, `ConvTranspose2d(kernel 2, stride 2)` decoder with skip connections, 1x1 output
+convolution. Width F = {cfg.features}, depth = {cfg.depth} (height and width are padded by
+reflection to a multiple of {cfg.size_multiple} inside the network and cropped back, so any
+size of at least {cfg.size_multiple} x {cfg.size_multiple} works).
+
+## Input and output
+
+- input `raw`: one grey image, axes `batch, channel, y, x`, float32.
+- pre-processing `scale_range` over `y, x` of each image: the {norm.low_percentile:g}th
+  percentile maps to 0 and the {norm.high_percentile:g}th to 1 (the plugin's normalisation).
+- output `probability`: nucleus probability per pixel after a `sigmoid`; the suggested
+  threshold is {model.threshold:g}.
+
+## Training
+
+- data: {len(train_names)} training images, validated on {len(val_names)} images (their
+  names are in `rdf.yaml` under `config.napari_unet_nuclei.summary`).
+- epochs {summary.get("epochs", "n/a")}, steps {summary.get("steps", "n/a")}, best epoch
+  {summary.get("best_epoch", "n/a")}.
+
+## Validation
+
+Pixel scores at threshold {model.threshold:g} on the validation images (per-image mean)
+when the model was trained: precision {number("best_val_precision")}, recall
+{number("best_val_recall")}, F1 (Dice) {number("best_val_f1")}, IoU {number("best_val_iou")}.
+Check the model on your own annotated images before relying on it: with napari-unet-nuclei,
+`napari-unet-nuclei evaluate --model MODEL.pt --data FOLDER` gives precision, recall, F1,
+IoU and average precision per image.
+
+## Use with napari-unet-nuclei
+
+```python
+from napari_unet_nuclei.workflows.export import import_bioimageio
+model = import_bioimageio("this-package.zip")
+```
+"""
+
+
+def _version() -> str:
+    from napari_unet_nuclei import __version__
+
+    return __version__
+
+
+def _model_description(
+    model: NucleiModel,
+    *,
+    name: str,
+    description: str,
+    authors: Sequence[str],
+    license: str,
+    weights: Sequence[str],
+    cover_name: str,
+) -> Any:
+    """Build the bioimage.io model description of the files written in the current root."""
+    import torch
+    from bioimageio.spec.model import v0_5 as bio
+
+    from napari_unet_nuclei.io.model_io import FORMAT_NAME, FORMAT_VERSION
+
+    cfg, norm = model.config, model.normalization
+    torch_version = bio.Version(torch.__version__.split("+")[0])
+    multiple = cfg.size_multiple
+    raw, prob = bio.TensorId("raw"), bio.TensorId("probability")
+
+    def space_in(axis: str) -> Any:
+        return bio.SpaceInputAxis(
+            id=bio.AxisId(axis), size=bio.ParameterizedSize(min=multiple, step=1)
+        )
+
+    def space_out(axis: str) -> Any:
+        return bio.SpaceOutputAxis(
+            id=bio.AxisId(axis),
+            size=bio.SizeReference(tensor_id=raw, axis_id=bio.AxisId(axis)),
+        )
+
+    architecture = bio.ArchitectureFromFileDescr(
+        source=Path(ARCHITECTURE_FILE),
+        callable=bio.Identifier("PortableUNet"),
+        kwargs={
+            "features": cfg.features,
+            "depth": cfg.depth,
+            "in_channels": cfg.in_channels,
+        },
+    )
+    entries: dict[str, Any] = {
+        "pytorch_state_dict": bio.PytorchStateDictWeightsDescr(
+            source=Path("weights.pt"),
+            architecture=architecture,
+            pytorch_version=torch_version,
+        )
+    }
+    if "torchscript" in weights:
+        entries["torchscript"] = bio.TorchscriptWeightsDescr(
+            source=Path("weights-torchscript.pt"),
+            pytorch_version=torch_version,
+            parent="pytorch_state_dict",
+        )
+    if "onnx" in weights:
+        entries["onnx"] = bio.OnnxWeightsDescr(
+            source=Path("weights.onnx"), opset_version=17, parent="pytorch_state_dict"
+        )
+    ours = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "name": model.name,
+        # What the package holds: the nucleus probability, without object maps.
+        "architecture": {**cfg.to_dict(), "object_maps": []},
+        "normalization": norm.to_dict(),
+        "threshold": float(model.threshold),
+        "summary": _yaml_safe(model.summary),
+        "plugin_version": _version(),
+    }
+    return bio.ModelDescr(
+        name=name,
+        description=description,
+        authors=[bio.Author(name=author) for author in authors],
+        cite=[bio.CiteEntry(text=text, doi=bio.Doi(doi)) for text, doi in _CITATIONS],
+        license=bio.LicenseId(license),
+        tags=["nuclei", "segmentation", "fluorescence", "unet", "2d", "pytorch"],
+        documentation=bio.FileDescr(source=Path("README.md")),
+        covers=[bio.FileDescr(source=Path(cover_name))],
+        inputs=[
+            bio.InputTensorDescr(
+                id=raw,
+                description="grey fluorescence image (nuclear stain)",
+                axes=[
+                    bio.BatchAxis(),
+                    bio.ChannelAxis(channel_names=[bio.Identifier("nuclei")]),
+                    space_in("y"),
+                    space_in("x"),
+                ],
+                test_tensor=bio.FileDescr(source=Path("test_input.npy")),
+                sample_tensor=bio.FileDescr(source=Path("sample_input.tif")),
+                preprocessing=[
+                    bio.ScaleRangeDescr(
+                        kwargs=bio.ScaleRangeKwargs(
+                            axes=(bio.AxisId("y"), bio.AxisId("x")),
+                            min_percentile=norm.low_percentile,
+                            max_percentile=norm.high_percentile,
+                        )
+                    )
+                ],
+            )
+        ],
+        outputs=[
+            bio.OutputTensorDescr(
+                id=prob,
+                description="nucleus probability",
+                axes=[
+                    bio.BatchAxis(),
+                    bio.ChannelAxis(channel_names=[bio.Identifier("nucleus")]),
+                    space_out("y"),
+                    space_out("x"),
+                ],
+                data=bio.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
+                test_tensor=bio.FileDescr(source=Path("test_output.npy")),
+                sample_tensor=bio.FileDescr(source=Path("sample_output.tif")),
+                postprocessing=[bio.SigmoidDescr()],
+            )
+        ],
+        weights=bio.WeightsDescr(**entries),
+        config=bio.Config(**{CONFIG_KEY: ours}),
+    )
+
+
+def export_bioimageio(
+    model: NucleiModel,
+    path: str | os.PathLike,
+    *,
+    cover: str | os.PathLike | None = None,
+    test_image: np.ndarray | None = None,
+    name: str | None = None,
+    description: str | None = None,
+    authors: Sequence[str] = ("napari-unet-nuclei user",),
+    license: str = "CC-BY-4.0",
+    weights: Sequence[str] = ("pytorch_state_dict", "torchscript", "onnx"),
+) -> Path:
+    """Write a bioimage.io model package (zip, model description format 0.5).
+
+    Parameters
+    ----------
+    model : NucleiModel
+        A trained model.
+    path : str or path-like
+        Target ``.zip`` file.
+    cover : str or path-like, optional
+        A PNG/JPEG cover image; by default the test image beside its predicted probability.
+    test_image : numpy.ndarray, optional
+        2-D image for the package's test input/output (cropped to at most 256 x 256 and to
+        a multiple of ``2**depth``); a synthetic nuclei image by default. The test output is
+        computed by :func:`~napari_unet_nuclei.prediction.inference.predict`.
+    name, description : str, optional
+        Shown on bioimage.io; derived from the model by default.
+    authors : sequence of str
+        Names of the people who made the model.
+    license : str
+        SPDX licence identifier of the weights.
+    weights : sequence of str
+        Weight formats to include; ``pytorch_state_dict`` is always included (the others are
+        converted from it and the importer reads it).
+
+    Returns
+    -------
+    pathlib.Path
+        The written package, which passed bioimageio.spec's validation.
+
+    Raises
+    ------
+    ExportError
+        bioimageio.spec is not installed, or the package did not validate.
+    """
+    _require_bioimageio_spec()
+    import tifffile
+    import torch
+    from bioimageio.spec import InvalidDescr, ValidationContext, save_bioimageio_package
+
+    from napari_unet_nuclei.prediction.inference import predict
+
+    unknown = set(weights) - {"pytorch_state_dict", "torchscript", "onnx"}
+    if unknown:
+        raise ValueError(f"Unknown weight formats {sorted(unknown)}.")
+    norm = model.normalization
+    if norm.high_percentile <= 1.0:
+        raise ExportError(
+            "bioimage.io's scale_range needs an upper percentile above 1; this model uses "
+            f"{norm.high_percentile}."
+        )
+    cfg = model.config
+    name = name or f"napari-unet-nuclei {model.name}"
+    description = description or (
+        f"U-Net (F={cfg.features}, depth={cfg.depth}) for binary nuclei segmentation in 2-D "
+        "fluorescence microscopy, trained with napari-unet-nuclei."
+    )
+    image = _test_image(model, test_image)
+    # float32: other tools reproduce the test output with the float32 weights.
+    probabilities = predict(model, image, device="cpu", precision="fp32").astype(np.float32)
+
+    with tempfile.TemporaryDirectory(prefix="bioimageio-") as folder:
+        root = Path(folder)
+        np.save(root / "test_input.npy", image[None, None])
+        np.save(root / "test_output.npy", probabilities[None, None])
+        tifffile.imwrite(root / "sample_input.tif", image, compression="zlib")
+        tifffile.imwrite(root / "sample_output.tif", probabilities, compression="zlib")
+        # The nucleus logit only (see portable_network): the architecture described below.
+        torch.save(
+            {k: v.detach().cpu().clone() for k, v in portable_network(model).state_dict().items()},
+            root / "weights.pt",
+        )
+        shutil.copyfile(
+            Path(__file__).parents[1] / "nn" / ARCHITECTURE_FILE, root / ARCHITECTURE_FILE
+        )
+        (root / "README.md").write_text(_readme(model, name), encoding="utf-8")
+        cover_name = "cover.png"
+        if cover is None:
+            _write_cover(root / cover_name, image, probabilities, name)
+        else:
+            cover = Path(cover)
+            if cover.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+                raise ValueError(f"cover must be a PNG or JPEG image, got {cover}.")
+            cover_name = f"cover{cover.suffix.lower()}"
+            shutil.copyfile(cover, root / cover_name)
+        if "torchscript" in weights:
+            export_torchscript(model, root / "weights-torchscript.pt")
+        if "onnx" in weights:
+            export_onnx(model, root / "weights.onnx", opset=17)
+
+        try:
+            with ValidationContext(root=root, perform_io_checks=True, log_warnings=False):
+                descr = _model_description(
+                    model,
+                    name=name,
+                    description=description,
+                    authors=authors,
+                    license=license,
+                    weights=weights,
+                    cover_name=cover_name,
+                )
+        except ValueError as error:  # pydantic's ValidationError, e.g. an unknown licence
+            raise ExportError(f"Invalid bioimage.io description: {error}") from error
+        if isinstance(descr, InvalidDescr):  # pragma: no cover - the constructor raises
+            raise ExportError(f"Invalid bioimage.io description: {descr}")
+        target = Path(path)
+        try:
+            with (
+                atomic_path(target, suffix=".zip") as temporary,
+                ValidationContext(root=root, perform_io_checks=True, log_warnings=False),
+            ):
+                save_bioimageio_package(descr, output_path=temporary)
+        except Exception as error:
+            raise ExportError(
+                f"Could not write the bioimage.io package {target}: {error}"
+            ) from error
+    return target
+
+
+def validate_bioimageio(path: str | os.PathLike) -> Any:
+    """Validate a bioimage.io package with bioimageio.spec, without network access.
+
+    Files inside the package are read and hashed and the test tensors are checked against
+    the description (``perform_io_checks``); our packages reference no remote file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.zip`` package, a folder or its ``rdf.yaml``/``bioimageio.yaml``.
+
+    Returns
+    -------
+    bioimageio.spec.ModelDescr
+        The validated description (``.validation_summary`` holds the details).
+
+    Raises
+    ------
+    ExportError
+        The package is not a valid bioimage.io model description.
+    """
+    spec = _require_bioimageio_spec()
+    descr = spec.load_description(Path(path), perform_io_checks=True)
+    if isinstance(descr, spec.InvalidDescr) or descr.validation_summary.status == "failed":
+        summary = descr.validation_summary
+        errors = "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in summary.errors)
+        raise ExportError(f"{path} is not a valid bioimage.io package: {errors or summary}")
+    return descr
+
+
+# --------------------------------------------------------------------------------------
+# Import
+# --------------------------------------------------------------------------------------
+
+
+class _Package:
+    """Read-only access to the files of a bioimage.io package (zip or folder)."""
+
+    RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
+
+    def __init__(self, path: Path) -> None:
+        self.source = str(path)
+        self.archive: zipfile.ZipFile | None = None
+        self.folder: Path | None = None
+        from napari_unet_nuclei.io._file_checks import file_problem, one_line
+
+        if path.is_dir():
+            self.folder = path.resolve()
+            names = [p.name for p in self.folder.iterdir() if p.is_file()]
+        elif path.name in self.RDF_NAMES or path.name.endswith(".bioimageio.yaml"):
+            self.folder = path.parent.resolve()
+            names = [path.name]
+        else:
+            problem = file_problem(path)
+            if problem:
+                raise BioimageioPackageError(f"{path} is not a bioimage.io package: it {problem}.")
+            try:
+                self.archive = zipfile.ZipFile(path)
+            except Exception as error:  # BadZipFile, OSError, ValueError...
+                raise BioimageioPackageError(
+                    f"{path} is not a bioimage.io package (not a zip file): {one_line(error)}."
+                ) from error
+            names = self.archive.namelist()
+        rdf = [n for n in names if n in self.RDF_NAMES or n.endswith(".bioimageio.yaml")]
+        if not rdf:
+            self.close()
+            raise BioimageioPackageError(
+                f"{path} is not a bioimage.io package (no rdf.yaml or bioimageio.yaml)."
+            )
+        self.rdf_name = rdf[0]
+
+    def read(self, name: str, max_bytes: int = _MAX_MEMBER_BYTES) -> bytes:
+        """Return the bytes of the member ``name`` (a relative path inside the package),
+        refusing members whose declared size exceeds ``max_bytes`` before reading them."""
+        missing = BioimageioPackageError(f"{self.source} lacks the file {name!r} it refers to.")
+        large = BioimageioPackageError(f"{self.source}: {name!r} is implausibly large.")
+        if self.archive is not None:
+            try:
+                info = self.archive.getinfo(name)
+            except KeyError:
+                raise missing from None
+            if info.file_size > max_bytes:
+                raise large
+            return self.archive.read(info)
+        assert self.folder is not None
+        member = (self.folder / name).resolve()
+        if self.folder not in member.parents or not member.is_file():
+            raise missing
+        if member.stat().st_size > max_bytes:
+            raise large
+        return member.read_bytes()
+
+    def close(self) -> None:
+        if self.archive is not None:
+            self.archive.close()
+
+    def __enter__(self) -> _Package:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def import_bioimageio(path: str | os.PathLike, map_location: str = "cpu") -> NucleiModel:
+    """Read a bioimage.io package written by :func:`export_bioimageio` back as a model.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.zip`` package (or its unpacked folder, or its ``rdf.yaml``).
+    map_location : str
+        Device the weights are loaded to.
+
+    Returns
+    -------
+    NucleiModel
+        The model with its normalisation, threshold and training summary.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    BioimageioPackageError
+        Not a bioimage.io package, a package from another tool, or a damaged one (a weights
+        file whose SHA-256 differs from the description, or that holds anything other than
+        tensors). Nothing from the package is run or unpickled.
+    """
+    from napari_unet_nuclei.io._file_checks import one_line
+
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise FileNotFoundError(f"bioimage.io package not found: {path}")
+    try:
+        return _import_package(path, map_location)
+    except BioimageioPackageError:
+        raise
+    except Exception as error:  # zipfile, zlib, yaml and torch raise many types
+        raise BioimageioPackageError(
+            f"{path} is not a readable bioimage.io package ({type(error).__name__}: "
+            f"{one_line(error)})."
+        ) from error
+
+
+def _import_package(path: Path, map_location: str) -> NucleiModel:
+    """The work of :func:`import_bioimageio`, which turns any failure into one sentence."""
+    import pickle
+
+    import torch
+    import yaml
+
+    from napari_unet_nuclei.io._file_checks import one_line, zip_problem
+    from napari_unet_nuclei.io.model_io import FORMAT_NAME, ModelFileError, model_from_dict
+
+    with _Package(path) as package:
+        try:
+            rdf = yaml.safe_load(package.read(package.rdf_name, _MAX_RDF_BYTES))
+        except yaml.YAMLError as error:
+            raise BioimageioPackageError(
+                f"{path}: {package.rdf_name} is not valid YAML: {one_line(error)}."
+            ) from error
+        if not isinstance(rdf, dict) or rdf.get("type") != "model":
+            raise BioimageioPackageError(f"{path} is not a bioimage.io model description.")
+        ours = (rdf.get("config") or {}).get(CONFIG_KEY)
+        if not isinstance(ours, dict) or ours.get("format") != FORMAT_NAME:
+            raise BioimageioPackageError(
+                f"{path} is a bioimage.io model from another tool "
+                f"({rdf.get('name', 'unnamed')!r}); napari-unet-nuclei imports only packages "
+                "it exported. Run other models with bioimage.io tools (bioimageio.core, "
+                "ilastik, deepImageJ...)."
+            )
+        entry = (rdf.get("weights") or {}).get("pytorch_state_dict")
+        if not isinstance(entry, dict) or not isinstance(entry.get("source"), str):
+            raise BioimageioPackageError(f"{path} has no pytorch_state_dict weights.")
+        data = package.read(entry["source"])
+    expected = entry.get("sha256")
+    if not expected or hashlib.sha256(data).hexdigest() != expected:
+        raise BioimageioPackageError(
+            f"{path}: the weights file {entry['source']!r} does not match its SHA-256 in the "
+            "description (damaged or modified package)."
+        )
+    problem = zip_problem(io.BytesIO(data)) if data[:4] == b"PK\x03\x04" else None
+    if problem:
+        raise BioimageioPackageError(
+            f"{path} was refused: its weights file {entry['source']!r} {problem}."
+        )
+    try:
+        with warnings.catch_warnings():
+            # torch's note on pickle protocols, irrelevant to the user (the file is refused)
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise BioimageioPackageError(
+            f"{path} was refused: its weights hold objects other than tensors, so they could "
+            "run code when loaded."
+        ) from error
+    except Exception as error:  # torch's loader raises any type for damaged weights
+        raise BioimageioPackageError(
+            f"{path}: unreadable weights ({type(error).__name__}: {one_line(error)})."
+        ) from error
+    try:
+        return model_from_dict({**ours, "state_dict": state}, source=str(path))
+    except ModelFileError as error:
+        raise BioimageioPackageError(str(error)) from error
+
+
+# --------------------------------------------------------------------------------------
+# One entry point for the command line and the GUI
+# --------------------------------------------------------------------------------------
+
+
+def export_model(model: NucleiModel, path: str | os.PathLike, format: str, **options: Any) -> Path:
+    """Export ``model`` to ``path`` in one of :data:`EXPORT_FORMATS`.
+
+    Parameters
+    ----------
+    model : NucleiModel
+        A trained model.
+    path : str or path-like
+        Target file.
+    format : str
+        ``"bioimageio"``, ``"onnx"`` or ``"torchscript"``.
+    **options
+        Passed to the format's function.
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+    """
+    exporters: dict[str, Callable[..., Path]] = {
+        "bioimageio": export_bioimageio,
+        "onnx": export_onnx,
+        "torchscript": export_torchscript,
+    }
+    if format not in exporters:
+        raise ValueError(
+            f"Unknown export format {format!r}; choose one of {', '.join(exporters)}."
+        )
+    return exporters[format](model, path, **options)
