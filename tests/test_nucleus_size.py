@@ -165,3 +165,26 @@ def test_auto_leaves_images_alone_when_the_model_or_its_mask_says_nothing_of_siz
         iter_segment(untrained, image[..., 0] if image.ndim == 3 else image, outputs), None
     )
     assert summary.rescaled_frames == 0
+
+
+def test_a_fine_tune_learns_at_the_size_its_start_model_learned(builtin, kromp_root) -> None:
+    """Large nuclei are shrunk for training as segmenting shrinks them, and the fine-tuned
+    model keeps the start model's diameter (its kept weights then segment as it did)."""
+    from napari_unet_nuclei.train.training import TrainingConfig, train_model
+    from napari_unet_nuclei.train.training_data import TargetRecipe, prepare_split
+
+    large, large_truth = _kromp(kromp_root, "Neuroblastoma_13")
+    typical, typical_truth = _kromp(kromp_root, "normal_34")
+    recipe = TargetRecipe(builtin.normalization, builtin.object_maps, True, 26.0)
+    split = prepare_split([large, typical], [large_truth, typical_truth], None, None, recipe)
+    assert split.images[0].shape[0] < large.shape[0] / 3  # about 135 px nuclei -> 26 px
+    assert split.images[1].shape == typical.shape  # already near the learned size
+    assert split.masks[0].shape == split.instances[0].shape == split.images[0].shape
+    assert split.instances[0].max() >= 0.8 * (np.unique(large_truth).size - 1)
+    model = train_model(
+        [large, typical],
+        [large_truth, typical_truth],
+        TrainingConfig(steps=2, batch_size=2, patch_size=128),
+        init_model=builtin,
+    )
+    assert model.summary["nucleus_diameter"] == BUILTIN_TRAINED_DIAMETER

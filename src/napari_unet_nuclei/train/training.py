@@ -37,7 +37,7 @@ from napari_unet_nuclei.events import (
 from napari_unet_nuclei.nn.acceleration import autocast, resolve_precision
 from napari_unet_nuclei.nn.devices import resolve_device
 from napari_unet_nuclei.nn.model import NucleiModel, create_model
-from napari_unet_nuclei.prediction.nucleus_size import diameter_of_masks
+from napari_unet_nuclei.prediction.nucleus_size import diameter_of_masks, trained_diameter
 from napari_unet_nuclei.train.augmentation import augment_batch
 from napari_unet_nuclei.train.losses import LOSSES, OBJECTIVES, map_loss, probability_loss
 from napari_unet_nuclei.train.nucleus_choice import NucleusScore, candidate_rules
@@ -153,7 +153,9 @@ def train(
     if map_names:
         warn_when_painted_with_one_value(labels, names)
 
-    recipe = TargetRecipe(model.normalization, map_names, separating)
+    # A fine-tune learns at the size its start model learned (see TargetRecipe).
+    learned = trained_diameter(init_model.summary) if fine_tuning else None
+    recipe = TargetRecipe(model.normalization, map_names, separating, learned)
     data = prepare_split(images, labels, names, annotated, recipe)
     if all(weight is None for weight in data.weights):
         warn_when_labels_are_partial(images, labels)
@@ -436,7 +438,8 @@ def train(
         "best_val_merges": best_nuclei.merges if best_nuclei else None,
         "start_val_object_f1": start_nuclei.object_f1 if start_nuclei else None,
         "kept_start_weights": bool(fine_tuning and by_objects and best_epoch == 0),
-        "nucleus_diameter": diameter_of_masks(
+        "nucleus_diameter": learned
+        or diameter_of_masks(
             [m if w is None else m & w for m, w in zip(train_data.masks, train_data.weights)]
         ),
         "replayed_images": 0 if replay is None else len(replay_images),

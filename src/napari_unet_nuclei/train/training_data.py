@@ -16,6 +16,7 @@ from napari_unet_nuclei.nn.object_targets import (
     object_maps,
     painted_with_one_value,
 )
+from napari_unet_nuclei.prediction.nucleus_size import estimate_diameter, rescale_factor, resize_to
 
 __all__ = [
     "MIN_TRAINING_SIDE",
@@ -97,11 +98,16 @@ class TrainingSplit:
 
 @dataclass(frozen=True)
 class TargetRecipe:
-    """What a network learns from a label image: its normalisation, object maps, gaps."""
+    """What a network learns from a label image: its normalisation, object maps, gaps,
+    and the nucleus diameter it learned (a fine-tune's start model's): images whose nuclei
+    are over twice that size are shrunk to it, as segmenting with ``diameter="auto"``
+    shrinks them, so that a fine-tuned model sees its nuclei at the size it will be shown
+    them."""
 
     normalization: NormalizationConfig
     map_names: tuple[str, ...] = ()
     gaps: bool = False
+    diameter: float | None = None
 
 
 def prepare_split(
@@ -123,17 +129,39 @@ def prepare_split(
     for image, label, name, weight in zip(images, labels, names, annotated):
         image, label = np.asarray(image), np.asarray(label)
         check_pair(image, label, name)
-        out.images.append(normalize_frame(image, recipe.normalization))
+        frame = normalize_frame(image, recipe.normalization)
+        weight = None if weight is None else np.asarray(weight, bool)
+        if recipe.diameter:
+            frame, label, weight = _at_learned_size(frame, label, weight, recipe.diameter)
+        out.images.append(frame)
         out.masks.append(as_mask(label))
-        out.weights.append(None if weight is None else np.asarray(weight, bool))
+        out.weights.append(weight)
         out.names.append(str(name))
-        inside = label if weight is None else np.where(out.weights[-1], label, 0)
+        inside = label if weight is None else np.where(weight, label, 0)
         out.instances.append(instance_labels(inside))
         if recipe.map_names:
             out.maps.append(object_maps(inside, recipe.map_names))
         if recipe.gaps:
             out.gaps.append(gap_band(inside))
     return out
+
+
+def _at_learned_size(
+    frame: np.ndarray, label: np.ndarray, weight: np.ndarray | None, learned: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The frame, labels and loss weights shrunk by the rule of ``diameter="auto"``."""
+    inside = label > 0 if weight is None else (label > 0) & weight
+    factor = rescale_factor(estimate_diameter(inside), learned, automatic=True)
+    if factor == 1.0:
+        return frame, label, weight
+    shape = tuple(max(1, round(side * factor)) for side in frame.shape)
+    label = resize_to(
+        np.where(np.isnan(label), 0, label) if label.dtype.kind == "f" else label,
+        shape,
+        labels=True,
+    )
+    weight = None if weight is None else resize_to(weight, shape, labels=True)
+    return resize_to(frame, shape), label, weight
 
 
 def choose_validation(
