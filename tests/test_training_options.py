@@ -265,7 +265,9 @@ def test_fine_tuning_replays_the_generalist_images_and_records_the_nucleus_size(
     assert model.summary["nucleus_diameter"] == lab_tiny_model.summary["nucleus_diameter"]
     assert lab_tiny_model.summary["nucleus_diameter"] > 0
     new = train_model(x_train[:6], y_train[:6], TrainingConfig(steps=1, **SMALL))
-    assert new.summary["nucleus_diameter"] == pytest.approx(diameter_of_masks(y_train[:5]), rel=0.1)
+    assert new.summary["nucleus_diameter"] == pytest.approx(
+        diameter_of_masks(y_train[:5]), rel=0.1
+    )
     with pytest.raises(ValueError, match="replay_images and replay_labels must be given"):
         train_model(
             x_train[:2],
