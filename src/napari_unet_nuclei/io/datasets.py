@@ -40,6 +40,7 @@ from napari_unet_nuclei.nn.normalization import ImageWarning
 __all__ = [
     "IMAGE_SUFFIXES",
     "PICKLE_SUFFIXES",
+    "TIFF_SUFFIXES",
     "DataError",
     "LabelledImage",
     "RefusedFileError",
@@ -60,7 +61,7 @@ __all__ = [
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 #: File suffixes read as the lab's pickle of tensors.
 PICKLE_SUFFIXES = (".pck", ".pkl", ".pickle")
-_TIFF_SUFFIXES = (".tif", ".tiff")
+TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 class DataError(ValueError):
@@ -219,7 +220,7 @@ def _read_raw(path: Path) -> np.ndarray:
         raise DataError(f"Cannot read {str(path)!r} as an image: it {problem}.")
     limit = read_limit_bytes()
     try:
-        if suffix in _TIFF_SUFFIXES:
+        if suffix in TIFF_SUFFIXES:
             import tifffile
 
             with quiet_tifffile(), tifffile.TiffFile(path) as tif:
