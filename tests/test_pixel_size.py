@@ -56,6 +56,7 @@ def test_tiff_files_give_their_pixel_size(tmp_path) -> None:
 def test_ome_zarr_gives_its_scale_in_micrometres(tmp_path) -> None:
     folder = tmp_path / "image.ome.zarr"
     folder.mkdir()
+    (folder / ".zgroup").write_text(json.dumps({"zarr_format": 2}))  # an OME-NGFF 0.4 group
     axes = [
         {"name": "z", "type": "space", "unit": "micrometer"},
         {"name": "y", "type": "space", "unit": "nanometer"},

@@ -405,19 +405,18 @@ def read_input_image(path: Path) -> np.ndarray:
 
 
 def _diameter(text: str) -> float | str | None:
-    """``--diameter``: a number of pixels, 'auto' or 'off'."""
-    if text.lower() in ("auto", "off"):
-        return "auto" if text.lower() == "auto" else None
+    """``--diameter``: a number of pixels, 'auto' or 'off' (checked by the engine's rule)."""
+    from napari_unet_nuclei.prediction.nucleus_size import checked_diameter
+
+    if text.lower() == "off":
+        return None
     try:
-        value = float(text)
+        return checked_diameter(text.lower() if text.lower() == "auto" else text)
     except ValueError:
-        value = float("nan")
-    if not (np.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a diameter: give the nuclei's diameter in pixels (e.g. 40), "
             "'auto' or 'off'"
-        )
-    return value
+        ) from None
 
 
 def _diameter_text(diameter: float, resized_frames: int) -> str:

@@ -197,24 +197,19 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
 
     def _check_coverage(self, image: Any, labels: Any, flags: np.ndarray) -> None:
         """Say, as soon as the layers are chosen, when the labels miss many nuclei: the
-        check (0.4 s a megapixel frame) runs off the GUI thread on a copy of up to
-        ``MAX_FRAMES_CHECKED`` labelled frames."""
+        check (0.4 s a megapixel frame) runs off the GUI thread on a copy of the labelled
+        frames ``label_coverage`` looks at (``frames_to_check``)."""
         from napari.qt.threading import thread_worker
 
         from napari_unet_nuclei.train.label_coverage import (
-            MAX_FRAMES_CHECKED,
+            frames_to_check,
             label_coverage,
             partial_labels_note,
         )
 
         grey, _ = grey_layer_data(image)
         leading = tuple(grey.shape[:-2])
-        numbers = np.flatnonzero(flags)  # flat frame numbers (one frame: [0])
-        if len(numbers) > MAX_FRAMES_CHECKED:
-            numbers = numbers[
-                np.linspace(0, len(numbers) - 1, MAX_FRAMES_CHECKED).round().astype(int)
-            ]
-        indices = [np.unravel_index(int(n), leading) if leading else () for n in numbers]
+        indices = [np.unravel_index(n, leading) if leading else () for n in frames_to_check(flags)]
         frames = [np.array(grey[index]) for index in indices]
         masks = [np.array(labels.data[index]) for index in indices]
         choice = (image, labels)

@@ -15,12 +15,13 @@ micrometre. A size is a mapping from axis name (``"z"``, ``"y"``, ``"x"``) to mi
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from pathlib import Path
 from typing import Any
+
+from napari_unet_nuclei.io.datasets import TIFF_SUFFIXES
 
 __all__ = [
     "file_pixel_size",
@@ -123,29 +124,25 @@ def _imagej_size(tif: Any) -> dict[str, float] | None:
 
 def zarr_pixel_size(path: str | os.PathLike[str]) -> dict[str, float] | None:
     """The pixel size in an OME-Zarr image's ``multiscales`` metadata (version 0.4 or 0.5)."""
-    folder = Path(path)
-    for name in (".zattrs", "zarr.json"):
-        try:
-            attributes = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        attributes = attributes.get("attributes", attributes)
-        attributes = attributes.get("ome", attributes)
-        try:
-            multiscale = attributes["multiscales"][0]
-            axes = multiscale["axes"]
-            transforms = multiscale["datasets"][0]["coordinateTransformations"]
-            scale = next(t["scale"] for t in transforms if t.get("type") == "scale")
-        except (KeyError, IndexError, TypeError, StopIteration):
-            return None
-        size = {}
-        for axis, step in zip(axes, scale):
-            if isinstance(axis, dict) and axis.get("type") == "space" and "unit" in axis:
-                value = micrometres(step, axis["unit"])
-                if value is not None:
-                    size[str(axis.get("name", "")).lower()] = value
-        return size if "y" in size and "x" in size else None
-    return None
+    import zarr
+
+    from napari_unet_nuclei.io.zarr_io import ome_multiscales
+
+    try:
+        multiscales = ome_multiscales(dict(zarr.open(str(path), mode="r").attrs))
+        multiscale = multiscales[0]
+        axes = multiscale["axes"]
+        transforms = multiscale["datasets"][0]["coordinateTransformations"]
+        scale = next(t["scale"] for t in transforms if t.get("type") == "scale")
+    except Exception:  # not a group, no multiscales, damaged metadata: no size
+        return None
+    size = {}
+    for axis, step in zip(axes, scale):
+        if isinstance(axis, dict) and axis.get("type") == "space" and "unit" in axis:
+            value = micrometres(step, axis["unit"])
+            if value is not None:
+                size[str(axis.get("name", "")).lower()] = value
+    return size if "y" in size and "x" in size else None
 
 
 def spatial_pixel_size(size: dict[str, float] | None, volume: bool) -> tuple[float, ...] | None:
@@ -165,7 +162,7 @@ def file_pixel_size(path: str | os.PathLike[str]) -> dict[str, float] | None:
     path = Path(path)
     if path.is_dir():
         return zarr_pixel_size(path)
-    if path.suffix.lower() not in (".tif", ".tiff"):
+    if path.suffix.lower() not in TIFF_SUFFIXES:
         return None
     import tifffile
 

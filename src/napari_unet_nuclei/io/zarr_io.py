@@ -187,7 +187,8 @@ def create_ome_zarr(
     return array
 
 
-def _multiscales(attributes: dict[str, Any]) -> list[dict[str, Any]] | None:
+def ome_multiscales(attributes: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The ``multiscales`` list of a zarr group's attributes (OME-NGFF 0.4 or 0.5), or None."""
     if "multiscales" in attributes:  # OME-NGFF 0.4
         return attributes["multiscales"]
     ome = attributes.get("ome")
@@ -239,7 +240,7 @@ def open_zarr_image(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None
         node = zarr.open(str(path), mode="r")
         if isinstance(node, zarr.Array):
             return _checked(node, None, path)
-        multiscales = _multiscales(dict(node.attrs))
+        multiscales = ome_multiscales(dict(node.attrs))
         if not multiscales:
             arrays = sorted(name for name, _ in node.arrays())
             if len(arrays) == 1:

@@ -432,23 +432,15 @@ def iter_frame_logits(
     from napari_unet_nuclei.prediction.nucleus_size import (
         AUTO_MAX_FOREGROUND,
         BUILTIN_TRAINED_DIAMETER,
+        checked_diameter,
         estimate_diameter,
         rescale_factor,
         resize_to,
         trained_diameter,
     )
 
+    diameter = checked_diameter(diameter)
     automatic = diameter == "auto"
-    if not (diameter is None or automatic):
-        try:
-            diameter = float(diameter)
-        except (TypeError, ValueError):
-            diameter = math.nan
-        if not (math.isfinite(diameter) and diameter > 0):
-            raise ValueError(
-                f"The nucleus diameter must be a number of pixels above 0 or 'auto', got "
-                f"{diameter!r}."
-            )
     learned = trained_diameter(model.summary)
     reference = learned or BUILTIN_TRAINED_DIAMETER  # for a diameter given by hand
     cut = math.log(model.threshold / (1.0 - model.threshold)) if 0 < model.threshold < 1 else 0.0
@@ -484,11 +476,11 @@ def iter_frame_logits(
                 if learned is not None and mask.mean() <= AUTO_MAX_FOREGROUND:
                     factor = rescale_factor(size, learned, automatic=True)
         if factor != 1.0:
-            shape = tuple(max(multiple, round(side * factor)) for side in frame.shape)
+            scaled_shape = tuple(max(multiple, round(side * factor)) for side in frame.shape)
             scaled = yield from _cancellable(
                 _frame_logits(
                     run,
-                    resize_to(frame, shape),
+                    resize_to(frame, scaled_shape),
                     tile_size,
                     overlap,
                     batch_size,

@@ -119,8 +119,11 @@ def concatenate_tables(
     dict of str to numpy.ndarray
     """
     if not parts:
-        extra = ("area_um2", "centroid_y_um", "centroid_x_um") if micrometres else ()
-        return empty_table([*frame_columns(n_leading), *MEASUREMENT_COLUMNS, *extra])
+        # The columns of a frame without nuclei, by the one rule that names them.
+        columns = _measure_frame(
+            np.zeros((1, 1), np.uint8), None, (1.0, 1.0) if micrometres else None
+        )
+        return {**empty_table(frame_columns(n_leading)), **columns}
     return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 

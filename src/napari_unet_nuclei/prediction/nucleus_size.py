@@ -26,6 +26,7 @@ from scipy import ndimage as ndi
 __all__ = [
     "AUTO_SHRINK_BELOW",
     "BUILTIN_TRAINED_DIAMETER",
+    "checked_diameter",
     "diameter_of_masks",
     "estimate_diameter",
     "rescale_factor",
@@ -47,6 +48,28 @@ AUTO_SHRINK_BELOW = 0.5
 _GRID_OFFSET = 0.4
 #: Rescale factors are kept within these bounds.
 SCALE_LIMITS = (0.1, 4.0)
+
+
+def checked_diameter(value: float | str | None) -> float | str | None:
+    """A ``diameter`` option as the engine takes it: a number of pixels above 0, ``"auto"``
+    or None (never resize).
+
+    Raises
+    ------
+    ValueError
+        With one sentence, for anything else (0, negative, NaN, infinite, text).
+    """
+    if value is None or value == "auto":
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(
+            f"The nucleus diameter must be a number of pixels above 0 or 'auto', got {value!r}."
+        )
+    return number
 
 
 def estimate_diameter(mask: np.ndarray, max_pixels: int = 1 << 20) -> float | None:

@@ -18,6 +18,7 @@ import numpy as np
 __all__ = [
     "LabelCoverage",
     "PartialLabelsWarning",
+    "frames_to_check",
     "label_coverage",
     "partial_labels_note",
 ]
@@ -92,6 +93,27 @@ def _frame_blobs(image: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
     return labelled, int(np.count_nonzero(big_enough & ~touched))
 
 
+def frames_to_check(labelled: Sequence[bool]) -> list[int]:
+    """The frames :func:`label_coverage` looks at: the labelled ones, at most
+    :data:`MAX_FRAMES_CHECKED` of them evenly spread over the stack.
+
+    Parameters
+    ----------
+    labelled : sequence of bool
+        Per frame, whether it holds any label.
+
+    Returns
+    -------
+    list of int
+        Frame numbers, in order.
+    """
+    numbers = np.flatnonzero(np.asarray(labelled, bool))
+    if len(numbers) > MAX_FRAMES_CHECKED:
+        keep = np.linspace(0, len(numbers) - 1, MAX_FRAMES_CHECKED).round().astype(int)
+        numbers = numbers[keep]
+    return [int(n) for n in numbers]
+
+
 def label_coverage(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> LabelCoverage:
     """Count the bright blobs of the labelled frames that labels touch and that they miss.
 
@@ -106,10 +128,8 @@ def label_coverage(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -
     -------
     LabelCoverage
     """
-    pairs = [(i, m) for i, m in zip(images, labels) if np.asarray(m).any()]
-    if len(pairs) > MAX_FRAMES_CHECKED:
-        keep = np.linspace(0, len(pairs) - 1, MAX_FRAMES_CHECKED).round().astype(int)
-        pairs = [pairs[k] for k in keep]
+    labelled = [np.asarray(m).any() for m in labels]
+    pairs = [(images[k], labels[k]) for k in frames_to_check(labelled)]
     labelled = unlabelled = 0
     for image, mask in pairs:
         a, b = _frame_blobs(np.asarray(image), np.asarray(mask))

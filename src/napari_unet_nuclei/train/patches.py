@@ -200,11 +200,6 @@ class ReplayMix:
             raise ValueError("Replayed images need the same target channels as the others.")
         self.own, self.replay, self.share = own, replay, float(share)
 
-    @property
-    def n_pixels(self) -> int:
-        """Annotated pixels of the images trained on (the replay is not counted)."""
-        return self.own.n_pixels
-
     def replayed_per_batch(self, batch_size: int) -> int:
         """How many of ``batch_size`` patches come from the replayed images."""
         if self.replay is None or self.share <= 0 or batch_size < 2:

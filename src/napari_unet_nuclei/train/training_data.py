@@ -155,11 +155,7 @@ def _at_learned_size(
     if factor == 1.0:
         return frame, label, weight
     shape = tuple(max(1, round(side * factor)) for side in frame.shape)
-    label = resize_to(
-        np.where(np.isnan(label), 0, label) if label.dtype.kind == "f" else label,
-        shape,
-        labels=True,
-    )
+    label = resize_to(label, shape, labels=True)
     weight = None if weight is None else resize_to(weight, shape, labels=True)
     return resize_to(frame, shape), label, weight
 

@@ -226,8 +226,7 @@ class _FrameWriter:
         self.counts = counts
         #: The pixel size (y, x) in micrometres, for the measurements; None: unknown.
         self.pixel_size: tuple[float, float] | None = None
-        #: The frame in progress's nucleus diameter (given or estimated) and resize factor.
-        self.size: tuple[float | None, float] = (None, 1.0)
+        #: Per frame, the nucleus diameter (given or estimated), and the frames resized.
         self.diameters: list[float] = []
         self.rescaled = 0
 
@@ -239,19 +238,16 @@ class _FrameWriter:
             return _connected_parts(probabilities >= self.threshold)
         return instances_from_maps(probabilities, maps, self.instances)
 
-    def split_rescaled(self, logits: np.ndarray, model: Any, all_channels: bool) -> np.ndarray:
-        """Nuclei of a frame from the logits of its resized copy (at that copy's size)."""
-        from napari_unet_nuclei.prediction.inference import sigmoid
-
-        channels = sigmoid(logits)
-        probabilities = channels[0] if all_channels else channels
-        maps = dict(zip(model.config.channel_names[1:], channels[1:])) if all_channels else {}
-        return self.split(probabilities, maps)
-
     def finish(
-        self, number: int, index: tuple[int, ...], labels: np.ndarray | None
+        self,
+        number: int,
+        index: tuple[int, ...],
+        labels: np.ndarray | None,
+        diameter: float | None = None,
+        scale: float = 1.0,
     ) -> FrameSegmented:
-        """Write a frame's labels (ids offset in a stack) and measure it."""
+        """Write a frame's labels (ids offset in a stack) and measure it; ``diameter`` and
+        ``scale`` are the frame's nucleus diameter and the factor it was resized by."""
         if labels is None:  # not counted
             self.nuclei = self.foreground = None
             return FrameSegmented(number, self.n_frames, None, index)
@@ -273,14 +269,24 @@ class _FrameWriter:
         self.offset += count
         self.nuclei += count
         self.foreground += foreground
-        diameter, scale = self.size
         if diameter is not None:
             self.diameters.append(float(diameter))
         self.rescaled += scale != 1.0
-        self.size = (None, 1.0)
         return FrameSegmented(
             number, self.n_frames, None, index, count, foreground, table, diameter, scale
         )
+
+
+def _probabilities_and_maps(
+    logits: np.ndarray, model: Any, all_channels: bool
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A frame's nucleus probabilities and, with ``all_channels``, its object maps by name."""
+    from napari_unet_nuclei.prediction.inference import sigmoid
+
+    channels = sigmoid(logits)
+    if not all_channels:
+        return channels, {}
+    return channels[0], dict(zip(model.config.channel_names[1:], channels[1:]))
 
 
 def _clear_frame(outputs: SegmentOutputs, index: tuple[int, ...]) -> None:
@@ -428,11 +434,13 @@ def iter_segment(
     if volume:
         from napari_unet_nuclei.prediction.volumes import nuclei_in_volume
 
+        # The voxel size (z, y, x) where the pixel size has z: 3-D distances and micrometres.
+        voxel_size = tuple(pixel_size) if pixel_size and len(pixel_size) == 3 else None
+
         labels = nuclei_in_volume(
             np.asarray(outputs.probabilities[...]),
             threshold,
-            spacing=spacing
-            or (tuple(pixel_size) if pixel_size and len(pixel_size) == 3 else (1.0, 1.0, 1.0)),
+            spacing=spacing or voxel_size or (1.0, 1.0, 1.0),
             slice_labels=np.asarray(outputs.labels[...]),
         )
         outputs.labels[...] = labels
@@ -442,7 +450,7 @@ def iter_segment(
                 labels,
                 read_array(image),
                 per_frame=False,
-                pixel_size=pixel_size if pixel_size and len(pixel_size) == 3 else None,
+                pixel_size=voxel_size,
             )
     elif measure:
         table = concatenate_tables(writer.tables, len(shape) - 2, writer.pixel_size is not None)
@@ -463,7 +471,6 @@ def _segment_frames(
         FrameLogits,
         InferenceCancelled,
         iter_frame_logits,
-        sigmoid,
     )
     from napari_unet_nuclei.prediction.nucleus_size import resize_to
 
@@ -480,15 +487,14 @@ def _segment_frames(
             if not isinstance(event, FrameLogits):
                 yield event
                 continue
-            channels = sigmoid(event.logits)
-            probabilities = channels[0] if all_channels else channels
-            maps = dict(zip(model.config.channel_names[1:], channels[1:])) if all_channels else {}
+            probabilities, maps = _probabilities_and_maps(event.logits, model, all_channels)
             if event.scaled_logits is None:
                 labels = writer.split(probabilities, maps)
             else:  # nuclei split at the size the network saw them, then brought back
-                labels = writer.split_rescaled(event.scaled_logits, model, all_channels)
+                labels = writer.split(
+                    *_probabilities_and_maps(event.scaled_logits, model, all_channels)
+                )
                 labels = resize_to(labels, probabilities.shape, labels=True)
-            writer.size = (event.diameter, event.scale)
             index = event.index
             if outputs.probabilities is not None:
                 outputs.probabilities[index] = probabilities
@@ -496,7 +502,7 @@ def _segment_frames(
                 outputs.mask[index] = probabilities >= writer.threshold
             for name, array in outputs.maps.items():
                 array[index] = maps[name]
-            yield writer.finish(event.number, index, labels)
+            yield writer.finish(event.number, index, labels, event.diameter, event.scale)
             if should_stop is not None and should_stop():
                 raise InferenceCancelled("Segmentation was cancelled.")
     finally:
