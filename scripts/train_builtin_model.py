@@ -16,6 +16,7 @@ smallest nucleus) by object F1; the test parts are only read by
     python scripts/train_builtin_model.py --device cuda --time-budget 1800
     python scripts/train_builtin_model.py --init first.pt --lr 1e-3 --time-budget 3000  # more
     python scripts/train_builtin_model.py --piece --time-budget 7200   # one more piece
+    python scripts/train_builtin_model.py --steps 3123 --threads 1 --out new.pt  # same steps
 
 A *piece* (``--piece``) continues the long schedule from the committed model alone: a warm
 restart of the learning-rate cycle from the shipped weights, judged on the same validation
@@ -46,7 +47,8 @@ DEFAULT_OUT = ROOT / "src" / "napari_unet_nuclei" / "models" / "fluo-nuclei.pt"
 def choose_instance_rule(model, items) -> tuple[dict, list[dict]]:
     """The instance settings with the best mean object F1 on ``items`` (validation)."""
     from napari_unet_nuclei.evaluate.object_metrics import object_scores
-    from napari_unet_nuclei.prediction.inference import iter_frame_logits, sigmoid
+    from napari_unet_nuclei.nn.probabilities import sigmoid
+    from napari_unet_nuclei.prediction.inference import iter_frame_logits
     from napari_unet_nuclei.prediction.instances import InstanceConfig, instances_from_maps
 
     outputs = []
@@ -121,6 +123,11 @@ def record_piece(args, model, seconds: float, start_model) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--time-budget", type=float, default=4500.0, help="training seconds")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="train this many steps instead of --time-budget seconds (the same on any machine)",
+    )
     parser.add_argument("--features", type=int, default=8)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -181,12 +188,15 @@ def main() -> None:
         return
     print(
         f"{len(items)} training images ({sum(i.image.size for i in items) / 1e6:.0f} Mpx), "
-        f"{n_val} held out for validation; {args.time_budget:.0f} s on {args.device}"
+        f"{n_val} held out for validation; "
+        + (f"{args.steps} steps" if args.steps else f"{args.time_budget:.0f} s")
+        + f" on {args.device}"
     )
     config = TrainingConfig(
         features=args.features,
         depth=args.depth,
-        time_budget=args.time_budget,
+        time_budget=None if args.steps else args.time_budget,
+        steps=args.steps,
         seed=args.seed,
         device=args.device,
         validation_names=val_names,

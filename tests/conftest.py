@@ -17,6 +17,15 @@ DATA_ROOT = Path(
 KROMP_ROOT = DATA_ROOT / "kromp2020"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory) -> None:
+    """Exported ONNX graphs go to a folder of this test session, not the user's cache
+    (subprocesses inherit it)."""
+    from napari_unet_nuclei.nn.acceleration import CACHE_ENV
+
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def kromp_root() -> Path:
     """Folder of the Kromp 2020 dataset (images/, masks/, splits.json, nuclei_128.npz)."""

@@ -106,6 +106,58 @@ def test_onnxruntime_session_follows_new_weights(kromp_crop) -> None:
     np.testing.assert_allclose(after, expected, atol=1e-4)
 
 
+@needs_onnxruntime
+def test_an_exported_graph_is_kept_and_read_back_without_exporting(
+    kromp_crop, tmp_path, monkeypatch
+) -> None:
+    """The exporter imports ``onnx`` (about a second holding Python's lock, a frozen
+    window): a model exported once on this machine starts from the cache folder."""
+    from napari_unet_nuclei.nn import acceleration
+
+    monkeypatch.setenv(acceleration.CACHE_ENV, str(tmp_path))
+    torch.manual_seed(4)
+    model = create_model(features=4, depth=2)
+    first = predict_logits(model, kromp_crop, backend="onnxruntime")
+    graphs = list((tmp_path / "onnx").glob("*.onnx"))
+    assert len(graphs) == 1 and graphs[0].stat().st_size > 10_000
+
+    def no_export(_network):
+        raise AssertionError("exported again although the graph is in the cache")
+
+    monkeypatch.setattr(acceleration, "_export_onnx", no_export)
+    acceleration._ONNX_SESSIONS.clear()
+    again = predict_logits(model, kromp_crop, backend="onnxruntime")
+    np.testing.assert_array_equal(again, first)
+    # Other weights are another graph: exported, not confused with the kept one.
+    monkeypatch.undo()
+    monkeypatch.setenv(acceleration.CACHE_ENV, str(tmp_path))
+    torch.manual_seed(5)
+    other = create_model(features=4, depth=2)
+    expected = predict_logits(other, kromp_crop, backend="torch", precision="fp32")
+    np.testing.assert_allclose(
+        predict_logits(other, kromp_crop, backend="onnxruntime"), expected, atol=1e-4
+    )
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 2
+
+
+@needs_onnxruntime
+def test_an_unwritable_cache_folder_only_costs_the_export(
+    kromp_crop, tmp_path, monkeypatch
+) -> None:
+    from napari_unet_nuclei.nn import acceleration
+
+    blocker = tmp_path / "a file, not a folder"
+    blocker.write_text("x")
+    monkeypatch.setenv(acceleration.CACHE_ENV, str(blocker))
+    torch.manual_seed(6)
+    model = create_model(features=4, depth=2)
+    expected = predict_logits(model, kromp_crop, backend="torch", precision="fp32")
+    np.testing.assert_allclose(
+        predict_logits(model, kromp_crop, backend="onnxruntime"), expected, atol=1e-4
+    )
+    assert blocker.read_text() == "x"
+
+
 def test_bf16_is_close_to_fp32(model, kromp_crop) -> None:
     reference = predict_logits(model, kromp_crop, backend="torch", precision="fp32")
     half = predict_logits(model, kromp_crop, backend="torch", precision="bf16")

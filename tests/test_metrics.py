@@ -20,14 +20,13 @@ from napari_unet_nuclei.evaluate.metrics import (
     average_precision,
     confusion_counts,
     error_map,
-    logit_to_probability,
     otsu_mask,
     per_frame_counts,
     per_frame_scores,
     precision_recall_curve,
-    probability_to_logit,
     segmentation_scores,
 )
+from napari_unet_nuclei.nn.probabilities import logit_to_probability, probability_to_logit
 
 SCORE_KEYS = {"accuracy", "precision", "recall", "f1", "iou"}
 

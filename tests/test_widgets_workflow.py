@@ -82,18 +82,18 @@ def count_network_runs(monkeypatch) -> list[int]:
     return calls
 
 
-def click_curve(plot, name: str) -> float:
+def click_curve(qtbot, plot, name: str) -> float:
     """Click a point of ``name``'s curve that resolves to itself; return its threshold."""
-    from matplotlib.backend_bases import MouseEvent
+    from qtpy.QtCore import QPoint, Qt
 
-    plot.canvas.draw()
     curve = plot.curves[name]
     for index in range(len(curve.thresholds) - 20, 0, -1):
-        x, y = plot.axes.transData.transform((curve.recall[index], curve.precision[index]))
-        found = plot.nearest_point(x, y)
+        x, y = plot.to_screen(curve.recall[index], curve.precision[index])
+        found = plot.nearest_point(round(x), round(y))
         if found[:2] == (name, index) and abs(curve.thresholds[index] - plot.threshold) > 0.05:
-            event = MouseEvent("button_press_event", plot.canvas, x, y, button=1)
-            plot.canvas.callbacks.process("button_press_event", event)
+            qtbot.mouseClick(
+                plot.canvas, Qt.MouseButton.LeftButton, pos=QPoint(round(x), round(y))
+            )
             return float(curve.thresholds[index])
     raise AssertionError("no pickable point found")
 
@@ -123,7 +123,8 @@ def test_train_segment_threshold_evaluate(qtbot, lab_viewer, monkeypatch) -> Non
     assert len(plot.step_loss) == train.last_result.steps > len(plot.epochs)
     assert plot.step_positions == sorted(plot.step_positions)
     assert 0 < plot.step_positions[0] <= 1 and plot.step_positions[-1] == pytest.approx(2.0)
-    assert len(plot.step_line.get_xdata()) == len(plot.step_loss)  # all drawn at the end
+    plot.canvas.grab()  # paints it, shown or not
+    assert plot.drawn_steps == len(plot.step_loss)  # all drawn at the end
     assert segment.model.model_name == "small-a"
     assert evaluate.source.value == PredictionSource("model", "small-a")
 
@@ -176,7 +177,7 @@ def test_train_segment_threshold_evaluate(qtbot, lab_viewer, monkeypatch) -> Non
     assert set(evaluate.pr_plot.curves) == {f"small-a on {stack}", f"small-b on {stack}"}
 
     # Clicking a curve sets Segment's threshold and its mask.
-    picked = click_curve(evaluate.pr_plot, f"small-a on {stack}")
+    picked = click_curve(qtbot, evaluate.pr_plot, f"small-a on {stack}")
     assert segment.threshold.value == pytest.approx(picked, abs=0.006)
     np.testing.assert_array_equal(nuclei.data, (probs >= segment.threshold.value).astype(np.uint8))
     assert len(runs) == 2 and segment.runs_started == 1
@@ -194,7 +195,7 @@ def test_train_segment_threshold_evaluate(qtbot, lab_viewer, monkeypatch) -> Non
         f"small-b on {stack}",
         "small-b on part (3 frames)",
     }
-    legend = [text.get_text() for text in evaluate.pr_plot.axes.get_legend().get_texts()]
+    legend = evaluate.pr_plot.legend_labels()
     assert [entry.split(" (AP")[0] for entry in legend] == list(evaluate.pr_plot.curves)
     evaluate.clear_curves_button.native.click()
     assert evaluate.pr_plot.line_count() == 0
@@ -276,7 +277,7 @@ def test_cancel_stops_training(qtbot, lab_viewer) -> None:
     )
     qtbot.waitUntil(lambda: len(train.loss_plot.epochs) >= 1, timeout=30_000)
     # The plot shows what training chooses by: the validation nuclei.
-    assert train.loss_plot.f1_axes.get_ylabel() == "validation F1 (nuclei)"
+    assert train.loss_plot.f1_label == "validation F1 (nuclei)"
     train.cancel()
     wait_done(qtbot, train, timeout=10_000)
     assert train.last_result.reason == "cancelled"

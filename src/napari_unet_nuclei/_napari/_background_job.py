@@ -24,7 +24,7 @@ from napari.qt.threading import thread_worker
 
 from napari_unet_nuclei._napari._jobs import JobFailed
 from napari_unet_nuclei._napari._notify import error_sentence, relay_warnings, report_error
-from napari_unet_nuclei._napari._warmup import warm_up_engine
+from napari_unet_nuclei._napari._warmup import warm_up_engine_soon
 from napari_unet_nuclei._napari.model_registry import registry_for, unwrap_viewer
 
 __all__ = ["PROGRESS_STEPS", "BackgroundJobMixin"]
@@ -55,7 +55,7 @@ class BackgroundJobMixin:
 
         Returns the viewer (unwrapped when napari hands over a proxy).
         """
-        warm_up_engine()
+        warm_up_engine_soon()
         viewer = unwrap_viewer(viewer)
         self._viewer = viewer
         self.registry = registry_for(viewer)

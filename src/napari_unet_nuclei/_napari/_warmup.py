@@ -5,8 +5,7 @@ first optimiser step, hold Python's GIL for up to half a second at a time. Done 
 GUI thread it freezes napari for seconds; done by the first training worker it makes the
 window stutter just after the user pressed Start. A widget therefore starts, once per
 process, a background thread that imports the engine and runs one tiny training step and
-one tiny prediction on random pixels, while nothing else is running; it imports the
-plots' matplotlib first.
+one tiny prediction on random pixels, while nothing else is running.
 """
 
 from __future__ import annotations
@@ -15,7 +14,10 @@ import threading
 
 from napari_unet_nuclei._napari._threads import gui_friendly_threads
 
-__all__ = ["engine_ready", "wait_for_warm_up", "warm_up_engine"]
+__all__ = ["engine_ready", "wait_for_warm_up", "warm_up_engine", "warm_up_engine_soon"]
+
+#: How long after a dock opens the warm-up starts (the dock is drawn first).
+WARM_UP_DELAY_MS = 300
 
 _ready = threading.Event()
 _lock = threading.Lock()
@@ -27,11 +29,6 @@ def _exercise_engine() -> None:
         import numpy as np
 
         with gui_friendly_threads():
-            # The plots' matplotlib (0.9 s of imports) first: a dock opened next (Train,
-            # Evaluate) then finds it loaded instead of importing it on the GUI thread.
-            import matplotlib.backends.backend_qtagg
-            import matplotlib.figure  # noqa: F401
-
             from napari_unet_nuclei.evaluate.metrics import precision_recall_curve
             from napari_unet_nuclei.prediction.inference import predict
             from napari_unet_nuclei.train.augmentation import AugmentationConfig
@@ -52,11 +49,25 @@ def _exercise_engine() -> None:
                 device="cpu",
             )
             model = train_model([image], [labels], config)
-            precision_recall_curve(predict(model, image, device="cpu"), labels)
+            precision_recall_curve(predict(model, image, device="cpu", backend="torch"), labels)
+            # The built-in model on this CPU's default runtime: its ONNX graph comes from
+            # the cache folder after the first time on a machine (see nn.acceleration).
+            from napari_unet_nuclei.io.model_io import load_model
+
+            predict(load_model("fluo-nuclei"), rng.random((64, 64), np.float32))
     except Exception:  # the first real job reports any problem with one clear sentence
         pass
     finally:
         _ready.set()
+
+
+def warm_up_engine_soon(delay_ms: int = WARM_UP_DELAY_MS) -> None:
+    """Start :func:`warm_up_engine` ``delay_ms`` after the GUI thread is free again: a dock
+    being built does not compete with the warm-up's imports for Python's lock."""
+    from qtpy.QtCore import QTimer
+
+    if _thread is None:
+        QTimer.singleShot(delay_ms, warm_up_engine)
 
 
 def warm_up_engine() -> None:
@@ -74,10 +85,11 @@ def engine_ready() -> bool:
 
 
 def wait_for_warm_up(timeout: float = 120.0) -> None:
-    """Block until a started warm-up has finished (called by jobs, in their worker thread).
+    """Start the warm-up if a dock only scheduled it, and block until it has finished
+    (called by jobs, in their worker thread).
 
     The warm-up trains a tiny model, and the engine seeds torch's global random generator;
     waiting keeps a real run's weights reproducible.
     """
-    if _thread is not None:
-        _ready.wait(timeout)
+    warm_up_engine()
+    _ready.wait(timeout)

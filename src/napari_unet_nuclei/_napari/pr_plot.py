@@ -6,12 +6,12 @@ import math
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QRectF, Qt, Signal
+from qtpy.QtGui import QColor, QPainter, QPen
 
-from napari_unet_nuclei._napari.mpl_canvas import MplCanvasWidget
+from napari_unet_nuclei._napari.plot_canvas import Axis, PlotCanvas
 
 __all__ = ["PrecisionRecallPlot"]
-
 #: Line colours, distinct on a dark background (Okabe-Ito plus two).
 LINE_COLORS = (
     "#56b4e9",
@@ -27,7 +27,7 @@ LINE_COLORS = (
 PICK_RADIUS_PX = 25.0
 
 
-class PrecisionRecallPlot(MplCanvasWidget):
+class PrecisionRecallPlot(PlotCanvas):
     """Precision-recall curves kept across evaluations, with the current threshold marked.
 
     Each name (the Evaluate dock uses model, image and frames) keeps its own line;
@@ -45,8 +45,11 @@ class PrecisionRecallPlot(MplCanvasWidget):
     def __init__(self, viewer: Any = None, parent: Any = None) -> None:
         self.curves: dict[str, Any] = {}
         self.threshold = 0.5
-        super().__init__(viewer, parent, height=3.0, title="Precision-recall")
-        self.canvas.mpl_connect("button_press_event", self._on_click)
+        super().__init__(viewer, parent, height=180, title="Precision-recall")
+        self.x = Axis(-0.02, 1.02)
+        self.y = Axis(-0.02, 1.02)
+        self.x_label = "recall"
+        self.y_label = "precision"
         self.redraw()
 
     # ------------------------------------------------------------------------- data
@@ -72,7 +75,7 @@ class PrecisionRecallPlot(MplCanvasWidget):
         self.redraw()
 
     def nearest_point(self, x: float, y: float) -> tuple[str, int, float] | None:
-        """The curve point nearest to screen position ``(x, y)`` (pixels).
+        """The curve point nearest to position ``(x, y)`` of the drawing area (pixels).
 
         Returns
         -------
@@ -81,8 +84,9 @@ class PrecisionRecallPlot(MplCanvasWidget):
         """
         best: tuple[str, int, float] | None = None
         for name, curve in self.curves.items():
-            points = np.column_stack([curve.recall, curve.precision])
-            screen = self.axes.transData.transform(points)
+            screen = np.array(
+                [self.to_screen(r, p) for r, p in zip(curve.recall, curve.precision)]
+            )
             distances = np.hypot(screen[:, 0] - x, screen[:, 1] - y)
             index = int(np.argmin(distances))
             if best is None or distances[index] < best[2]:
@@ -90,10 +94,9 @@ class PrecisionRecallPlot(MplCanvasWidget):
         return best
 
     # ------------------------------------------------------------------------ events
-    def _on_click(self, event: Any) -> None:
-        if event.inaxes is not self.axes or getattr(self.toolbar, "mode", ""):
-            return
-        found = self.nearest_point(event.x, event.y)
+    def clicked(self, x: float, y: float) -> None:
+        """Pick the threshold of the curve point nearest to the click, if one is near."""
+        found = self.nearest_point(x, y)
         if found is None or found[2] > PICK_RADIUS_PX:
             return
         name, index, _ = found
@@ -103,31 +106,57 @@ class PrecisionRecallPlot(MplCanvasWidget):
 
     # ----------------------------------------------------------------------- drawing
     def redraw(self) -> None:
-        """Draw all curves, their threshold markers and the legend."""
-        self.clear()
-        axes = self.axes
-        axes.set_xlim(-0.02, 1.02)
-        axes.set_ylim(-0.02, 1.02)
-        axes.set_xlabel("recall", fontsize=8)
-        axes.set_ylabel("precision", fontsize=8)
-        axes.set_title(f"threshold {self.threshold:.2f} (click a curve to change)", fontsize=8)
-        for number, (name, curve) in enumerate(self.curves.items()):
-            color = LINE_COLORS[number % len(LINE_COLORS)]
+        """Repaint all curves, their threshold markers and the legend."""
+        self.heading = f"threshold {self.threshold:.2f} (click a curve to change)"
+        super().redraw()
+
+    def legend_labels(self) -> list[str]:
+        """The legend's lines: each model's name and average precision."""
+        labels = []
+        for name, curve in self.curves.items():
             ap = curve.average_precision
-            label = f"{name} (AP {ap:.3f})" if not math.isnan(ap) else f"{name} (AP n/a)"
-            axes.plot(curve.recall, curve.precision, "-", color=color, linewidth=1.5, label=label)
+            labels.append(f"{name} (AP {ap:.3f})" if not math.isnan(ap) else f"{name} (AP n/a)")
+        return labels
+
+    def paint_data(self, painter: QPainter) -> None:
+        """Each curve, its point at the threshold, and the legend (lower left)."""
+        for number, curve in enumerate(self.curves.values()):
+            color = LINE_COLORS[number % len(LINE_COLORS)]
+            self.draw_line(painter, curve.recall, curve.precision, color)
             precision, recall = curve.point_at(self.threshold)
-            axes.plot(
+            self.draw_line(
+                painter,
                 [recall],
                 [precision],
-                "o",
-                color=color,
-                markersize=7,
-                markeredgecolor=self.colors["text"],
+                color,
+                marker="o",
+                marker_size=4.0,
+                edge=self.colors["text"],
             )
-        if self.curves:
-            self.style_legend(axes.legend(loc="lower left", fontsize=7))
-        self.draw()
+        labels = self.legend_labels()
+        if not labels:
+            return
+        rect = self.plot_rect()
+        metrics = painter.fontMetrics()
+        width = max(metrics.horizontalAdvance(label) for label in labels) + 26
+        height = len(labels) * 13 + 6
+        box = QRectF(
+            rect.left() + 6, rect.bottom() - height - 6, min(width, rect.width() - 12), height
+        )
+        painter.setPen(QPen(QColor(self.colors["foreground"]), 1))
+        painter.setBrush(QColor(self.colors["background"]))
+        painter.drawRect(box)
+        for number, label in enumerate(labels):
+            y = box.top() + 3 + 13 * number
+            color = QColor(LINE_COLORS[number % len(LINE_COLORS)])
+            painter.setPen(QPen(color, 2))
+            painter.drawLine(int(box.left() + 4), int(y + 7), int(box.left() + 18), int(y + 7))
+            painter.setPen(QColor(self.colors["text"]))
+            painter.drawText(
+                QRectF(box.left() + 22, y, box.width() - 24, 13),
+                Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
+                metrics.elidedText(label, Qt.TextElideMode.ElideMiddle, int(box.width() - 24)),
+            )
 
     def line_count(self) -> int:
         """Number of model curves drawn."""

@@ -10,16 +10,26 @@ time, with a fallback to plain float32:
   several times *slower* than float32, so it is never chosen there.
 * Other CPUs: channels-last float32 convolutions, or ONNX Runtime when installed.
 * Apple MPS: float32.
+
+A network's ONNX graph is exported once per set of weights and kept in a cache folder
+(:func:`onnx_cache_folder`): the exporter imports the ``onnx`` package, whose first import
+holds Python's lock for about a second (it would freeze napari's window), so a model
+already exported on this machine, the built-in one included, starts without it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import importlib.util
 import io
+import json
+import os
 import threading
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,10 +37,12 @@ import torch
 
 __all__ = [
     "BACKENDS",
+    "CACHE_ENV",
     "PRECISIONS",
     "autocast",
     "cpu_supports_bf16",
     "make_runner",
+    "onnx_cache_folder",
     "onnxruntime_available",
     "resolve_backend",
     "resolve_precision",
@@ -54,11 +66,16 @@ def cpu_supports_bf16() -> bool:
 
 @functools.cache
 def onnxruntime_available() -> bool:
-    """Whether ONNX Runtime and the ONNX exporter's dependencies can be imported."""
+    """Whether ONNX Runtime and the ONNX exporter's dependencies can be imported.
+
+    ``onnx`` (which torch's exporter needs) is looked up without importing it: its import
+    is slow, and a graph found in the cache does not need it.
+    """
     try:
-        import onnx  # noqa: F401  (torch's ONNX exporter needs it)
+        if importlib.util.find_spec("onnx") is None:
+            return False
         import onnxruntime  # noqa: F401
-    except ImportError:
+    except (ImportError, ValueError):
         return False
     return True
 
@@ -231,7 +248,74 @@ def _onnx_runner(network: torch.nn.Module, all_channels: bool = False) -> Runner
     return run
 
 
-def _onnx_session(network: torch.nn.Module, ort: Any) -> Any:
+#: Environment variable naming the cache folder (ONNX graphs go to its ``onnx/``).
+CACHE_ENV = "NAPARI_UNET_NUCLEI_CACHE"
+#: Exported graphs kept in the cache; the least recently used beyond this are deleted.
+ONNX_CACHE_SIZE = 32
+_OPSET = 17
+
+
+def onnx_cache_folder() -> Path | None:
+    """Where exported ONNX graphs are kept: ``$NAPARI_UNET_NUCLEI_CACHE/onnx``, else the
+    user cache folder of napari-unet-nuclei; None when neither can be found."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser() / "onnx"
+    try:
+        import pooch
+
+        return Path(pooch.os_cache("napari-unet-nuclei")) / "onnx"
+    except Exception:  # no home folder: export every time
+        return None
+
+
+def _graph_key(network: torch.nn.Module) -> str:
+    """SHA-256 of the architecture, the weights, torch's version and the opset."""
+    config = network.config
+    digest = hashlib.sha256(
+        json.dumps(
+            [
+                config.features,
+                config.depth,
+                config.in_channels,
+                config.out_channels,
+                torch.__version__,
+                _OPSET,
+            ]
+        ).encode()
+    )
+    for name, tensor in network.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _onnx_graph(network: torch.nn.Module) -> bytes:
+    """The network's ONNX graph: from the cache, or exported and then cached."""
+    folder = onnx_cache_folder()
+    path = folder / f"{_graph_key(network)}.onnx" if folder is not None else None
+    if path is not None and path.is_file():
+        try:
+            graph = path.read_bytes()
+            os.utime(path)  # recently used
+            return graph
+        except OSError:
+            pass
+    graph = _export_onnx(network)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+            partial.write_bytes(graph)
+            os.replace(partial, path)
+            kept = sorted(path.parent.glob("*.onnx"), key=lambda p: p.stat().st_mtime)
+            for old in kept[:-ONNX_CACHE_SIZE]:
+                old.unlink(missing_ok=True)
+        except OSError:  # a read-only or full disk: the graph is simply not kept
+            pass
+    return graph
+
+
+def _export_onnx(network: torch.nn.Module) -> bytes:
     from napari_unet_nuclei.nn.portable_unet import PortableUNet
 
     config = network.config
@@ -249,14 +333,19 @@ def _onnx_session(network: torch.nn.Module, ort: Any) -> Any:
             output_names=["logits"],
             dynamic_axes={"image": {0: "batch", 2: "y", 3: "x"}},
             dynamo=False,
-            opset_version=17,
+            opset_version=_OPSET,
         )
+    return buffer.getvalue()
+
+
+def _onnx_session(network: torch.nn.Module, ort: Any) -> Any:
+    graph = _onnx_graph(network)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = max(1, torch.get_num_threads())
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ caller can show it and stop between tiles.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +27,10 @@ from napari_unet_nuclei.nn.devices import resolve_device
 from napari_unet_nuclei.nn.model import NucleiModel
 from napari_unet_nuclei.nn.network import pad_reflect
 from napari_unet_nuclei.nn.normalization import normalize_frame
+from napari_unet_nuclei.nn.probabilities import probability_to_logit, sigmoid
 
 __all__ = [
+    "DIHEDRAL_TRANSFORMS",
     "FrameLogits",
     "InferenceCancelled",
     "TileGrid",
@@ -41,7 +42,6 @@ __all__ = [
     "iter_predict",
     "predict",
     "predict_logits",
-    "sigmoid",
     "threshold_mask",
     "tile_positions",
 ]
@@ -123,8 +123,31 @@ def balanced_tile_size(length: int, max_tile: int, overlap: int, multiple: int =
     return min(max_tile, max(multiple, -(-side // multiple) * multiple))
 
 
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+def _swap(a: np.ndarray) -> np.ndarray:
+    return np.swapaxes(a, -1, -2)
+
+
+#: The 8 flips and 90-degree rotations of an array's last two axes (rows, columns), each
+#: with its inverse. The first 1, 2 and 4 are: the identity, + the left-right flip, + the
+#: up-down flip and the 180-degree turn (test-time augmentation and its uncertainty).
+DIHEDRAL_TRANSFORMS: tuple[tuple[Transform, Transform], ...] = (
+    (lambda a: a, lambda a: a),
+    (lambda a: a[..., ::-1], lambda a: a[..., ::-1]),
+    (lambda a: a[..., ::-1, :], lambda a: a[..., ::-1, :]),
+    (lambda a: a[..., ::-1, ::-1], lambda a: a[..., ::-1, ::-1]),
+    (_swap, _swap),
+    (lambda a: np.rot90(a, 1, axes=(-2, -1)), lambda a: np.rot90(a, -1, axes=(-2, -1))),
+    (lambda a: np.rot90(a, -1, axes=(-2, -1)), lambda a: np.rot90(a, 1, axes=(-2, -1))),
+    (lambda a: _swap(a[..., ::-1, ::-1]), lambda a: _swap(a[..., ::-1, ::-1])),
+)
+
+
 def dihedral_runner(run: Runner) -> Runner:
-    """Test-time augmentation: the mean logits over the 8 flips and 90-degree rotations.
+    """Test-time augmentation: the mean logits over the 8 flips and 90-degree rotations
+    (:data:`DIHEDRAL_TRANSFORMS`).
 
     Costs 8 network passes per tile; the averaged logits are smoother and usually a
     little more accurate at nucleus borders.
@@ -132,14 +155,10 @@ def dihedral_runner(run: Runner) -> Runner:
 
     def run_all(tiles: np.ndarray) -> np.ndarray:
         total = None
-        for flip in (False, True):
-            flipped = tiles[..., ::-1] if flip else tiles
-            for turns in range(4):
-                logits = run(np.ascontiguousarray(np.rot90(flipped, turns, axes=(-2, -1))))
-                logits = np.rot90(logits, -turns, axes=(-2, -1))
-                logits = logits[..., ::-1] if flip else logits
-                total = logits.astype(np.float32) if total is None else total + logits
-        return total / 8
+        for forward, inverse in DIHEDRAL_TRANSFORMS:
+            logits = inverse(run(np.ascontiguousarray(forward(tiles))))
+            total = logits.astype(np.float32) if total is None else total + logits
+        return total / len(DIHEDRAL_TRANSFORMS)
 
     return run_all
 
@@ -443,7 +462,7 @@ def iter_frame_logits(
     automatic = diameter == "auto"
     learned = trained_diameter(model.summary)
     reference = learned or BUILTIN_TRAINED_DIAMETER  # for a diameter given by hand
-    cut = math.log(model.threshold / (1.0 - model.threshold)) if 0 < model.threshold < 1 else 0.0
+    cut = probability_to_logit(model.threshold) if 0 < model.threshold < 1 else 0.0
     shape = check_image(image)
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
@@ -528,11 +547,6 @@ def normalized_frame_logits(
     return run_to_end(
         _frame_logits(run, frame, tile_size, overlap, batch_size, multiple, 0, 1), None
     )
-
-
-def sigmoid(values: np.ndarray) -> np.ndarray:
-    """Logistic function of logits, as float32 (stable for large values)."""
-    return (0.5 * (1.0 + np.tanh(0.5 * values))).astype(np.float32, copy=False)
 
 
 def predict(

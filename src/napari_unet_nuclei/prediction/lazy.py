@@ -300,7 +300,8 @@ def iter_predict_lazy(
     """
     from napari_unet_nuclei.nn.acceleration import make_runner, resolve_backend, resolve_precision
     from napari_unet_nuclei.nn.devices import resolve_device
-    from napari_unet_nuclei.prediction.inference import InferenceCancelled, sigmoid
+    from napari_unet_nuclei.nn.probabilities import sigmoid
+    from napari_unet_nuclei.prediction.inference import InferenceCancelled
 
     shape = tuple(int(n) for n in image.shape)
     if len(shape) < 2:

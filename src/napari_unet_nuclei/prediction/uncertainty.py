@@ -40,6 +40,11 @@ import numpy as np
 
 from napari_unet_nuclei.events import run_to_end
 from napari_unet_nuclei.io.array_reading import frame_indices
+from napari_unet_nuclei.prediction.inference import (
+    DIHEDRAL_TRANSFORMS,
+    iter_predict,
+    tile_positions,
+)
 
 __all__ = [
     "FrameRanking",
@@ -63,19 +68,6 @@ DEFAULT_DIVERSITY = 0.5
 #: Greedy ordering: positions chosen greedily, and frames used to measure coverage.
 _GREEDY_PICKS = 256
 _MAX_COVERAGE_FRAMES = 4096
-
-_TRANSFORMS: list[
-    tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]
-] = [
-    (lambda a: a, lambda a: a),
-    (lambda a: a[:, ::-1], lambda a: a[:, ::-1]),
-    (lambda a: a[::-1, :], lambda a: a[::-1, :]),
-    (lambda a: a[::-1, ::-1], lambda a: a[::-1, ::-1]),
-    (lambda a: a.T, lambda a: a.T),
-    (lambda a: np.rot90(a, 1), lambda a: np.rot90(a, -1)),
-    (lambda a: np.rot90(a, -1), lambda a: np.rot90(a, 1)),
-    (lambda a: a[::-1, ::-1].T, lambda a: a[::-1, ::-1].T),
-]
 
 
 # ------------------------------------------------------------------------------- events
@@ -199,7 +191,7 @@ def _transforms(augmentations: int) -> list[Any]:
         raise ValueError(
             f"augmentations must be 1, 2, 4 or 8 (identity, flips, rotations), got {augmentations}."
         )
-    return _TRANSFORMS[:augmentations]
+    return list(DIHEDRAL_TRANSFORMS[:augmentations])
 
 
 def _binary_entropy(p: np.ndarray) -> np.ndarray:
@@ -297,7 +289,6 @@ def _frame_moments(
 ) -> Generator[Any, None, tuple[np.ndarray, np.ndarray]]:
     """Sum and sum of squares of the augmented probabilities of one frame."""
     from napari_unet_nuclei.events import TileDone
-    from napari_unet_nuclei.prediction.inference import iter_predict
 
     sum_p = np.zeros(frame.shape, np.float64)
     sum_p2 = np.zeros(frame.shape, np.float64)
@@ -525,8 +516,6 @@ def tile_grid(height: int, width: int, tile: int) -> list[tuple[int, int, int, i
     Tiles do not overlap except the last row and column, which end exactly at the image
     border so that every tile has the same size (a smaller image is one tile).
     """
-    from napari_unet_nuclei.prediction.inference import tile_positions
-
     tile_h, tile_w = min(tile, height), min(tile, width)
     ys = tile_positions(height, tile_h, 0)
     xs = tile_positions(width, tile_w, 0)

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from napari_unet_nuclei.evaluate.metrics import confusion_counts
-from napari_unet_nuclei.prediction.inference import normalized_frame_logits, sigmoid
+from napari_unet_nuclei.nn.probabilities import probability_to_logit, sigmoid
+from napari_unet_nuclei.prediction.inference import normalized_frame_logits
 from napari_unet_nuclei.prediction.instances import InstanceConfig
 from napari_unet_nuclei.train.losses import probability_loss
 from napari_unet_nuclei.train.nucleus_choice import THRESHOLDS, ValidationNuclei
@@ -112,7 +113,7 @@ def calibrate_threshold_by_pixels(
     """
 
     def mean_f1(probability: float) -> float:
-        cut = math.log(probability / (1.0 - probability))
+        cut = probability_to_logit(probability)
         scores = []
         for values, mask, weight in zip(logits, val.masks, val.weights):
             values = values[0]

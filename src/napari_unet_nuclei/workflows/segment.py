@@ -281,7 +281,7 @@ def _probabilities_and_maps(
     logits: np.ndarray, model: Any, all_channels: bool
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A frame's nucleus probabilities and, with ``all_channels``, its object maps by name."""
-    from napari_unet_nuclei.prediction.inference import sigmoid
+    from napari_unet_nuclei.nn.probabilities import sigmoid
 
     channels = sigmoid(logits)
     if not all_channels:
