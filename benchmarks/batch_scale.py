@@ -194,7 +194,8 @@ def throughput_benchmark(model_path: str, n_images: int, work: Path) -> dict:
 
     from napari_unet_nuclei.events import BatchFinished
     from napari_unet_nuclei.io.datasets import parse_split
-    from napari_unet_nuclei.workflows.batch import SegmentOptions, segment_files
+    from napari_unet_nuclei.workflows.batch import segment_files
+    from napari_unet_nuclei.workflows.segment_options import SegmentOptions
 
     _, test_names = parse_split(f"{KROMP / 'splits.json'}:paper_42_37")
     names = list(test_names)[:n_images]

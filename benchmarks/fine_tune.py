@@ -196,7 +196,11 @@ def main() -> None:
     parser.add_argument("--max-test", type=int, default=6, help="test images per domain")
     parser.add_argument("--threads", type=int)
     parser.add_argument(
-        "--rows", nargs="+", choices=TRAINED, default=list(TRAINED), help="trained rows to run"
+        "--rows",
+        nargs="*",
+        choices=TRAINED,
+        default=list(TRAINED),
+        help="trained rows to run (none: only shipped and the specialist)",
     )
     parser.add_argument(
         "--no-specialist", dest="specialist", action="store_false", help="skip the ceiling row"

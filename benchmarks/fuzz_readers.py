@@ -2,7 +2,7 @@
 
 The generators, the per-case checks (the reader's own error with one sentence naming the
 file, or a correct result; a time limit; no jump in peak memory; the files unchanged) and
-the real samples are those of ``tests/test_fuzz_readers.py``; this script runs them with
+the real samples are those of ``tests/io/test_fuzz_readers.py``; this script runs them with
 more hypothesis examples than the test suite and writes the counts per reader.
 
     python benchmarks/fuzz_readers.py --examples 300 --json benchmarks/results/fuzz_readers.json
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _load_test_module():
     sys.path.insert(0, str(ROOT / "tests"))  # conftest.py (the tiny model's recipe)
     spec = importlib.util.spec_from_file_location(
-        "test_fuzz_readers", ROOT / "tests" / "test_fuzz_readers.py"
+        "test_fuzz_readers", ROOT / "tests" / "io" / "test_fuzz_readers.py"
     )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up

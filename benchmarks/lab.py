@@ -164,13 +164,13 @@ def export_check(model: Any, test_items: list[Any]) -> dict[str, Any]:
     except ImportError as error:
         print(f"  export check skipped: {error}")
         return {"skipped": str(error)}
+    from napari_unet_nuclei.io.bioimageio_package import import_bioimageio
     from napari_unet_nuclei.nn.normalization import normalize_frame
-    from napari_unet_nuclei.workflows.export import (
+    from napari_unet_nuclei.workflows.bioimageio_export import (
         export_bioimageio,
-        export_onnx,
-        import_bioimageio,
         validate_bioimageio,
     )
+    from napari_unet_nuclei.workflows.network_export import export_onnx
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:

@@ -148,6 +148,24 @@ def _layer(module: str) -> str:
     return parts[1] if len(parts) > 1 else parts[0]
 
 
+def test_the_tests_are_laid_out_like_the_package() -> None:
+    """Each folder of tests is a subpackage; at the top only the cross-cutting ones (the
+    command line, the architecture, bad input and interrupted work across the engine)."""
+    tests = Path(__file__).resolve().parent
+    folders = {
+        p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))
+    }
+    subpackages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert folders <= subpackages, folders - subpackages
+    top = {p.name for p in tests.glob("test_*.py")}
+    assert top == {
+        "test_architecture.py",
+        "test_bad_input.py",
+        "test_cli.py",
+        "test_interrupted_work.py",
+    }, top
+
+
 def test_the_folders_show_the_architecture_and_lower_layers_never_import_higher() -> None:
     graph = import_graph()
     packages = {_layer(name) for name in graph if name.count(".") >= 2}

@@ -16,13 +16,9 @@ import tifffile
 import torch
 
 from napari_unet_nuclei.cli import main
-from napari_unet_nuclei.io.datasets import (
-    DataError,
-    LabelledImage,
-    check_training_labels,
-    select_labelled,
-    to_grey,
-)
+from napari_unet_nuclei.io.datasets import select_labelled
+from napari_unet_nuclei.io.image_files import to_grey
+from napari_unet_nuclei.io.labelled import DataError, LabelledImage, check_training_labels
 from napari_unet_nuclei.io.model_io import load_model, save_model
 from napari_unet_nuclei.nn.model import create_model
 from napari_unet_nuclei.nn.normalization import ImageWarning

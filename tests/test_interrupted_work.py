@@ -25,7 +25,7 @@ from napari_unet_nuclei.events import TrainingFinished, TrainingStep
 from napari_unet_nuclei.io.model_io import load_model, save_model
 from napari_unet_nuclei.nn.model import create_model
 from napari_unet_nuclei.prediction.inference import InferenceCancelled, iter_predict, predict
-from napari_unet_nuclei.train import training
+from napari_unet_nuclei.train import training_loop
 from napari_unet_nuclei.train.training import TrainingConfig, train
 
 SMALL = {"features": 4, "depth": 2, "batch_size": 2, "patch_size": 32, "device": "cpu"}
@@ -181,7 +181,7 @@ def test_cancelled_fine_tuning_leaves_the_original_model_unchanged(lab_arrays) -
 
 def nan_after(monkeypatch, n_steps: int) -> None:
     """Make the training loss NaN from training step ``n_steps + 1`` on."""
-    real_loss = training.probability_loss
+    real_loss = training_loop.probability_loss
     calls = []
 
     def loss(logits, target, weight, dice_weight, *kind, **options):
@@ -192,20 +192,20 @@ def nan_after(monkeypatch, n_steps: int) -> None:
                 return value * float("nan")
         return value
 
-    monkeypatch.setattr(training, "probability_loss", loss)
+    monkeypatch.setattr(training_loop, "probability_loss", loss)
 
 
 def test_nan_loss_after_an_epoch_keeps_that_epochs_weights(monkeypatch, lab_arrays) -> None:
     nan_after(monkeypatch, 3)
     saved = []
-    real_validate = training.validate_split
+    real_validate = training_loop.validate_split
 
     def validate(network, val, device):
         result = real_validate(network, val, device)
         saved.append(copy.deepcopy(network.state_dict()))
         return result
 
-    monkeypatch.setattr(training, "validate_split", validate)
+    monkeypatch.setattr(training_loop, "validate_split", validate)
     x, y = list(lab_arrays[0][:4, 0]), list(lab_arrays[1][:4, 0])
     events = list(train(x, y, TrainingConfig(**SMALL, epochs=3, steps_per_epoch=3)))
     finished = events[-1]

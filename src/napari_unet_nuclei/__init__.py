@@ -31,7 +31,7 @@ _LAZY = {
     "predict_instances": "workflows.segmentation",
     "iter_predict_instances": "workflows.segmentation",
     "segment_files": "workflows.batch",
-    "SegmentOptions": "workflows.batch",
+    "SegmentOptions": "workflows.segment_options",
     "measure_nuclei": "prediction.measurements",
     # evaluate
     "evaluate_model": "workflows.evaluate",

@@ -330,7 +330,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     replay_items = None
     if args.replay:
         from napari_unet_nuclei.data.public_data import replay_sample
-        from napari_unet_nuclei.io.datasets import DataError
+        from napari_unet_nuclei.io.labelled import DataError
 
         if init_model is None:
             raise CommandError("--replay replays a start model's images: give --init too.")
@@ -387,7 +387,7 @@ def training_choice_text(summary: dict) -> str:
 
 def read_input_image(path: Path) -> np.ndarray:
     """Read an image file to segment: 2-D, a stack of frames, or RGB(A) turned to grey."""
-    from napari_unet_nuclei.io.datasets import read_image_file, to_grey
+    from napari_unet_nuclei.io.image_files import read_image_file, to_grey
 
     if not path.is_file():
         raise CommandError(f"Input image not found: {path}")
@@ -428,7 +428,8 @@ def _diameter_text(diameter: float, resized_frames: int) -> str:
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from napari_unet_nuclei.events import BatchFinished, BatchStarted, FrameDone, ImageDone
-    from napari_unet_nuclei.workflows.batch import SegmentOptions, segment_files
+    from napari_unet_nuclei.workflows.batch import segment_files
+    from napari_unet_nuclei.workflows.segment_options import SegmentOptions
 
     options = SegmentOptions(
         threshold=args.threshold,
@@ -532,7 +533,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from napari_unet_nuclei.io.model_io import load_model
-    from napari_unet_nuclei.workflows.export import ExportError, export_model
+    from napari_unet_nuclei.workflows.export import export_model
+    from napari_unet_nuclei.workflows.network_export import ExportError
 
     model = load_model(args.model)
     try:
@@ -557,7 +559,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-unet-nuclei`` command."""
-    from napari_unet_nuclei.io.datasets import DataError
+    from napari_unet_nuclei.io.labelled import DataError
     from napari_unet_nuclei.io.model_io import ModelFileError
 
     args = _parse_args(argv)

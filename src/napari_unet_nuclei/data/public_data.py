@@ -21,13 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_unet_nuclei.io.datasets import (
-    DataError,
-    LabelledImage,
-    load_dataset,
-    read_pairs,
-    select_by_names,
-)
+from napari_unet_nuclei.io.datasets import load_dataset, read_pairs, select_by_names
+from napari_unet_nuclei.io.labelled import DataError, LabelledImage
 
 __all__ = [
     "GENERALIST_TEST_PARTS",

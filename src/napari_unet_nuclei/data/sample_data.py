@@ -19,7 +19,8 @@ from urllib.request import url2pathname
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_unet_nuclei.io.datasets import DataError, LabelledImage, read_pairs
+from napari_unet_nuclei.io.datasets import read_pairs
+from napari_unet_nuclei.io.labelled import DataError, LabelledImage
 
 __all__ = [
     "KROMP_HASH",

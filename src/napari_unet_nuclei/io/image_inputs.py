@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet_nuclei.io.channels import MAX_UNNAMED_CHANNELS, nuclear_channel
-from napari_unet_nuclei.io.datasets import IMAGE_SUFFIXES, TIFF_SUFFIXES
+from napari_unet_nuclei.io.image_files import IMAGE_SUFFIXES, TIFF_SUFFIXES
 
 __all__ = ["BatchError", "BatchInput", "discover_inputs", "open_image"]
 
@@ -198,7 +198,8 @@ def open_image(
     BatchError
         For unreadable files and multi-channel images (keep the nuclear channel only).
     """
-    from napari_unet_nuclei.io.datasets import DataError, read_image_file
+    from napari_unet_nuclei.io.image_files import read_image_file
+    from napari_unet_nuclei.io.labelled import DataError
 
     if not isinstance(source, BatchInput):
         item = _as_input(Path(source))
@@ -262,7 +263,8 @@ def _read_tiff_series(tif: Any, path: Path, lazy_bytes: int) -> tuple[bool, Any,
         tiff_problem,
         too_large,
     )
-    from napari_unet_nuclei.io.datasets import DataError, to_grey
+    from napari_unet_nuclei.io.image_files import to_grey
+    from napari_unet_nuclei.io.labelled import DataError
 
     try:
         with quiet_tifffile():

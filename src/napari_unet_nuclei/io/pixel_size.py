@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from napari_unet_nuclei.io.datasets import TIFF_SUFFIXES
+from napari_unet_nuclei.io.image_files import TIFF_SUFFIXES
 
 __all__ = [
     "file_pixel_size",

@@ -1,7 +1,7 @@
 """A self-contained copy of the plugin's U-Net, for exported models.
 
 This file depends on PyTorch only. It is copied as is into every bioimage.io package that
-:func:`napari_unet_nuclei.workflows.export.export_bioimageio` writes (as the ``architecture`` of the
+:func:`napari_unet_nuclei.workflows.bioimageio_export.export_bioimageio` writes (as the ``architecture`` of the
 ``pytorch_state_dict`` weights), so tools that do not have napari-unet-nuclei installed can
 rebuild the network: ``PortableUNet(features=F, depth=D)`` takes the state dict of a
 :class:`napari_unet_nuclei.nn.network.UNet` of the same width and depth unchanged (the module

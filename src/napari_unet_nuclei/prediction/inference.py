@@ -290,7 +290,7 @@ def check_image(image: Any) -> tuple[int, ...]:
         raise ValueError(
             f"The image has shape {shape}: its last axis of {shape[-1]} looks like "
             f"{'RGB' if shape[-1] == 3 else 'RGBA'} colour channels, not image columns. Convert "
-            "it to grey first (napari_unet_nuclei.io.datasets.to_grey) or keep only the nuclear "
+            "it to grey first (napari_unet_nuclei.io.image_files.to_grey) or keep only the nuclear "
             "channel."
         )
     check_image_dtype(getattr(image, "dtype", np.float32))

@@ -237,13 +237,11 @@ def test_exports_of_an_object_aware_model_carry_the_nucleus_probability(
     import onnxruntime as ort
     import torch
 
+    from napari_unet_nuclei.io.bioimageio_package import import_bioimageio
     from napari_unet_nuclei.nn.normalization import normalize_frame
     from napari_unet_nuclei.prediction.inference import predict
-    from napari_unet_nuclei.workflows.export import (
-        export_bioimageio,
-        export_onnx,
-        import_bioimageio,
-    )
+    from napari_unet_nuclei.workflows.bioimageio_export import export_bioimageio
+    from napari_unet_nuclei.workflows.network_export import export_onnx
 
     image, _ = touching_pair
     torch.manual_seed(0)

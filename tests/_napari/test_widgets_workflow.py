@@ -429,7 +429,7 @@ def test_save_as_other_formats(qtbot, lab_viewer, tiny_model, tmp_path: Path) ->
 
     import torch
 
-    from napari_unet_nuclei.workflows.export import import_bioimageio
+    from napari_unet_nuclei.io.bioimageio_package import import_bioimageio
 
     train = add_widgets(lab_viewer)["Train"]
     train.model_files.current_name = train.registry.add(tiny_model, "tiny")

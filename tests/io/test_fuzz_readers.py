@@ -58,15 +58,12 @@ import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_unet_nuclei.io.datasets import (
-    DataError,
-    LabelledImage,
-    parse_split,
-    read_folder,
-    read_image_file,
-    read_lab_pickle,
-    read_npz,
-)
+from napari_unet_nuclei.io.bioimageio_package import BioimageioPackageError, import_bioimageio
+from napari_unet_nuclei.io.datasets import parse_split, read_folder
+from napari_unet_nuclei.io.image_files import read_image_file
+from napari_unet_nuclei.io.image_inputs import BatchError, open_image
+from napari_unet_nuclei.io.lab_files import read_lab_pickle, read_npz
+from napari_unet_nuclei.io.labelled import DataError, LabelledImage
 from napari_unet_nuclei.io.model_io import ModelFileError, load_model, save_model
 from napari_unet_nuclei.io.safe_pickle import UnsafeFileError
 from napari_unet_nuclei.io.zarr_io import ZarrFileError, create_ome_zarr, open_zarr_image
@@ -79,17 +76,9 @@ from napari_unet_nuclei.prediction.measurements import (
 )
 from napari_unet_nuclei.project.folder import ProjectError, TrainingProject
 from napari_unet_nuclei.project.ledger import Ledger, data_item, score_held_out
-from napari_unet_nuclei.workflows.batch import (
-    BatchError,
-    SegmentOptions,
-    open_image,
-    segment_files,
-)
-from napari_unet_nuclei.workflows.export import (
-    BioimageioPackageError,
-    export_bioimageio,
-    import_bioimageio,
-)
+from napari_unet_nuclei.workflows.batch import segment_files
+from napari_unet_nuclei.workflows.bioimageio_export import export_bioimageio
+from napari_unet_nuclei.workflows.segment_options import SegmentOptions
 
 #: Generated examples per reader and per hypothesis test (more: the environment variable).
 EXAMPLES = int(os.environ.get("NAPARI_UNET_NUCLEI_FUZZ_EXAMPLES", "20"))

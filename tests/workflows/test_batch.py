@@ -14,6 +14,7 @@ import zarr
 from conftest import drain
 from napari_unet_nuclei.cli import main
 from napari_unet_nuclei.events import BatchFinished, BatchStarted, FrameDone, ImageDone
+from napari_unet_nuclei.io.image_inputs import BatchError, BatchInput, discover_inputs, open_image
 from napari_unet_nuclei.io.model_io import save_model
 from napari_unet_nuclei.io.zarr_io import create_ome_zarr
 from napari_unet_nuclei.nn.normalization import normalize_frame
@@ -23,15 +24,9 @@ from napari_unet_nuclei.prediction.lazy import (
     iter_predict_lazy,
     predict_lazy,
 )
-from napari_unet_nuclei.workflows.batch import (
-    BatchError,
-    BatchInput,
-    SegmentOptions,
-    discover_inputs,
-    open_image,
-    segment_files,
-)
+from napari_unet_nuclei.workflows.batch import segment_files
 from napari_unet_nuclei.workflows.segment import iter_segment_to_zarr
+from napari_unet_nuclei.workflows.segment_options import SegmentOptions
 
 #: Three small real images (430 x 550, 763 x 1014, 1024 x 1024).
 KROMP_NAMES = ("Ganglioneuroblastoma_9", "otherspecimen_3", "otherspecimen_9")

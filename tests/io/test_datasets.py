@@ -11,19 +11,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet_nuclei.io.datasets import (
-    DataError,
-    LabelledImage,
-    load_dataset,
-    parse_split,
-    read_folder,
-    read_image_file,
-    read_lab_pickle,
-    read_npz,
-    select_by_names,
-    stack_to_items,
-    to_grey,
-)
+from napari_unet_nuclei.io.datasets import load_dataset, parse_split, read_folder, select_by_names
+from napari_unet_nuclei.io.image_files import read_image_file, to_grey
+from napari_unet_nuclei.io.lab_files import read_lab_pickle, read_npz, stack_to_items
+from napari_unet_nuclei.io.labelled import DataError, LabelledImage
 from napari_unet_nuclei.io.safe_pickle import UnsafeFileError
 from napari_unet_nuclei.nn.normalization import ImageWarning
 

@@ -225,16 +225,16 @@ def test_training_reports_its_precision(lab_arrays) -> None:
 def test_training_precision_holds_across_epochs(lab_arrays, monkeypatch) -> None:
     """Regression: the epoch's validation scores once overwrote the compute precision, so
     from the second epoch on the CPU trained in emulated float16, ten times slower."""
-    import napari_unet_nuclei.train.training as training
+    import napari_unet_nuclei.train.training_loop as training_loop
 
     seen: list[str] = []
-    real_autocast = training.autocast
+    real_autocast = training_loop.autocast
 
     def recording_autocast(device, precision):
         seen.append(precision)
         return real_autocast(device, precision)
 
-    monkeypatch.setattr(training, "autocast", recording_autocast)
+    monkeypatch.setattr(training_loop, "autocast", recording_autocast)
     images, labels = lab_arrays[0][:6, 0], lab_arrays[1][:6, 0]
     config = TrainingConfig(
         features=4, depth=2, epochs=3, steps_per_epoch=2, batch_size=2, precision="fp32"

@@ -15,22 +15,20 @@ import torch
 import yaml
 
 from napari_unet_nuclei.cli import main
+from napari_unet_nuclei.io.bioimageio_package import BioimageioPackageError, import_bioimageio
 from napari_unet_nuclei.io.datasets import load_dataset, parse_split, select_by_names
 from napari_unet_nuclei.io.model_io import ModelFileError, load_model, save_model
 from napari_unet_nuclei.nn.normalization import normalize_frame
 from napari_unet_nuclei.prediction.inference import predict
 from napari_unet_nuclei.train.augmentation import AugmentationConfig
 from napari_unet_nuclei.train.training import TrainingConfig, train_model
-from napari_unet_nuclei.workflows.export import (
-    BioimageioPackageError,
+from napari_unet_nuclei.workflows.bioimageio_export import export_bioimageio, validate_bioimageio
+from napari_unet_nuclei.workflows.export import export_model
+from napari_unet_nuclei.workflows.network_export import (
     ExportError,
-    export_bioimageio,
-    export_model,
     export_onnx,
     export_torchscript,
-    import_bioimageio,
     portable_network,
-    validate_bioimageio,
 )
 
 ort = pytest.importorskip("onnxruntime")

@@ -25,9 +25,9 @@ def test_manifest_is_valid_and_complete() -> None:
 
 
 def test_manifest_symlink_is_kept() -> None:
-    link = Path(__file__).resolve().parents[1] / "src" / "napari_unet_nuclei" / "napari.yaml"
+    link = Path(__file__).resolve().parents[2] / "src" / "napari_unet_nuclei" / "napari.yaml"
     assert link.is_symlink()
-    assert link.resolve() == (Path(__file__).resolve().parents[1] / "napari.yaml")
+    assert link.resolve() == (Path(__file__).resolve().parents[2] / "napari.yaml")
 
 
 @pytest.mark.gui

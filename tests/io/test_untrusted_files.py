@@ -22,7 +22,8 @@ import torch
 
 from napari_unet_nuclei._napari.reader import get_reader, read_lab_file
 from napari_unet_nuclei.cli import main
-from napari_unet_nuclei.io.datasets import DataError, RefusedFileError, load_dataset
+from napari_unet_nuclei.io.datasets import load_dataset
+from napari_unet_nuclei.io.labelled import DataError, RefusedFileError
 from napari_unet_nuclei.io.model_io import ModelFileError, load_model, model_to_dict, save_model
 from napari_unet_nuclei.io.safe_pickle import UnsafeFileError, load_tensor_pickle
 from napari_unet_nuclei.nn.model import create_model

@@ -20,7 +20,7 @@ from napari_unet_nuclei.data.sample_data import (
     make_synthetic_nuclei,
     synthetic_dataset,
 )
-from napari_unet_nuclei.io.datasets import DataError
+from napari_unet_nuclei.io.labelled import DataError
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
