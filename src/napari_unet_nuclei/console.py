@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from napari_unet_nuclei.events import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep
+
 __all__ = ["PlainProgress", "progress_bar", "train_with_progress"]
 
 
@@ -87,7 +89,6 @@ def train_with_progress(
     NucleiModel or None
         The model (None when training stopped before the first epoch ended).
     """
-    from napari_unet_nuclei.events import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep
     from napari_unet_nuclei.train.training import train
 
     options: dict[str, Any] = {"names": [item.name for item in items], "init_model": init_model}

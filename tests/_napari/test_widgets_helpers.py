@@ -134,20 +134,43 @@ def test_error_sentence_is_one_line() -> None:
     )
 
 
+def test_a_stopped_training_yields_its_final_event_next(lab_npz) -> None:
+    """After Stop, the steps still running are consumed unseen: the next event is the
+    final one, with the best weights so far."""
+    from napari_unet_nuclei._napari._jobs import until_stopped
+    from napari_unet_nuclei.events import TrainingFinished, TrainingStep
+    from napari_unet_nuclei.train.training import TrainingConfig, train
+
+    data = np.load(lab_npz)
+    images, labels = list(data["X"][:4, 0]), list(data["Y"][:4, 0])
+    config = TrainingConfig(features=4, depth=2, epochs=3, steps_per_epoch=3, batch_size=2)
+    stop = threading.Event()
+    seen = []
+    for event in until_stopped(train(images, labels, config, should_stop=stop.is_set), stop):
+        seen.append(event)
+        if isinstance(event, TrainingStep) and event.global_step == 2:
+            stop.set()
+    assert isinstance(seen[-2], TrainingStep) and seen[-2].global_step == 2
+    assert isinstance(seen[-1], TrainingFinished) and seen[-1].reason == "cancelled"
+    assert seen[-1].steps == 2
+
+
 def test_jobs_turn_errors_into_one_sentence(small_model) -> None:
     from napari_unet_nuclei._napari._jobs import (
         JobFailed,
         SegmentResult,
         SegmentTask,
         segmentation_job,
-        training_job,
     )
+    from napari_unet_nuclei._napari._layers import TrainingFrames
+    from napari_unet_nuclei._napari.round_job import round_job
     from napari_unet_nuclei.train.training import TrainingConfig
 
     stop = threading.Event()
-    events = list(
-        training_job([np.zeros((8, 8))], [np.zeros((8, 9))], TrainingConfig(), stop=stop)
-    )
+    frames = TrainingFrames([np.zeros((8, 8))], [np.zeros((8, 9))], ["x"], 1)
+    events = [
+        e for e in round_job(frames, TrainingConfig(), stop=stop) if not hasattr(e, "n_layer")
+    ]
     assert len(events) == 1 and isinstance(events[0], JobFailed)
     assert "shape" in events[0].message
     image = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)

@@ -21,6 +21,13 @@ import numpy as np
 
 from napari_unet_nuclei._napari._threads import gui_friendly_threads
 from napari_unet_nuclei._napari._warmup import wait_for_warm_up
+from napari_unet_nuclei.evaluate.metrics import (
+    error_map,
+    per_frame_scores,
+    precision_recall_curve,
+    segmentation_scores,
+)
+from napari_unet_nuclei.events import FrameDone, TileDone, TrainingFinished
 
 __all__ = [
     "EvaluationResult",
@@ -32,7 +39,7 @@ __all__ = [
     "layer_stack_axis",
     "ranking_job",
     "segmentation_job",
-    "training_job",
+    "until_stopped",
 ]
 
 
@@ -63,34 +70,14 @@ def guarded_job(
 
 
 # ------------------------------------------------------------------------------ training
-@guarded_job
-def training_job(
-    images: Sequence[np.ndarray],
-    labels: Sequence[np.ndarray],
-    config: Any,
-    *,
-    names: Sequence[str] | None = None,
-    init_model: Any = None,
-    stop: threading.Event,
+def until_stopped(
+    events: Generator[Any, None, Any], stop: threading.Event
 ) -> Generator[Any, None, None]:
-    """Run :func:`napari_unet_nuclei.train.training.train`, yielding its events.
-
-    When ``stop`` is set the engine ends after the current step; the remaining events are
-    consumed here without yielding, so the final ``TrainingFinished`` (reason
-    ``"cancelled"``, best weights kept) is the next thing yielded, even when the worker
-    was also asked to quit.
+    """Yield training ``events`` until ``stop`` is set; then consume the rest without
+    yielding them, so that the final ``TrainingFinished`` (reason ``"cancelled"``, the best
+    weights kept) is the next event, even when the worker was also asked to quit. The
+    events are closed at the end.
     """
-    from napari_unet_nuclei.events import TrainingFinished
-    from napari_unet_nuclei.train.training import train
-
-    events = train(
-        list(images),
-        list(labels),
-        config,
-        names=names,
-        init_model=init_model,
-        should_stop=stop.is_set,
-    )
     try:
         for event in events:
             if stop.is_set() and not isinstance(event, TrainingFinished):
@@ -220,7 +207,6 @@ def segmentation_job(
     int
         The number of tasks done (fewer when ``stop`` was set).
     """
-    from napari_unet_nuclei.events import FrameDone, TileDone
     from napari_unet_nuclei.prediction.inference import (
         InferenceCancelled,
         check_image,
@@ -307,13 +293,6 @@ def evaluation_job(
     EvaluationResult or None
         None when ``stop`` was set before the end.
     """
-    from napari_unet_nuclei.evaluate.metrics import (
-        error_map,
-        per_frame_scores,
-        precision_recall_curve,
-        segmentation_scores,
-    )
-
     curve = None
     computed_maps: dict[str, np.ndarray] = {}
     if prediction is None:

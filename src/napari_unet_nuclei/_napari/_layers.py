@@ -8,14 +8,17 @@ without it belong to the user and are never modified.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from napari_unet_nuclei.io.channels import grey_from_colour
+from napari_unet_nuclei.io.pixel_size import file_pixel_size, micrometres
+
 __all__ = [
     "OWNER_KEY",
-    "TrainingData",
+    "TrainingFrames",
     "current_frame_index",
     "find_owned_layer",
     "frame_count",
@@ -32,13 +35,29 @@ OWNER_KEY = "napari_unet_nuclei"
 
 
 @dataclass
-class TrainingData:
-    """2-D training frames copied out of an image layer and a labels layer."""
+class TrainingFrames:
+    """2-D training frames copied out of the layers, with their annotated maps.
 
-    images: list[np.ndarray]
-    labels: list[np.ndarray]
-    names: list[str]
-    n_total: int
+    Attributes
+    ----------
+    images, labels : list of numpy.ndarray
+        The frames and their labels (copies).
+    names : list of str
+    n_total : int
+        Frames of the layers they were taken from.
+    annotated : list of (numpy.ndarray or None)
+        Per frame, the pixels whose labels are complete (None: the whole frame).
+    """
+
+    images: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    n_total: int = 0
+    annotated: list[np.ndarray | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.annotated:
+            self.annotated = [None] * len(self.images)
 
     @property
     def n_used(self) -> int:
@@ -92,8 +111,6 @@ def grey_layer_data(layer: Any) -> tuple[Any, str | None]:
     channel (:func:`~napari_unet_nuclei.io.channels.grey_from_colour`, the engine's rule), and
     the sentence says which and how to use another.
     """
-    from napari_unet_nuclei.io.channels import grey_from_colour
-
     data = layer.data
     if not getattr(layer, "rgb", False):
         return data, None
@@ -116,7 +133,7 @@ def labelled_frames(labels: Any) -> np.ndarray:
 
 def training_data(
     image: Any, labels: Any, *, use_empty_frames: bool = False, name: str = "image"
-) -> TrainingData:
+) -> TrainingFrames:
     """Cut matching 2-D frames out of an image and its labels, as copies.
 
     Parameters
@@ -134,7 +151,7 @@ def training_data(
 
     Returns
     -------
-    TrainingData
+    TrainingFrames
 
     Raises
     ------
@@ -166,7 +183,7 @@ def training_data(
             "'empty frames are background'."
         )
     single = len(frames_image) == 1
-    return TrainingData(
+    return TrainingFrames(
         images=[np.array(frames_image[i], copy=True) for i in indices],
         labels=[np.array(frames_labels[i], copy=True) for i in indices],
         names=[name if single else f"{name} [{i}]" for i in indices],
@@ -261,8 +278,6 @@ def layer_pixel_size(layer: Any) -> dict[str, float] | None:
     hand); otherwise the metadata of the file it was opened from, when there is one. A
     scale in pixels is not a size: None then.
     """
-    from napari_unet_nuclei.io.pixel_size import file_pixel_size, micrometres
-
     n_spatial = min(3, len(layer.scale))
     axes = ("z", "y", "x")[-n_spatial:]
     units = getattr(layer, "units", None) or ("pixel",) * len(layer.scale)

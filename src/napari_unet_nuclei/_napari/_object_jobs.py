@@ -4,7 +4,7 @@
   (:func:`~napari_unet_nuclei.workflows.segment.iter_segment`) for the Segment dock:
   in-memory images into new arrays, optionally split into nuclei (seeded watershed) and
   measured; lazy images (dask, zarr, multiscale levels) frame by frame into zarr arrays
-  the plugin owns (:class:`LazyOutputs`), never holding a whole stack in memory.
+  the plugin owns (:class:`~.lazy_outputs.LazyOutputs`), never holding a whole stack in memory.
 * :func:`object_evaluation_job` adds object-level scores (matching at IoU >= 0.5, the Data
   Science Bowl 2018 average precision over IoU 0.5:0.95) and an object error map to
   :func:`~._jobs.evaluation_job`.
@@ -12,14 +12,9 @@
 
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
 import threading
-import uuid
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,14 +29,17 @@ from napari_unet_nuclei._napari._jobs import (
     guarded_job,
     tile_progress,
 )
+from napari_unet_nuclei._napari.lazy_outputs import LazyOutputs
+from napari_unet_nuclei.events import TileDone
 from napari_unet_nuclei.io.array_reading import frame_indices
+from napari_unet_nuclei.nn.object_targets import instance_labels
+from napari_unet_nuclei.prediction.instances import InstanceConfig, iter_instances
 from napari_unet_nuclei.workflows.evaluate import object_frame_scores, pool_object_scores
-from napari_unet_nuclei.workflows.segment import SegmentOutputs
+from napari_unet_nuclei.workflows.segment import FrameSegmented, SegmentOutputs, iter_segment
 
 __all__ = [
     "OBJECT_SCORE_KEYS",
     "LazyFrameDone",
-    "LazyOutputs",
     "ObjectEvaluation",
     "ObjectsResult",
     "is_lazy",
@@ -70,8 +68,6 @@ def to_labels(array: np.ndarray) -> tuple[np.ndarray, bool]:
     bool
         True when ``array`` was a mask (touching nuclei then count as one object).
     """
-    from napari_unet_nuclei.nn.object_targets import instance_labels
-
     array = np.asarray(array)
     if array.dtype.kind == "f":
         array = np.rint(array).astype(np.int64)
@@ -84,192 +80,6 @@ def to_labels(array: np.ndarray) -> tuple[np.ndarray, bool]:
     if array.dtype.kind == "i" and array.size and array.min() < 0:
         array = np.where(array < 0, 0, array)
     return array, False
-
-
-# -------------------------------------------------------------------- lazy outputs
-_TEMPORARY_ROOT: list[Path] = []
-
-
-def temporary_root() -> Path:
-    """The plugin's temporary folder for lazy results (removed when Python exits)."""
-    if not _TEMPORARY_ROOT:
-        root = Path(tempfile.mkdtemp(prefix="napari-unet-nuclei-"))
-        atexit.register(shutil.rmtree, root, True)
-        _TEMPORARY_ROOT.append(root)
-    return _TEMPORARY_ROOT[0]
-
-
-def _free_name(folder: Path, stem: str, suffix: str) -> Path:
-    """``folder/stem+suffix``, or ``stem_2+suffix``... when taken (nothing is overwritten)."""
-    path, number = folder / f"{stem}{suffix}", 1
-    while path.exists():
-        number += 1
-        path = folder / f"{stem}_{number}{suffix}"
-    return path
-
-
-def _safe_stem(name: str) -> str:
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
-    return stem or "image"
-
-
-class _GatedReader:
-    """Array-like over a zarr array that reads only finished frames (others are zeros)."""
-
-    def __init__(self, array: Any, done: np.ndarray, which: str, threshold: float | None):
-        self.array = array
-        self.done = done
-        self.which = which
-        self.threshold = 0.5 if threshold is None else float(threshold)
-        self.shape = tuple(int(n) for n in array.shape)
-        self.ndim = len(self.shape)
-        self.dtype = np.dtype(np.uint8 if which == "mask" else array.dtype)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        key = tuple(key) + (slice(None),) * (self.ndim - len(key))
-        leading = self.ndim - 2
-        ranges = [
-            range(*k.indices(n)) if isinstance(k, slice) else range(int(k), int(k) + 1)
-            for k, n in zip(key[:leading], self.shape[:leading])
-        ]
-        spatial = key[leading:]
-        sizes = [len(range(*k.indices(n))) for k, n in zip(spatial, self.shape[leading:])]
-        out = np.zeros([len(r) for r in ranges] + sizes, self.dtype)
-        for position in np.ndindex(*[len(r) for r in ranges]):
-            frame = tuple(r[i] for r, i in zip(ranges, position))
-            if self.done[frame]:
-                block = np.asarray(self.array[(*frame, *spatial)])
-                out[position] = (block >= self.threshold) if self.which == "mask" else block
-        squeeze = tuple(i for i, k in enumerate(key[:leading]) if not isinstance(k, slice))
-        return out.squeeze(axis=squeeze) if squeeze else out
-
-
-@dataclass
-class LazyOutputs:
-    """Zarr arrays (OME-Zarr folders) that a lazy segmentation writes frame by frame.
-
-    ``frames_done`` is set by the worker once every output of a frame is written; views
-    show the frames not done as zeros, so a cancelled frame never looks finished.
-    """
-
-    shape: tuple[int, ...]
-    probabilities_path: Path
-    probabilities: Any
-    labels_path: Path | None = None
-    labels: Any = None
-    frames_done: np.ndarray = field(default_factory=lambda: np.zeros((), bool))
-    tables: dict[tuple[int, ...], dict[str, np.ndarray]] = field(default_factory=dict)
-
-    @classmethod
-    def create(
-        cls,
-        name: str,
-        shape: tuple[int, ...],
-        folder: str | Path | None = None,
-        *,
-        instances: bool = False,
-        attributes: dict[str, Any] | None = None,
-    ) -> LazyOutputs:
-        """New empty outputs for the image ``name`` of ``shape``.
-
-        Parameters
-        ----------
-        name : str
-            Image layer name (the output folders are ``<name>_prob.ome.zarr`` and
-            ``<name>_nuclei.ome.zarr``).
-        shape : tuple of int
-            ``(..., H, W)`` of the image.
-        folder : path-like, optional
-            Where to write; a fresh folder in the plugin's temporary folder when omitted.
-            Existing files are never replaced (a free name is used).
-        instances : bool
-            Also create an int32 array for the nuclei labels.
-        attributes : dict, optional
-            Stored in the OME-Zarr groups (model name, threshold...).
-        """
-        from napari_unet_nuclei.io.zarr_io import create_ome_zarr
-
-        if folder is None:
-            folder = temporary_root() / uuid.uuid4().hex[:12]
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = _safe_stem(name)
-        shape = tuple(int(n) for n in shape)
-        attributes = {**(attributes or {}), "frames_done": 0}
-        probabilities_path = _free_name(folder, f"{stem}_prob", ".ome.zarr")
-        probabilities = create_ome_zarr(
-            probabilities_path,
-            shape,
-            np.float32,
-            attributes={**attributes, "kind": "probabilities"},
-        )
-        labels_path = labels = None
-        if instances:
-            labels_path = _free_name(folder, f"{stem}_nuclei", ".ome.zarr")
-            labels = create_ome_zarr(
-                labels_path, shape, np.int32, attributes={**attributes, "kind": "labels"}
-            )
-        return cls(
-            shape=shape,
-            probabilities_path=probabilities_path,
-            probabilities=probabilities,
-            labels_path=labels_path,
-            labels=labels,
-            frames_done=np.zeros(shape[:-2], bool),
-        )
-
-    @property
-    def n_done(self) -> int:
-        """Frames finished."""
-        return int(np.count_nonzero(self.frames_done))
-
-    def mark_done(self, index: tuple[int, ...]) -> None:
-        """Record frame ``index`` as finished (in memory and in the zarr attributes)."""
-        from napari_unet_nuclei.io.zarr_io import ZARR_FORMAT_NAME
-
-        self.frames_done[index] = True
-        for path in (self.probabilities_path, self.labels_path):
-            if path is not None:
-                _set_attribute(path, ZARR_FORMAT_NAME, "frames_done", self.n_done)
-
-    def view(self, which: str, threshold: float | None = None) -> Any:
-        """A dask view of the ``"probabilities"``, the ``"mask"`` at ``threshold`` or the
-        ``"labels"``.
-
-        Frames not finished read as zeros without touching the store (the worker may be
-        writing them). Each call gives new dask keys, so napari (and dask's cache) read
-        the arrays again: call it to refresh a layer.
-        """
-        import dask.array as da
-
-        array = self.labels if which == "labels" else self.probabilities
-        reader = _GatedReader(array, self.frames_done.copy(), which, threshold)
-        return da.from_array(
-            reader,
-            chunks=tuple(array.chunks),
-            name=f"unet-nuclei-{which}-{uuid.uuid4().hex}",
-            asarray=False,
-            meta=np.empty((0,) * len(self.shape), reader.dtype),
-        )
-
-    def table(self) -> dict[str, np.ndarray] | None:
-        """The measurements of the finished frames, in frame order (None without labels)."""
-        if self.labels is None:
-            return None
-        from napari_unet_nuclei.prediction.measurements import concatenate_tables
-
-        parts = [self.tables[index] for index in sorted(self.tables) if self.frames_done[index]]
-        return concatenate_tables(parts, len(self.shape) - 2)
-
-
-def _set_attribute(path: Path, key: str, name: str, value: Any) -> None:
-    import zarr
-
-    group = zarr.open_group(str(path), mode="r+")
-    attributes = dict(group.attrs.get(key, {}))
-    attributes[name] = value
-    group.attrs[key] = attributes
 
 
 # ----------------------------------------------------------------------------- events
@@ -319,9 +129,6 @@ def _task_events(
     With ``splitting`` a frame's tiles fill 90 % of its share of the bar and its split
     nuclei the rest; a ``volume``'s frames fill 90 % of the task's, its 3-D nuclei the rest.
     """
-    from napari_unet_nuclei.events import TileDone
-    from napari_unet_nuclei.workflows.segment import FrameSegmented
-
     network_share = 0.9 if splitting else 1.0
     task_share = 0.9 if volume else 1.0
     while True:
@@ -396,7 +203,6 @@ def segment_objects_job(
         Tasks done (fewer when cancelled).
     """
     from napari_unet_nuclei.prediction.inference import InferenceCancelled, check_image
-    from napari_unet_nuclei.workflows.segment import iter_segment
 
     lazy_outputs = lazy_outputs or {}
     n_tasks = len(tasks)
@@ -511,7 +317,6 @@ def object_evaluation_job(
         None when cancelled or failed.
     """
     from napari_unet_nuclei.prediction.inference import InferenceCancelled
-    from napari_unet_nuclei.prediction.instances import InstanceConfig, iter_instances
     from napari_unet_nuclei.workflows.segmentation import default_instance_config
 
     model = inputs.get("model")

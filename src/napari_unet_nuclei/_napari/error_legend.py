@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import QGridLayout, QLabel, QWidget
 
+from napari_unet_nuclei.evaluate.metrics import ERROR_COLORS
+
 __all__ = ["ErrorLegend", "ObjectErrorLegend", "error_colormap", "object_error_colormap"]
 
 #: Short legend texts for the error-map classes 1-3.
@@ -37,8 +39,6 @@ def _direct_colormap(colors: dict) -> object:
 
 def error_colormap() -> object:
     """The pixel error overlay's colormap: each class its ``metrics.ERROR_COLORS`` colour."""
-    from napari_unet_nuclei.evaluate.metrics import ERROR_COLORS
-
     return _direct_colormap(ERROR_COLORS)
 
 
@@ -54,7 +54,6 @@ class ErrorLegend(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        from napari_unet_nuclei.evaluate.metrics import ERROR_COLORS
 
         self._fill(LEGEND_TEXT, ERROR_COLORS, "error overlay")
 

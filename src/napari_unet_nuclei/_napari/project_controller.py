@@ -25,6 +25,7 @@ from napari_unet_nuclei._napari.project_panel import (
     confirm_removal,
 )
 from napari_unet_nuclei._napari.round_job import RoundRecorded
+from napari_unet_nuclei.project.ledger import Ledger
 
 if TYPE_CHECKING:
     from napari_unet_nuclei.project.folder import ProjectEntry, TrainingProject
@@ -101,7 +102,6 @@ class ProjectController:
         neither a project nor empty, or the project is damaged.
         """
         from napari_unet_nuclei.project.folder import ProjectError, TrainingProject
-        from napari_unet_nuclei.project.ledger import Ledger
 
         try:
             project = TrainingProject.open_or_create(folder)

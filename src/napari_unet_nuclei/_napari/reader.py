@@ -16,6 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet_nuclei.io.lab_files import read_lab_pickle, read_npz
+from napari_unet_nuclei.io.labelled import DataError
+from napari_unet_nuclei.io.safe_pickle import UnsafeFileError
+
 __all__ = ["get_reader", "read_lab_file"]
 
 PathOrPaths = str | Sequence[str]
@@ -67,7 +71,6 @@ def get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerData]] | 
 
 
 def _read_items(path: str) -> list[Any]:
-    from napari_unet_nuclei.io.lab_files import read_lab_pickle, read_npz
 
     return read_npz(path) if path.lower().endswith(".npz") else read_lab_pickle(path)
 
@@ -90,9 +93,6 @@ def read_lab_file(path: PathOrPaths) -> list[LayerData] | None:
     napari_unet_nuclei.io.safe_pickle.UnsafeFileError
         For a pickle that names code it could run: it is refused, nothing in it runs.
     """
-    from napari_unet_nuclei.io.labelled import DataError
-    from napari_unet_nuclei.io.safe_pickle import UnsafeFileError
-
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     layers: list[LayerData] = []
     for one in paths:

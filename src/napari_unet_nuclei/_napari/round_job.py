@@ -9,25 +9,19 @@ records the round in the ledger and scores it on the held-out set.
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from napari_unet_nuclei._napari._jobs import guarded_job
+from napari_unet_nuclei._napari._jobs import guarded_job, until_stopped
+from napari_unet_nuclei._napari._layers import TrainingFrames
+from napari_unet_nuclei.events import TrainingFinished
+from napari_unet_nuclei.project.folder import HELD_OUT, TRAIN, TrainingProject, array_sha256
+from napari_unet_nuclei.project.ledger import Ledger, data_item, score_held_out
 
-__all__ = ["JobNotice", "LayerData", "RoundRecorded", "ScoringHeldOut", "round_job"]
-
-
-@dataclass
-class LayerData:
-    """2-D training frames copied from the open layers, with their annotated maps."""
-
-    images: list[np.ndarray] = field(default_factory=list)
-    labels: list[np.ndarray] = field(default_factory=list)
-    annotated: list[np.ndarray | None] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
+__all__ = ["JobNotice", "RoundRecorded", "ScoringHeldOut", "round_job"]
 
 
 @dataclass(frozen=True)
@@ -63,10 +57,8 @@ class RoundRecorded:
 
 
 def _gather(
-    layers: LayerData, project: Any, use_project: bool
+    layers: TrainingFrames, project: Any, use_project: bool
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[Any], list[str], list[dict], list[str]]:
-    from napari_unet_nuclei.project.folder import TRAIN, array_sha256
-    from napari_unet_nuclei.project.ledger import data_item
 
     held = project.held_out_image_hashes() if project is not None else set()
     images, labels, annotated, names, items, dropped = [], [], [], [], [], []
@@ -101,7 +93,7 @@ def _gather(
 
 @guarded_job
 def round_job(
-    layers: LayerData,
+    layers: TrainingFrames,
     config: Any,
     *,
     project_folder: str | None = None,
@@ -114,7 +106,7 @@ def round_job(
 
     Parameters
     ----------
-    layers : LayerData
+    layers : TrainingFrames
         Frames from the open layers (may be empty when the project has images).
     config : TrainingConfig
         Training settings.
@@ -134,9 +126,6 @@ def round_job(
     ------
     JobNotice, DataGathered, training events, RoundRecorded, ScoringHeldOut
     """
-    from napari_unet_nuclei.events import TrainingFinished
-    from napari_unet_nuclei.project.folder import HELD_OUT, TrainingProject
-    from napari_unet_nuclei.project.ledger import Ledger, score_held_out
     from napari_unet_nuclei.train.training import train
 
     project = TrainingProject.open(project_folder) if project_folder else None
@@ -169,21 +158,11 @@ def round_job(
     # an earlier job would leave this thread without autograd.
     import torch
 
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            for event in events:
-                if stop.is_set() and not isinstance(event, TrainingFinished):
-                    for later in events:
-                        if isinstance(later, TrainingFinished):
-                            final = later
-                    if final is not None:
-                        yield final
-                    break
-                if isinstance(event, TrainingFinished):
-                    final = event
-                yield event
-    finally:
-        events.close()
+    with torch.inference_mode(False), torch.enable_grad():
+        for event in until_stopped(events, stop):
+            if isinstance(event, TrainingFinished):
+                final = event
+            yield event
     if final is None or not final.history or project is None:
         return
     summary = final.model.summary
@@ -218,14 +197,3 @@ def round_job(
     )
     recorded = ledger.set_held_out(recorded.number, scores)
     yield RoundRecorded(recorded, ledger.regression_warning(recorded.number), scored=True)
-
-
-def layer_data(
-    images: Sequence[np.ndarray],
-    labels: Sequence[np.ndarray],
-    names: Sequence[str],
-    annotated: Sequence[np.ndarray | None] | None = None,
-) -> LayerData:
-    """Build :class:`LayerData` (annotated maps default to None: whole frames)."""
-    annotated = list(annotated) if annotated is not None else [None] * len(images)
-    return LayerData(list(images), list(labels), annotated, [str(n) for n in names])

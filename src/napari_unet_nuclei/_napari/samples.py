@@ -12,6 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet_nuclei.data import sample_data
+from napari_unet_nuclei.data.public_data import data_root
+from napari_unet_nuclei.data.sample_data import kromp_folders, load_kromp, make_synthetic_nuclei
+
 __all__ = [
     "DATA_ENV",
     "KROMP_ENV",
@@ -33,8 +37,6 @@ LayerData = tuple[Any, dict[str, Any], str]
 
 def synthetic_nuclei() -> list[LayerData]:
     """A 512 x 512 synthetic fluorescence image of nuclei and its instance labels."""
-    from napari_unet_nuclei.data.sample_data import make_synthetic_nuclei
-
     image, labels = make_synthetic_nuclei((512, 512), seed=0)
     return [
         (image, {"name": "synthetic nuclei"}, "image"),
@@ -53,9 +55,6 @@ def kromp_candidates() -> list[tuple[str, Path]]:
        the download.
     The folder the viewer was started from plays no part.
     """
-    from napari_unet_nuclei.data import sample_data
-    from napari_unet_nuclei.data.public_data import data_root
-
     found: list[tuple[str, Path]] = []
     if os.environ.get(KROMP_ENV):
         found.append((KROMP_ENV, Path(os.environ[KROMP_ENV]).expanduser()))
@@ -83,8 +82,6 @@ def find_kromp_root() -> Path:
     FileNotFoundError
         With a sentence naming the folders looked in and how to get the data.
     """
-    from napari_unet_nuclei.data.sample_data import kromp_folders
-
     candidates = kromp_candidates()
     for _, root in candidates:
         if root.is_dir() and kromp_folders(root) is not None:
@@ -100,8 +97,6 @@ def find_kromp_root() -> Path:
 
 def kromp_nuclei() -> list[LayerData]:
     """A stack of Kromp 2020 images of the same size with their instance labels."""
-    from napari_unet_nuclei.data.sample_data import kromp_folders, load_kromp
-
     root = find_kromp_root()
     image_folder, _ = kromp_folders(root)
     names = sorted(path.stem for path in image_folder.glob("*.tif"))

@@ -26,9 +26,12 @@ from napari_unet_nuclei._napari._layers import (
     grey_shape,
     put_output_layer,
 )
-from napari_unet_nuclei._napari._object_jobs import LazyFrameDone, LazyOutputs, ObjectsResult
+from napari_unet_nuclei._napari._object_jobs import LazyFrameDone, ObjectsResult
+from napari_unet_nuclei._napari.lazy_outputs import LazyOutputs
 from napari_unet_nuclei._napari.model_registry import CachedProbabilities
 from napari_unet_nuclei._napari.segment_outputs import RUNNING, OutputLayers
+from napari_unet_nuclei.prediction.measurements import to_layer_features
+from napari_unet_nuclei.prediction.volumes import looks_like_z_slices
 
 __all__ = ["FRAME_REFRESH_S", "SegmentRun", "ThresholdFollowers", "threshold_mask"]
 
@@ -275,8 +278,6 @@ class SegmentRun:
 
     def _apply_objects(self, number: int, labels: np.ndarray, table: dict[str, Any]) -> None:
         """Show nuclei labels as ``<image> instances`` with the measurements as features."""
-        from napari_unet_nuclei.prediction.measurements import to_layer_features
-
         task, layer = self.tasks[number], self.layers[number]
         if layer not in self._viewer.layers:
             return
@@ -304,8 +305,6 @@ class SegmentRun:
         A re-run of an image that has outputs shows its frames in ``RUNNING`` layers until
         every frame is written; then they replace the earlier outputs.
         """
-        from napari_unet_nuclei.prediction.measurements import to_layer_features
-
         layer, outputs = self.layers[number], self.lazy_outputs[number]
         if layer not in self._viewer.layers or outputs.n_done == 0:
             return
@@ -345,8 +344,6 @@ class SegmentRun:
     # ------------------------------------------------------------------------- end
     def z_note(self) -> str:
         """A sentence when a stack segmented frame by frame looks like one volume's slices."""
-        from napari_unet_nuclei.prediction.volumes import looks_like_z_slices
-
         for task in self.tasks:
             if task.frame is not None or task.stack_axis != "frames" or task.image.ndim != 3:
                 continue

@@ -42,11 +42,13 @@ from napari_unet_nuclei._napari._layers import (
     read_only_view,
 )
 from napari_unet_nuclei._napari._notify import report_info
-from napari_unet_nuclei._napari._object_jobs import LazyOutputs, is_lazy, segment_objects_job
+from napari_unet_nuclei._napari._object_jobs import is_lazy, segment_objects_job
+from napari_unet_nuclei._napari.lazy_outputs import LazyOutputs
 from napari_unet_nuclei._napari.model_picker import ModelPicker
 from napari_unet_nuclei._napari.segment_outputs import OutputLayers, ask_csv_path, features_table
 from napari_unet_nuclei._napari.segment_run import SegmentRun, ThresholdFollowers
 from napari_unet_nuclei.io.pixel_size import spatial_pixel_size
+from napari_unet_nuclei.prediction.measurements import write_measurements_csv
 
 __all__ = ["ALL_FRAMES", "ALL_LAYERS", "CURRENT_FRAME", "SegmentWidget", "full_resolution"]
 
@@ -412,8 +414,6 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
         save or writing failed.
         """
         from pathlib import Path
-
-        from napari_unet_nuclei.prediction.measurements import write_measurements_csv
 
         layer = self.measured_layer()
         try:

@@ -23,7 +23,12 @@ from napari_unet_nuclei._napari._dock_layout import (
     compact_combo_boxes,
     scroll_body,
 )
-from napari_unet_nuclei._napari._layers import grey_layer_data, grey_shape, labelled_frames
+from napari_unet_nuclei._napari._layers import (
+    TrainingFrames,
+    grey_layer_data,
+    grey_shape,
+    labelled_frames,
+)
 from napari_unet_nuclei._napari._notify import format_seconds, report_info, report_warning
 from napari_unet_nuclei._napari.annotated_regions import annotated_regions
 from napari_unet_nuclei._napari.loss_plot import LossPlot
@@ -33,7 +38,6 @@ from napari_unet_nuclei._napari.project_controller import ProjectController
 from napari_unet_nuclei._napari.round_job import (
     DataGathered,
     JobNotice,
-    LayerData,
     RoundRecorded,
     ScoringHeldOut,
     round_job,
@@ -41,6 +45,12 @@ from napari_unet_nuclei._napari.round_job import (
 from napari_unet_nuclei._napari.training_layers import layers_to_training_data
 from napari_unet_nuclei._napari.training_settings import TrainingSettings
 from napari_unet_nuclei.events import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep
+from napari_unet_nuclei.train.label_coverage import (
+    PartialLabelsWarning,
+    frames_to_check,
+    label_coverage,
+    partial_labels_note,
+)
 
 __all__ = ["TrainWidget"]
 
@@ -201,12 +211,6 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
         frames ``label_coverage`` looks at (``frames_to_check``)."""
         from napari.qt.threading import thread_worker
 
-        from napari_unet_nuclei.train.label_coverage import (
-            frames_to_check,
-            label_coverage,
-            partial_labels_note,
-        )
-
         grey, _ = grey_layer_data(image)
         leading = tuple(grey.shape[:-2])
         indices = [np.unravel_index(n, leading) if leading else () for n in frames_to_check(flags)]
@@ -246,7 +250,7 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
                         "pick an image layer and a labels layer first (or open a project "
                         "folder with training images)"
                     )
-                layers, describe, notes = LayerData(), "", []
+                layers, describe, notes = TrainingFrames(), "", []
             else:
                 layers, describe, notes = layers_to_training_data(
                     image_layer,
@@ -291,8 +295,6 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
 
     def _on_job_warned(self, args: tuple) -> None:
         """Keep the engine's partial-labels sentence in view (it is also a notification)."""
-        from napari_unet_nuclei.train.label_coverage import PartialLabelsWarning
-
         if not self._closed and issubclass(args[1], PartialLabelsWarning):
             self.frames_info.value = str(args[0])
 

@@ -6,16 +6,15 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet_nuclei._napari._layers import grey_layer_data, training_data
+from napari_unet_nuclei._napari._layers import TrainingFrames, grey_layer_data, training_data
 from napari_unet_nuclei._napari.annotated_regions import annotated_regions
-from napari_unet_nuclei._napari.round_job import LayerData, layer_data
 
 __all__ = ["layers_to_training_data"]
 
 
 def layers_to_training_data(
     image_layer: Any, labels_layer: Any, shapes_layer: Any, *, use_empty_frames: bool
-) -> tuple[LayerData, str, list[str]]:
+) -> tuple[TrainingFrames, str, list[str]]:
     """Frames of an image layer and its labels, copied for a training job.
 
     Parameters
@@ -30,7 +29,7 @@ def layers_to_training_data(
 
     Returns
     -------
-    tuple of (LayerData, str, list of str)
+    tuple of (TrainingFrames, str, list of str)
         The frames, a sentence saying which were taken, and notes for the user (an RGB image
         turned grey, shapes that enclose no area).
 
@@ -45,7 +44,7 @@ def layers_to_training_data(
         data = training_data(
             image_data, labels_layer.data, use_empty_frames=use_empty_frames, name=image_layer.name
         )
-        return layer_data(data.images, data.labels, data.names), data.describe(), notes
+        return data, data.describe(), notes
     data = training_data(
         image_data, labels_layer.data, use_empty_frames=True, name=image_layer.name
     )
@@ -66,10 +65,11 @@ def layers_to_training_data(
         f"Training on the annotated regions of {len(keep)} of {data.n_total} frame(s) "
         f"({pixels:,} px)."
     )
-    layers = layer_data(
+    layers = TrainingFrames(
         [data.images[i] for i in keep],
         [data.labels[i] for i in keep],
         [data.names[i] for i in keep],
+        data.n_total,
         [regions.masks[i].copy() for i in keep],
     )
     return layers, describe, notes

@@ -7,6 +7,8 @@ from typing import Any
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
 from superqt import QCollapsible
 
+from napari_unet_nuclei.nn.object_targets import OBJECT_MAPS
+
 __all__ = ["EPOCHS", "TIME_BUDGET", "TrainingSettings"]
 
 EPOCHS, TIME_BUDGET = "epochs", "time budget"
@@ -117,7 +119,6 @@ class TrainingSettings(Container):
 
     def config(self) -> Any:
         """The :class:`~napari_unet_nuclei.train.training.TrainingConfig` described by the form."""
-        from napari_unet_nuclei.nn.object_targets import OBJECT_MAPS
         from napari_unet_nuclei.train.augmentation import AugmentationConfig
         from napari_unet_nuclei.train.training import TrainingConfig
 

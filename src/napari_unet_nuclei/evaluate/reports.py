@@ -11,6 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet_nuclei.evaluate.object_metrics import OBJECT_ERROR_COLORS, object_error_map
+from napari_unet_nuclei.nn.normalization import normalize_frame
+
 __all__ = [
     "error_overlay_rgb",
     "object_overlay_rgb",
@@ -51,8 +54,6 @@ def _tinted(
     alpha: float,
 ) -> np.ndarray:
     """The normalised grey image as RGB, tinted with ``colours[c]`` where ``codes == c``."""
-    from napari_unet_nuclei.nn.normalization import normalize_frame
-
     grey = np.clip(normalize_frame(image), 0, 1)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     for code in which:
@@ -83,8 +84,6 @@ def object_overlay_rgb(
     dict
         The counts of :meth:`~napari_unet_nuclei.evaluate.object_metrics.ObjectErrors.counts`.
     """
-    from napari_unet_nuclei.evaluate.object_metrics import OBJECT_ERROR_COLORS, object_error_map
-
     errors = object_error_map(predicted, truth)
     return _tinted(image, errors.map, OBJECT_ERROR_COLORS, range(1, 6), alpha), errors.counts()
 

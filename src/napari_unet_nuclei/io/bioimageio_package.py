@@ -10,6 +10,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
+from napari_unet_nuclei.io.model_io import FORMAT_NAME, ModelFileError, model_from_dict
 from napari_unet_nuclei.nn.model import NucleiModel
 
 __all__ = ["CONFIG_KEY", "BioimageioPackageError", "import_bioimageio"]
@@ -146,7 +147,6 @@ def _import_package(path: Path, map_location: str) -> NucleiModel:
     import yaml
 
     from napari_unet_nuclei.io._file_checks import one_line, zip_problem
-    from napari_unet_nuclei.io.model_io import FORMAT_NAME, ModelFileError, model_from_dict
 
     with _Package(path) as package:
         try:

@@ -16,6 +16,7 @@ from napari_unet_nuclei.io._file_checks import (
     tiff_problem,
     too_large,
 )
+from napari_unet_nuclei.io.channels import grey_from_colour
 from napari_unet_nuclei.io.labelled import DataError
 from napari_unet_nuclei.nn.normalization import ImageWarning
 
@@ -59,7 +60,6 @@ def to_grey(image: np.ndarray, name: str = "image") -> np.ndarray:
             "image (H, W, 3) RGB / (H, W, 4) RGBA. Save one 2-D channel per image (for a "
             "stack or channels-first data, pick the nuclear channel first)."
         )
-    from napari_unet_nuclei.io.channels import grey_from_colour
 
     grey, note = grey_from_colour(image, name)
     if note:

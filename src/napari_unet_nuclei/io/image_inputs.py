@@ -14,7 +14,15 @@ from typing import Any
 import numpy as np
 
 from napari_unet_nuclei.io.channels import MAX_UNNAMED_CHANNELS, nuclear_channel
-from napari_unet_nuclei.io.image_files import IMAGE_SUFFIXES, TIFF_SUFFIXES
+from napari_unet_nuclei.io.image_files import (
+    IMAGE_SUFFIXES,
+    TIFF_SUFFIXES,
+    read_image_file,
+    to_grey,
+)
+from napari_unet_nuclei.io.labelled import DataError
+from napari_unet_nuclei.io.zarr_io import is_zarr_path
+from napari_unet_nuclei.nn.normalization import ImageWarning
 
 __all__ = ["BatchError", "BatchInput", "discover_inputs", "open_image"]
 
@@ -59,7 +67,6 @@ def _base_name(path: Path) -> str:
 
 
 def _as_input(path: Path) -> BatchInput | None:
-    from napari_unet_nuclei.io.zarr_io import is_zarr_path
 
     if path.name.startswith("."):
         return None
@@ -198,9 +205,6 @@ def open_image(
     BatchError
         For unreadable files and multi-channel images (keep the nuclear channel only).
     """
-    from napari_unet_nuclei.io.image_files import read_image_file
-    from napari_unet_nuclei.io.labelled import DataError
-
     if not isinstance(source, BatchInput):
         item = _as_input(Path(source))
         if item is None:
@@ -263,8 +267,6 @@ def _read_tiff_series(tif: Any, path: Path, lazy_bytes: int) -> tuple[bool, Any,
         tiff_problem,
         too_large,
     )
-    from napari_unet_nuclei.io.image_files import to_grey
-    from napari_unet_nuclei.io.labelled import DataError
 
     try:
         with quiet_tifffile():
@@ -316,8 +318,6 @@ def _drop_channel(
     whether it holds channels (``channel``) or frames/slices (``stack_axis``).
     """
     import warnings
-
-    from napari_unet_nuclei.nn.normalization import ImageWarning
 
     shape = tuple(array.shape)
     if len(shape) < 2:

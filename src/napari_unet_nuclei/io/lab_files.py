@@ -19,7 +19,7 @@ from napari_unet_nuclei.io._file_checks import (
     too_large,
 )
 from napari_unet_nuclei.io.labelled import DataError, LabelledImage, RefusedFileError
-from napari_unet_nuclei.io.safe_pickle import UnsafeFileError
+from napari_unet_nuclei.io.safe_pickle import UnsafeFileError, load_tensor_pickle
 
 __all__ = ["PICKLE_SUFFIXES", "read_lab_pickle", "read_npz", "stack_to_items"]
 
@@ -256,8 +256,6 @@ def read_lab_pickle(path: str | os.PathLike[str]) -> list[LabelledImage]:
         If the file is not such a pickle (any error of the unpickler or of torch becomes
         this error, with one sentence naming the file) or the arrays do not fit.
     """
-    from napari_unet_nuclei.io.safe_pickle import load_tensor_pickle
-
     problem = file_problem(path)
     if problem == "does not exist":
         raise DataError(f"Dataset {str(path)!r} not found; check the path.")

@@ -19,6 +19,12 @@ from typing import Any
 import torch
 
 from napari_unet_nuclei.io._file_checks import one_line, zip_problem
+from napari_unet_nuclei.io.builtin_models import (
+    BUILTIN_MODELS,
+    builtin_model_path,
+    builtin_name_of,
+    is_builtin_name,
+)
 from napari_unet_nuclei.io.file_writing import atomic_path
 from napari_unet_nuclei.io.model_errors import ModelFileError
 from napari_unet_nuclei.nn.model import NucleiModel
@@ -241,13 +247,6 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu") -> NucleiMode
         architecture its weights do not fit, or comes from a newer format version. Any
         exception of the loader becomes this error, with one sentence naming the file.
     """
-    from napari_unet_nuclei.io.builtin_models import (
-        BUILTIN_MODELS,
-        builtin_model_path,
-        builtin_name_of,
-        is_builtin_name,
-    )
-
     if is_builtin_name(path) and not Path(path).is_file():
         path = builtin_model_path(str(path))
     else:

@@ -21,7 +21,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from napari_unet_nuclei.io._file_checks import quiet_tifffile
 from napari_unet_nuclei.io.image_files import TIFF_SUFFIXES
+from napari_unet_nuclei.io.zarr_io import ome_multiscales
 
 __all__ = [
     "file_pixel_size",
@@ -126,8 +128,6 @@ def zarr_pixel_size(path: str | os.PathLike[str]) -> dict[str, float] | None:
     """The pixel size in an OME-Zarr image's ``multiscales`` metadata (version 0.4 or 0.5)."""
     import zarr
 
-    from napari_unet_nuclei.io.zarr_io import ome_multiscales
-
     try:
         multiscales = ome_multiscales(dict(zarr.open(str(path), mode="r").attrs))
         multiscale = multiscales[0]
@@ -165,8 +165,6 @@ def file_pixel_size(path: str | os.PathLike[str]) -> dict[str, float] | None:
     if path.suffix.lower() not in TIFF_SUFFIXES:
         return None
     import tifffile
-
-    from napari_unet_nuclei.io._file_checks import quiet_tifffile
 
     try:
         with quiet_tifffile(), tifffile.TiffFile(path) as tif:

@@ -33,6 +33,14 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet_nuclei.io._file_checks import (
+    file_problem,
+    format_bytes,
+    one_line,
+    read_limit_bytes,
+    zip_problem,
+)
+
 __all__ = ["ALLOWED_GLOBALS", "UnsafeFileError", "load_tensor_pickle", "torch_refusal_reason"]
 
 #: Legacy ``torch.save`` files begin with this pickled integer.
@@ -303,7 +311,6 @@ def _load_torch_save(path: str) -> Any:
 
 
 def _one_line(error: BaseException) -> str:
-    from napari_unet_nuclei.io._file_checks import one_line
 
     return one_line(error)
 
@@ -333,13 +340,6 @@ def load_tensor_pickle(path: str | os.PathLike[str]) -> tuple[np.ndarray, ...]:
     ValueError
         If the file is not a valid pickle or does not hold tensors/arrays.
     """
-    from napari_unet_nuclei.io._file_checks import (
-        file_problem,
-        format_bytes,
-        read_limit_bytes,
-        zip_problem,
-    )
-
     path_str = os.fspath(path)
     problem = file_problem(path_str)
     if problem == "does not exist":

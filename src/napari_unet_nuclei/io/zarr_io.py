@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet_nuclei.io._file_checks import one_line
+
 __all__ = [
     "ZARR_FORMAT_NAME",
     "ZarrFileError",
@@ -220,8 +222,6 @@ def open_zarr_image(path: str | os.PathLike[str]) -> tuple[Any, list[str] | None
         without numbers. Chunks are read only when the array is indexed.
     """
     import zarr
-
-    from napari_unet_nuclei.io._file_checks import one_line
 
     path = Path(path)
     if not path.is_dir():

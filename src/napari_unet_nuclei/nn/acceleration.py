@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_unet_nuclei.nn.portable_unet import PortableUNet
+
 __all__ = [
     "BACKENDS",
     "CACHE_ENV",
@@ -316,7 +318,6 @@ def _onnx_graph(network: torch.nn.Module) -> bytes:
 
 
 def _export_onnx(network: torch.nn.Module) -> bytes:
-    from napari_unet_nuclei.nn.portable_unet import PortableUNet
 
     config = network.config
     portable = PortableUNet(config.features, config.depth, config.in_channels, config.out_channels)

@@ -26,8 +26,17 @@ from napari_unet_nuclei.nn.acceleration import (
 from napari_unet_nuclei.nn.devices import resolve_device
 from napari_unet_nuclei.nn.model import NucleiModel
 from napari_unet_nuclei.nn.network import pad_reflect
-from napari_unet_nuclei.nn.normalization import normalize_frame
+from napari_unet_nuclei.nn.normalization import check_image_dtype, normalize_frame
 from napari_unet_nuclei.nn.probabilities import probability_to_logit, sigmoid
+from napari_unet_nuclei.prediction.nucleus_size import (
+    AUTO_MAX_FOREGROUND,
+    BUILTIN_TRAINED_DIAMETER,
+    checked_diameter,
+    estimate_diameter,
+    rescale_factor,
+    resize_to,
+    trained_diameter,
+)
 
 __all__ = [
     "DIHEDRAL_TRANSFORMS",
@@ -279,8 +288,6 @@ def check_image(image: Any) -> tuple[int, ...]:
         after two axes longer than 4 (RGB(A) colour channels, not a stack of 3- or 4-pixel
         wide frames), or pixels that are not real numbers.
     """
-    from napari_unet_nuclei.nn.normalization import check_image_dtype
-
     shape = tuple(int(n) for n in image.shape)
     if len(shape) < 2:
         raise ValueError(f"Expected a 2-D image or a stack (..., H, W), got shape {shape}.")
@@ -448,16 +455,6 @@ def iter_frame_logits(
     reach the size the model learned (:mod:`napari_unet_nuclei.prediction.nucleus_size`); the
     logits come back at the frame's size.
     """
-    from napari_unet_nuclei.prediction.nucleus_size import (
-        AUTO_MAX_FOREGROUND,
-        BUILTIN_TRAINED_DIAMETER,
-        checked_diameter,
-        estimate_diameter,
-        rescale_factor,
-        resize_to,
-        trained_diameter,
-    )
-
     diameter = checked_diameter(diameter)
     automatic = diameter == "auto"
     learned = trained_diameter(model.summary)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from napari_unet_nuclei.events import run_to_end
+from napari_unet_nuclei.events import FrameDone, run_to_end
 from napari_unet_nuclei.io.array_reading import frame_indices
 from napari_unet_nuclei.nn.object_targets import OBJECT_MAPS
 
@@ -342,7 +342,6 @@ def instances_from_maps(
 
     The nucleus mask is ``probabilities >= config.threshold`` (holes and specks removed as
     in :func:`instances_from_mask`). Seeds come from the network's own maps:
-
     - ``"centre"``: the peaks of the predicted centre map (distance to the nucleus
       border, 1 at the centre) that rise at least ``config.min_peak_height`` above the
       saddle to a neighbouring peak; each nucleus then grows over the descending centre
@@ -474,7 +473,6 @@ def iter_instances(
     array-like
         The labels.
     """
-    from napari_unet_nuclei.events import FrameDone
     from napari_unet_nuclei.prediction.inference import InferenceCancelled
 
     shape = tuple(probabilities.shape)

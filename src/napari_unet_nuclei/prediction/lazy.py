@@ -28,6 +28,7 @@ from napari_unet_nuclei.nn.normalization import (
     scale_intensities,
     warn_frame_problems,
 )
+from napari_unet_nuclei.nn.probabilities import sigmoid
 
 __all__ = [
     "frame_intensity_range",
@@ -300,7 +301,6 @@ def iter_predict_lazy(
     """
     from napari_unet_nuclei.nn.acceleration import make_runner, resolve_backend, resolve_precision
     from napari_unet_nuclei.nn.devices import resolve_device
-    from napari_unet_nuclei.nn.probabilities import sigmoid
     from napari_unet_nuclei.prediction.inference import InferenceCancelled
 
     shape = tuple(int(n) for n in image.shape)

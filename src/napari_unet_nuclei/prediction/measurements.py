@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet_nuclei.io._file_checks import file_problem, one_line
 from napari_unet_nuclei.io.file_writing import atomic_path
 
 __all__ = [
@@ -340,8 +341,6 @@ def read_measurements_csv(path: str | os.PathLike[str]) -> dict[str, np.ndarray]
         text, an empty file, rows of another length than the header, cells that are not
         numbers, repeated column names (a ``ValueError``).
     """
-    from napari_unet_nuclei.io._file_checks import file_problem, one_line
-
     problem = file_problem(path)
     if problem:
         raise MeasurementsFileError(f"{path} cannot be read as a nuclei table: it {problem}.")

@@ -38,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet_nuclei.events import run_to_end
+from napari_unet_nuclei.events import TileDone, run_to_end
 from napari_unet_nuclei.io.array_reading import frame_indices
+from napari_unet_nuclei.nn.normalization import normalize_frame
 from napari_unet_nuclei.prediction.inference import (
     DIHEDRAL_TRANSFORMS,
     iter_predict,
@@ -248,8 +249,6 @@ def frame_embedding(model: Any, frame: np.ndarray) -> np.ndarray:
     import torch
     from torch.nn import functional as F
 
-    from napari_unet_nuclei.nn.normalization import normalize_frame
-
     network = model.network
     channels = model.config.features * 2**model.config.depth
     if not hasattr(network, "encoder") or not hasattr(network, "bottleneck"):
@@ -288,8 +287,6 @@ def _frame_moments(
     on_pass: Callable[[float], Any] | None,
 ) -> Generator[Any, None, tuple[np.ndarray, np.ndarray]]:
     """Sum and sum of squares of the augmented probabilities of one frame."""
-    from napari_unet_nuclei.events import TileDone
-
     sum_p = np.zeros(frame.shape, np.float64)
     sum_p2 = np.zeros(frame.shape, np.float64)
     for number, (forward, inverse) in enumerate(transforms):

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet_nuclei.nn.object_targets import near_two_nuclei
+
 __all__ = ["VOLUME_NECK_RATIO", "Z_SLICE_OVERLAP", "looks_like_z_slices", "nuclei_in_volume"]
 
 #: Two touching nuclei are split when the neck between them is narrower than this fraction
@@ -95,8 +97,6 @@ def nuclei_in_volume(
 
 def _touching_lines(labels: np.ndarray) -> np.ndarray:
     """Per slice, the nucleus pixels whose 3 x 3 neighbourhood holds two different nuclei."""
-    from napari_unet_nuclei.nn.object_targets import near_two_nuclei
-
     return (labels > 0) & near_two_nuclei(labels, (1, 3, 3))
 
 

@@ -23,6 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_unet_nuclei.evaluate.metrics import (
+    PrecisionRecallCurve,
+    confusion_counts,
+    precision_recall_curve,
+)
 from napari_unet_nuclei.io._file_checks import one_line, read_json
 from napari_unet_nuclei.project.folder import ProjectError, atomic_write_json, sample_sha256
 from napari_unet_nuclei.train.annotations import annotated_pixel_count
@@ -172,8 +177,6 @@ class HeldOutScores:
 
     def precision_recall_curve(self) -> PrecisionRecallCurve:
         """The stored curve as a :class:`~napari_unet_nuclei.evaluate.metrics.PrecisionRecallCurve`."""
-        from napari_unet_nuclei.evaluate.metrics import PrecisionRecallCurve
-
         return PrecisionRecallCurve.from_dict(self.curve)
 
 
@@ -228,7 +231,6 @@ def score_held_out(
     ValueError
         Without held-out images, or for mismatched shapes.
     """
-    from napari_unet_nuclei.evaluate.metrics import confusion_counts, precision_recall_curve
     from napari_unet_nuclei.prediction.inference import predict
 
     if len(images) == 0:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_unet_nuclei.nn.normalization import normalize_frame
+
 __all__ = [
     "LabelCoverage",
     "PartialLabelsWarning",
@@ -71,8 +73,6 @@ class LabelCoverage:
 def _frame_blobs(image: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
     from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
-
-    from napari_unet_nuclei.nn.normalization import normalize_frame
 
     painted = labels > 0
     with warnings.catch_warnings():

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_unet_nuclei.nn.normalization import NormalizationConfig, normalize_frame
+from napari_unet_nuclei.nn.normalization import ImageWarning, NormalizationConfig, normalize_frame
 from napari_unet_nuclei.nn.object_targets import (
     gap_band,
     instance_labels,
@@ -17,6 +17,11 @@ from napari_unet_nuclei.nn.object_targets import (
     painted_with_one_value,
 )
 from napari_unet_nuclei.prediction.nucleus_size import estimate_diameter, rescale_factor, resize_to
+from napari_unet_nuclei.train.label_coverage import (
+    PartialLabelsWarning,
+    label_coverage,
+    partial_labels_note,
+)
 
 __all__ = [
     "MIN_TRAINING_SIDE",
@@ -293,8 +298,6 @@ MIN_TRAINING_SIDE = 32
 
 def warn_when_images_are_tiny(images: Sequence[np.ndarray]) -> None:
     """Warn (:class:`ImageWarning`) when even the largest training frame is tiny."""
-    from napari_unet_nuclei.nn.normalization import ImageWarning
-
     if not images:
         return
     largest = max(images, key=lambda image: min(image.shape[-2:]))
@@ -314,12 +317,6 @@ def warn_when_labels_are_partial(
     images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
 ) -> None:
     """Warn (:class:`PartialLabelsWarning`) when many bright blobs carry no label."""
-    from napari_unet_nuclei.train.label_coverage import (
-        PartialLabelsWarning,
-        label_coverage,
-        partial_labels_note,
-    )
-
     note = partial_labels_note(label_coverage(images, labels))
     if note:
         warnings.warn(note, PartialLabelsWarning, stacklevel=3)
@@ -327,8 +324,6 @@ def warn_when_labels_are_partial(
 
 def warn_when_painted_with_one_value(labels: Sequence[np.ndarray], names: Sequence[str]) -> None:
     """Warn (:class:`ImageWarning`) when labels paint several nuclei with one value."""
-    from napari_unet_nuclei.nn.normalization import ImageWarning
-
     one_value = [str(n) for n, lab in zip(names, labels) if painted_with_one_value(lab)]
     if one_value:
         shown = ", ".join(repr(n) for n in one_value[:3])

@@ -19,6 +19,10 @@ from napari_unet_nuclei.events import (
 )
 from napari_unet_nuclei.io.channels import resolve_stack_axis
 from napari_unet_nuclei.io.image_inputs import BatchError, BatchInput, open_image
+from napari_unet_nuclei.io.pixel_size import file_pixel_size, spatial_pixel_size
+from napari_unet_nuclei.io.zarr_io import create_ome_zarr, finish_atomic, partial_path
+from napari_unet_nuclei.nn.normalization import ImageWarning
+from napari_unet_nuclei.prediction.volumes import looks_like_z_slices
 from napari_unet_nuclei.workflows.batch_outputs import (
     labels_dtype,
     output_paths,
@@ -26,6 +30,7 @@ from napari_unet_nuclei.workflows.batch_outputs import (
     summary_row,
     write_tiff,
 )
+from napari_unet_nuclei.workflows.segment import SegmentOutputs, iter_segment
 from napari_unet_nuclei.workflows.segment_options import SegmentOptions
 
 __all__ = ["iter_segment_image", "segment_image_task"]
@@ -46,7 +51,6 @@ def _new_array(
     """A zarr output array at ``path`` (OME-Zarr), or a numpy array when ``path`` is None."""
     if path is None:
         return np.zeros(shape, dtype)
-    from napari_unet_nuclei.io.zarr_io import create_ome_zarr
 
     return create_ome_zarr(
         path,
@@ -93,9 +97,6 @@ def iter_segment_image(
     dict
         The summary row (columns :data:`SUMMARY_COLUMNS`, status ``"done"``).
     """
-    from napari_unet_nuclei.io.pixel_size import file_pixel_size, spatial_pixel_size
-    from napari_unet_nuclei.io.zarr_io import finish_atomic, partial_path
-    from napari_unet_nuclei.workflows.segment import SegmentOutputs, iter_segment
     from napari_unet_nuclei.workflows.segmentation import default_instance_config
 
     options = options or SegmentOptions()
@@ -213,9 +214,6 @@ def _hint_at_z(
     """Warn when a stack whose first axis the file does not name was segmented frame by
     frame but its frames look like z-slices of one volume (``--stack-axis z``)."""
     import warnings
-
-    from napari_unet_nuclei.nn.normalization import ImageWarning
-    from napari_unet_nuclei.prediction.volumes import looks_like_z_slices
 
     named = axes is not None and axes[0] in ("t", "z")
     if stack_axis != "frames" or len(shape) != 3 or named:

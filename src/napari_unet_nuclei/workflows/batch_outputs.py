@@ -15,6 +15,7 @@ import numpy as np
 from napari_unet_nuclei.io.array_reading import frame_indices
 from napari_unet_nuclei.io.image_files import TIFF_SUFFIXES
 from napari_unet_nuclei.io.image_inputs import BatchInput
+from napari_unet_nuclei.io.zarr_io import finish_atomic, open_zarr_image, partial_path
 from napari_unet_nuclei.workflows.segment_options import SegmentOptions
 
 __all__ = [
@@ -79,8 +80,6 @@ def write_tiff(path: Path, data: np.ndarray, axes: list[str] | None) -> Path:
     """Write a zlib-compressed TIFF under a temporary name, then rename it."""
     import tifffile
 
-    from napari_unet_nuclei.io.zarr_io import finish_atomic, partial_path
-
     partial = partial_path(path)
     metadata = {"axes": "".join(a.upper() for a in axes)} if axes else None
     try:
@@ -114,7 +113,6 @@ def _read_output(path: Path) -> Any:
         import tifffile
 
         return tifffile.imread(path)
-    from napari_unet_nuclei.io.zarr_io import open_zarr_image
 
     return open_zarr_image(path)[0]
 
@@ -182,8 +180,6 @@ def write_summary_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike[st
     pathlib.Path
         ``path``.
     """
-    from napari_unet_nuclei.io.zarr_io import finish_atomic, partial_path
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)

@@ -15,8 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_unet_nuclei import __version__
 from napari_unet_nuclei.io.bioimageio_package import CONFIG_KEY
 from napari_unet_nuclei.io.file_writing import atomic_path
+from napari_unet_nuclei.io.model_io import FORMAT_NAME, FORMAT_VERSION, plain_data
+from napari_unet_nuclei.nn.normalization import normalize_frame
+from napari_unet_nuclei.prediction.inference import predict
 from napari_unet_nuclei.workflows.network_export import (
     ExportError,
     export_onnx,
@@ -59,8 +63,6 @@ def _require_bioimageio_spec() -> Any:
 
 def _yaml_safe(value: Any) -> Any:
     """Plain YAML data: NaN and infinities become None, numpy scalars Python numbers."""
-    from napari_unet_nuclei.io.model_io import plain_data
-
     value = plain_data(value)
     if isinstance(value, dict):
         return {k: _yaml_safe(v) for k, v in value.items()}
@@ -95,8 +97,6 @@ def _write_cover(path: Path, image: np.ndarray, probabilities: np.ndarray, title
     """Image | nucleus probability side by side, 2:1 as bioimage.io recommends."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from napari_unet_nuclei.nn.normalization import normalize_frame
 
     figure = Figure(figsize=(8, 4), dpi=80)
     FigureCanvasAgg(figure)
@@ -168,7 +168,6 @@ model = import_bioimageio("this-package.zip")
 
 
 def _version() -> str:
-    from napari_unet_nuclei import __version__
 
     return __version__
 
@@ -186,8 +185,6 @@ def _model_description(
     """Build the bioimage.io model description of the files written in the current root."""
     import torch
     from bioimageio.spec.model import v0_5 as bio
-
-    from napari_unet_nuclei.io.model_io import FORMAT_NAME, FORMAT_VERSION
 
     cfg, norm = model.config, model.normalization
     torch_version = bio.Version(torch.__version__.split("+")[0])
@@ -345,8 +342,6 @@ def export_bioimageio(
     import tifffile
     import torch
     from bioimageio.spec import InvalidDescr, ValidationContext, save_bioimageio_package
-
-    from napari_unet_nuclei.prediction.inference import predict
 
     unknown = set(weights) - {"pytorch_state_dict", "torchscript", "onnx"}
     if unknown:

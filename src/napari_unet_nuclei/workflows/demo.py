@@ -19,6 +19,20 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet_nuclei.console import train_with_progress
+from napari_unet_nuclei.data.sample_data import synthetic_dataset
+from napari_unet_nuclei.evaluate.metrics import confusion_counts, precision_recall_curve
+from napari_unet_nuclei.evaluate.reports import (
+    save_error_overlay_png,
+    save_precision_recall_png,
+)
+from napari_unet_nuclei.prediction.measurements import (
+    concatenate_tables,
+    measure_nuclei,
+    write_measurements_csv,
+)
+from napari_unet_nuclei.workflows.evaluate import object_frame_scores, pool_object_scores
+
 __all__ = ["run_demo"]
 
 
@@ -33,9 +47,6 @@ def _object_rows(
 ) -> tuple[list[dict[str, Any]], list[np.ndarray], list[dict[str, np.ndarray]]]:
     """Per image: nuclei found, their mean area and intensity, object and pixel scores; the
     labels; the measurement table with an ``image`` column."""
-    from napari_unet_nuclei.evaluate.metrics import confusion_counts
-    from napari_unet_nuclei.prediction.measurements import measure_nuclei
-    from napari_unet_nuclei.workflows.evaluate import object_frame_scores
     from napari_unet_nuclei.workflows.segmentation import predict_instances
 
     rows, all_labels, tables = [], [], []
@@ -72,8 +83,6 @@ def _mean(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def _pooled(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Nucleus counts summed over the images, then the scores (``evaluate``'s pooling)."""
-    from napari_unet_nuclei.workflows.evaluate import pool_object_scores
-
     return pool_object_scores([row.pop("object_counts") for row in rows])
 
 
@@ -118,19 +127,8 @@ def run_demo(
     """
     import tifffile
 
-    from napari_unet_nuclei.console import train_with_progress
-    from napari_unet_nuclei.data.sample_data import synthetic_dataset
-    from napari_unet_nuclei.evaluate.metrics import precision_recall_curve
-    from napari_unet_nuclei.evaluate.reports import (
-        save_error_overlay_png,
-        save_precision_recall_png,
-    )
     from napari_unet_nuclei.io.model_io import load_model, save_model
     from napari_unet_nuclei.prediction.inference import predict
-    from napari_unet_nuclei.prediction.measurements import (
-        concatenate_tables,
-        write_measurements_csv,
-    )
     from napari_unet_nuclei.train.training import TrainingConfig
 
     out = Path(out)

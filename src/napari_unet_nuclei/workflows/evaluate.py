@@ -20,6 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet_nuclei.evaluate.metrics import average_precision, confusion_counts
+from napari_unet_nuclei.evaluate.object_metrics import dsb_average_precision, object_error_map
+from napari_unet_nuclei.events import run_to_end
+from napari_unet_nuclei.nn.object_targets import instance_labels
+from napari_unet_nuclei.prediction.instances import iter_instances
+
 __all__ = [
     "OBJECT_COUNT_KEYS",
     "POOLING_RULE",
@@ -91,8 +97,6 @@ def object_frame_scores(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.nd
         The object error map (see :func:`~napari_unet_nuclei.evaluate.object_metrics.object_error_map`)
         and the frame's scores in the form of :func:`pool_object_scores`.
     """
-    from napari_unet_nuclei.evaluate.object_metrics import dsb_average_precision, object_error_map
-
     errors = object_error_map(predicted, truth)
     scores = {
         "tp": errors.match.tp,
@@ -157,9 +161,7 @@ def iter_evaluate_model(
         ``objects`` the object scores and counts), ``mean`` (per-image average of each
         score), ``pooled`` (see the module's pooling rule) and ``pooling`` (the rule).
     """
-    from napari_unet_nuclei.evaluate.metrics import average_precision, confusion_counts
     from napari_unet_nuclei.prediction.inference import iter_predict
-    from napari_unet_nuclei.prediction.instances import iter_instances
     from napari_unet_nuclei.workflows.segmentation import default_instance_config
 
     threshold = float(model.threshold if threshold is None else threshold)
@@ -213,8 +215,6 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """:func:`iter_evaluate_model` run to the end (its events passed to ``progress``);
     returns its result dictionary."""
-    from napari_unet_nuclei.events import run_to_end
-
     return run_to_end(iter_evaluate_model(model, items, threshold, **options), progress)
 
 
@@ -224,6 +224,4 @@ def _pixel_row(counts: Any) -> dict[str, float]:
 
 def _truth_labels(labels: np.ndarray) -> np.ndarray:
     """Instance labels of the ground truth (a 0/1 mask: its connected parts)."""
-    from napari_unet_nuclei.nn.object_targets import instance_labels
-
     return instance_labels(np.asarray(labels))

@@ -44,11 +44,21 @@ import numpy as np
 
 from napari_unet_nuclei.events import FrameDone, TileDone
 from napari_unet_nuclei.io.array_reading import frame_indices, read_array
+from napari_unet_nuclei.io.zarr_io import (
+    create_ome_zarr,
+    finish_atomic,
+    partial_path,
+    read_ome_zarr_lazy,
+)
+from napari_unet_nuclei.nn.probabilities import sigmoid
+from napari_unet_nuclei.prediction.instances import instances_from_maps
+from napari_unet_nuclei.prediction.lazy import iter_predict_lazy
 from napari_unet_nuclei.prediction.measurements import (
     concatenate_tables,
     measure_nuclei,
     with_frame_columns,
 )
+from napari_unet_nuclei.prediction.nucleus_size import resize_to
 
 __all__ = [
     "IN_MEMORY_FRAME_BYTES",
@@ -232,8 +242,6 @@ class _FrameWriter:
 
     def split(self, probabilities: np.ndarray, maps: dict[str, np.ndarray]) -> np.ndarray:
         """Nuclei of one frame: the watershed (with the maps it uses) or connected parts."""
-        from napari_unet_nuclei.prediction.instances import instances_from_maps
-
         if self.instances is None:
             return _connected_parts(probabilities >= self.threshold)
         return instances_from_maps(probabilities, maps, self.instances)
@@ -281,8 +289,6 @@ def _probabilities_and_maps(
     logits: np.ndarray, model: Any, all_channels: bool
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A frame's nucleus probabilities and, with ``all_channels``, its object maps by name."""
-    from napari_unet_nuclei.nn.probabilities import sigmoid
-
     channels = sigmoid(logits)
     if not all_channels:
         return channels, {}
@@ -472,7 +478,6 @@ def _segment_frames(
         InferenceCancelled,
         iter_frame_logits,
     )
-    from napari_unet_nuclei.prediction.nucleus_size import resize_to
 
     instances = writer.instances
     wanted_maps = set(outputs.maps)
@@ -520,7 +525,6 @@ def _segment_bands(
 ) -> Generator[TileDone | FrameSegmented, None, None]:
     """Each frame read and written in bands of rows; nuclei from the written outputs."""
     from napari_unet_nuclei.prediction.inference import InferenceCancelled
-    from napari_unet_nuclei.prediction.lazy import iter_predict_lazy
 
     if outputs.maps:
         raise ValueError("Object maps are only kept when frames are read whole (read='frames').")
@@ -629,13 +633,6 @@ def iter_segment_to_zarr(
     dask.array.Array
         The written result, read lazily from ``path``.
     """
-    from napari_unet_nuclei.io.zarr_io import (
-        create_ome_zarr,
-        finish_atomic,
-        partial_path,
-        read_ome_zarr_lazy,
-    )
-
     if kind not in ("mask", "probabilities"):
         raise ValueError(f"kind must be 'mask' or 'probabilities', got {kind!r}.")
     target = Path(path)

@@ -24,7 +24,7 @@ from napari_unet_nuclei.events import FrameDone, TileDone, run_to_end
 from napari_unet_nuclei.nn.model import NucleiModel
 from napari_unet_nuclei.prediction.inference import check_image
 from napari_unet_nuclei.prediction.instances import InstanceConfig
-from napari_unet_nuclei.workflows.segment import STACK_AXES
+from napari_unet_nuclei.workflows.segment import STACK_AXES, SegmentOutputs, iter_segment
 
 __all__ = ["STACK_AXES", "default_instance_config", "iter_predict_instances", "predict_instances"]
 
@@ -75,8 +75,6 @@ def iter_predict_instances(
     TileDone or FrameDone
         Progress after each batch of tiles and after each frame.
     """
-    from napari_unet_nuclei.workflows.segment import SegmentOutputs, iter_segment
-
     config = instance_config or default_instance_config(model)
     labels = np.zeros(check_image(image), np.int32)
     outputs = SegmentOutputs(probabilities=probabilities_out, labels=labels)
