@@ -150,7 +150,10 @@ def test_time_budget(lab_split) -> None:
     )
     finished = events[-1]
     assert finished.reason == "time_budget"
-    assert 3.0 <= finished.elapsed < 15.0
+    assert finished.elapsed >= 3.0
+    # It stopped at the first step (or epoch end) past the budget, however busy the CPU.
+    steps = [e for e in events if isinstance(e, TrainingStep)]
+    assert all(step.elapsed < 3.0 for step in steps[:-1])
     assert isinstance(events[0], TrainingStarted) and events[0].total_steps is None
 
 
