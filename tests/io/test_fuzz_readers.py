@@ -104,7 +104,8 @@ class Reader:
     ``files`` maps paths relative to a case folder to their bytes; ``handed`` is what the
     reader is given (``""``: the case folder itself); ``targets`` are the files mutated.
     ``errors`` are the reader's own errors, ``missing_errors`` those it may raise when the
-    handed path is not a regular file; ``check`` asserts that a result is a correct one.
+    handed path is not a regular file; ``check`` asserts that a result is a correct one;
+    ``same_as_written`` asserts that what the real sample gives back is what was written.
     """
 
     name: str
@@ -115,6 +116,7 @@ class Reader:
     errors: tuple[type[BaseException], ...]
     check: Callable[[Any], None]
     missing_errors: tuple[type[BaseException], ...] = ()
+    same_as_written: Callable[[Any], None] | None = None
 
 
 def _folder_bytes(folder: Path) -> dict[str, bytes]:
@@ -189,7 +191,20 @@ def build_readers(
         (ModelFileError,),
         check_model,
         missing_errors=(FileNotFoundError,),
+        same_as_written=check_model,
     )
+
+    def same_items(result: Any) -> None:
+        assert [item.name for item in result] == [str(n) for n in names]
+        for item, image_, label_ in zip(result, x[:, 0], y[:, 0]):
+            np.testing.assert_array_equal(item.image, image_)
+            np.testing.assert_array_equal(item.labels > 0, label_ > 0)
+
+    def same_unnamed_items(result: Any) -> None:
+        assert len(result) == len(x)
+        for item, image_, label_ in zip(result, x[:, 0], y[:, 0]):
+            np.testing.assert_array_equal(item.image, image_)
+            np.testing.assert_array_equal(item.labels > 0, label_ > 0)
 
     for name, write in (("npz", np.savez), ("npz (compressed)", np.savez_compressed)):
         stream = io.BytesIO()
@@ -202,6 +217,7 @@ def build_readers(
             read_npz,
             (DataError,),
             _check_items,
+            same_as_written=same_items,
         )
 
     tensors = (
@@ -216,16 +232,33 @@ def build_readers(
         read_lab_pickle,
         (DataError, UnsafeFileError),
         _check_items,
+        same_as_written=same_unnamed_items,
     )
 
-    for name, file, data in (
-        ("TIFF", "kromp_crop.tif", _tiff_bytes(image, compression="zlib")),
-        ("TIFF (uncompressed)", "kromp_crop.tif", _tiff_bytes(labels)),
-        ("PNG", "kromp_crop.png", iio.imwrite("<bytes>", image, extension=".png")),
-        ("JPEG", "kromp_crop.jpg", iio.imwrite("<bytes>", image, extension=".jpg")),
+    def equal_to(expected: np.ndarray, tolerance: float = 0.0) -> Callable[[Any], None]:
+        def same(result: Any) -> None:
+            assert result.shape == expected.shape
+            difference = np.abs(result.astype(np.float64) - expected.astype(np.float64))
+            assert difference.mean() <= tolerance, difference.mean()
+
+        return same
+
+    for name, file, data, expected, tolerance in (
+        ("TIFF", "kromp_crop.tif", _tiff_bytes(image, compression="zlib"), image, 0.0),
+        ("TIFF (uncompressed)", "kromp_crop.tif", _tiff_bytes(labels), labels, 0.0),
+        ("PNG", "kromp_crop.png", iio.imwrite("<bytes>", image, extension=".png"), image, 0.0),
+        # JPEG is lossy: within a few grey levels on average.
+        ("JPEG", "kromp_crop.jpg", iio.imwrite("<bytes>", image, extension=".jpg"), image, 3.0),
     ):
         readers[name] = Reader(
-            name, {file: data}, file, (file,), read_image_file, (DataError,), _check_image
+            name,
+            {file: data},
+            file,
+            (file,),
+            read_image_file,
+            (DataError,),
+            _check_image,
+            same_as_written=equal_to(expected, tolerance),
         )
 
     readers["dataset folder"] = Reader(
@@ -239,7 +272,13 @@ def build_readers(
         read_folder,
         (DataError,),
         _check_items,
+        same_as_written=lambda result: (
+            np.testing.assert_array_equal(result[0].image, image),
+            np.testing.assert_array_equal(result[0].labels, labels),
+        ),
     )
+
+    written_split = json.loads((kromp_root / "splits.json").read_text())["lab_70_9"]
 
     def check_split(result: Any) -> None:
         train, test = result
@@ -253,6 +292,13 @@ def build_readers(
         lambda path: parse_split(f"{path}:lab_70_9"),
         (DataError,),
         check_split,
+        same_as_written=lambda result: (
+            (
+                list(result[0]) == list(written_split["train"])
+                and list(result[1]) == list(written_split["test"])
+            )
+            or pytest.fail("the split read differs from the file")
+        ),
     )
 
     def check_zarr(result: Any) -> None:
@@ -270,6 +316,7 @@ def build_readers(
         open_zarr_image,
         (ZarrFileError,),
         check_zarr,
+        same_as_written=lambda result: np.testing.assert_array_equal(np.asarray(result[0]), image),
     )
     plain = work / "plain.zarr"
     zarr.create_array(
@@ -284,6 +331,7 @@ def build_readers(
         open_zarr_image,
         (ZarrFileError,),
         check_zarr,
+        same_as_written=lambda result: np.testing.assert_array_equal(np.asarray(result[0]), image),
     )
 
     project_folder = work / "project"
@@ -300,6 +348,13 @@ def build_readers(
     )
     files = _folder_bytes(project_folder)
 
+    def same_project(result: Any) -> None:
+        (train,), (held,) = result.samples(), result.samples("held-out")
+        assert (train.entry.name, held.entry.name) == ("kromp crop", "kromp crop flipped")
+        np.testing.assert_array_equal(train.image, image)
+        np.testing.assert_array_equal(train.labels, labels)
+        np.testing.assert_array_equal(held.image, image[::-1])
+
     def read_project(folder: Path) -> Any:
         opened = TrainingProject.open(folder)
         opened.describe()
@@ -313,6 +368,7 @@ def build_readers(
         read_project,
         (ProjectError,),
         lambda result: isinstance(result, TrainingProject) or pytest.fail("not a project"),
+        same_as_written=same_project,
     )
 
     def read_ledger(folder: Path) -> Any:
@@ -330,10 +386,23 @@ def build_readers(
         read_ledger,
         (ProjectError,),
         lambda result: isinstance(result, Ledger) or pytest.fail("not a ledger"),
+        same_as_written=lambda result: (
+            (len(result.rounds) == 1 and result.rounds[0].held_out.to_dict() == held_out.to_dict())
+            or pytest.fail("the ledger read differs from the one written")
+        ),
     )
 
     table = measure_nuclei(labels, image)
     write_measurements_csv(table, work / "kromp_crop_nuclei.csv")
+
+    def same_table(result: Any) -> None:
+        assert list(result) == list(table)
+        for column, values in table.items():
+            read = np.asarray(result[column])
+            if np.asarray(values).dtype.kind in "f":
+                np.testing.assert_allclose(read.astype(float), values, rtol=1e-6, equal_nan=True)
+            else:
+                np.testing.assert_array_equal(read, values)
 
     def check_table(result: Any) -> None:
         assert isinstance(result, dict)
@@ -347,6 +416,7 @@ def build_readers(
         read_measurements_csv,
         (MeasurementsFileError,),
         check_table,
+        same_as_written=same_table,
     )
 
     package = export_bioimageio(
@@ -360,6 +430,7 @@ def build_readers(
         import_bioimageio,
         (BioimageioPackageError,),
         check_model,
+        same_as_written=check_model,
     )
 
     stack = tifffile.imread(kromp_root.parent / "nuclei3d" / "nuclei.tif")[:5, :64, :64]
@@ -378,6 +449,7 @@ def build_readers(
         lambda result: (
             (isinstance(result, np.ndarray) and result.ndim >= 2) or pytest.fail("not an image")
         ),
+        same_as_written=lambda result: np.testing.assert_array_equal(result, stack),
     )
     return readers
 
@@ -769,6 +841,16 @@ def test_every_reader_reads_its_real_sample(readers, work) -> None:
     assert set(readers) == set(READER_NAMES)
     for reader in readers.values():
         assert run_case(reader, new_case(work, reader), "the real sample") == "read"
+
+
+def test_every_real_sample_reads_back_what_was_written(readers, work) -> None:
+    """Not only a plausible result: the arrays, names, scores and weights written."""
+    for reader in readers.values():
+        assert reader.same_as_written is not None, reader.name
+        case = new_case(work, reader)
+        result = reader.read(case / reader.handed if reader.handed else case)
+        reader.same_as_written(result)
+        shutil.rmtree(case, ignore_errors=True)
 
 
 @pytest.mark.parametrize("name", READER_NAMES)
