@@ -75,7 +75,7 @@ def memory_child(args: argparse.Namespace) -> None:
     from napari_unet_nuclei.io.zarr_io import open_zarr_image
     from napari_unet_nuclei.nn.model import create_model
     from napari_unet_nuclei.prediction.inference import predict
-    from napari_unet_nuclei.workflows.segment import iter_segment_to_zarr
+    from napari_unet_nuclei.workflows.segment_to_zarr import iter_segment_to_zarr
 
     torch.set_num_threads(args.threads)
     if args.model == "tiny":

@@ -25,8 +25,8 @@ from napari_unet_nuclei.prediction.lazy import (
     predict_lazy,
 )
 from napari_unet_nuclei.workflows.batch import segment_files
-from napari_unet_nuclei.workflows.segment import iter_segment_to_zarr
 from napari_unet_nuclei.workflows.segment_options import SegmentOptions
+from napari_unet_nuclei.workflows.segment_to_zarr import iter_segment_to_zarr
 
 #: Three small real images (430 x 550, 763 x 1014, 1024 x 1024).
 KROMP_NAMES = ("Ganglioneuroblastoma_9", "otherspecimen_3", "otherspecimen_9")

@@ -13,12 +13,8 @@ from napari_unet_nuclei.events import TileDone
 from napari_unet_nuclei.prediction.inference import InferenceCancelled, predict
 from napari_unet_nuclei.prediction.instances import InstanceConfig
 from napari_unet_nuclei.prediction.measurements import measure_nuclei
-from napari_unet_nuclei.workflows.segment import (
-    FrameSegmented,
-    SegmentOutputs,
-    iter_segment,
-    read_mode,
-)
+from napari_unet_nuclei.workflows.frame_writer import FrameSegmented
+from napari_unet_nuclei.workflows.segment import SegmentOutputs, iter_segment, read_mode
 from napari_unet_nuclei.workflows.segmentation import default_instance_config, predict_instances
 
 

@@ -35,7 +35,8 @@ from napari_unet_nuclei.io.array_reading import frame_indices
 from napari_unet_nuclei.nn.object_targets import instance_labels
 from napari_unet_nuclei.prediction.instances import InstanceConfig, iter_instances
 from napari_unet_nuclei.workflows.evaluate import object_frame_scores, pool_object_scores
-from napari_unet_nuclei.workflows.segment import FrameSegmented, SegmentOutputs, iter_segment
+from napari_unet_nuclei.workflows.frame_writer import FrameSegmented
+from napari_unet_nuclei.workflows.segment import SegmentOutputs, iter_segment
 
 __all__ = [
     "OBJECT_SCORE_KEYS",

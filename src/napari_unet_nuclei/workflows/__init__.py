@@ -11,12 +11,8 @@ batch runner and the docks take them from.
 from __future__ import annotations
 
 from napari_unet_nuclei.workflows.evaluate import POOLING_RULE, evaluate_model, iter_evaluate_model
-from napari_unet_nuclei.workflows.segment import (
-    FrameSegmented,
-    SegmentOutputs,
-    SegmentSummary,
-    iter_segment,
-)
+from napari_unet_nuclei.workflows.frame_writer import FrameSegmented
+from napari_unet_nuclei.workflows.segment import SegmentOutputs, SegmentSummary, iter_segment
 
 __all__ = [
     "POOLING_RULE",

@@ -2,7 +2,7 @@
 and their measurements.
 
 :func:`iter_segment` is used by :func:`~napari_unet_nuclei.predict_instances`, the batch
-runner (``napari-unet-nuclei segment``), :func:`~napari_unet_nuclei.iter_segment_to_zarr`
+runner (``napari-unet-nuclei segment``), :func:`~napari_unet_nuclei.workflows.segment_to_zarr.iter_segment_to_zarr`
 and the Segment dock, in memory and into zarr. The caller hands it the arrays to fill
 (:class:`SegmentOutputs`: numpy, zarr or anything with numpy-style item assignment); it
 fills them frame by frame and yields progress.
@@ -32,7 +32,6 @@ every output (frames read whole are only written once finished).
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Generator, Sequence
@@ -44,21 +43,14 @@ import numpy as np
 
 from napari_unet_nuclei.events import FrameDone, TileDone
 from napari_unet_nuclei.io.array_reading import frame_indices, read_array
-from napari_unet_nuclei.io.zarr_io import (
-    create_ome_zarr,
-    finish_atomic,
-    partial_path,
-    read_ome_zarr_lazy,
-)
 from napari_unet_nuclei.nn.probabilities import sigmoid
-from napari_unet_nuclei.prediction.instances import instances_from_maps
 from napari_unet_nuclei.prediction.lazy import iter_predict_lazy
 from napari_unet_nuclei.prediction.measurements import (
     concatenate_tables,
     measure_nuclei,
-    with_frame_columns,
 )
 from napari_unet_nuclei.prediction.nucleus_size import resize_to
+from napari_unet_nuclei.workflows.frame_writer import FrameSegmented, FrameWriter, connected_parts
 
 __all__ = [
     "IN_MEMORY_FRAME_BYTES",
@@ -68,7 +60,6 @@ __all__ = [
     "SegmentOutputs",
     "SegmentSummary",
     "iter_segment",
-    "iter_segment_to_zarr",
     "read_mode",
 ]
 
@@ -110,37 +101,6 @@ class SegmentOutputs:
         """Every array given, maps included."""
         named = [self.probabilities, self.mask, self.labels, *self.maps.values()]
         return [array for array in named if array is not None]
-
-
-@dataclass(frozen=True)
-class FrameSegmented(FrameDone):
-    """Every output of one 2-D frame is written.
-
-    Attributes
-    ----------
-    frame, n_frames : int
-        Flat frame number and count (as in :class:`~napari_unet_nuclei.events.FrameDone`).
-    index : tuple of int
-        The frame's index over the leading axes (``()`` for a 2-D image).
-    nuclei : int or None
-        Nuclei in the frame (before 3-D linking); None when not counted.
-    foreground : int or None
-        Nucleus pixels in the frame; None when not counted.
-    table : dict of str to numpy.ndarray, optional
-        The frame's measurements (frame columns first), when asked for and the stack is not
-        a z-stack (whose nuclei are measured as volumes at the end).
-    diameter : float, optional
-        The frame's nucleus diameter (px), given or estimated (``diameter`` option).
-    scale : float
-        The factor the frame was resized by for the network (1.0: not resized).
-    """
-
-    index: tuple[int, ...] = ()
-    nuclei: int | None = None
-    foreground: int | None = None
-    table: dict[str, np.ndarray] | None = None
-    diameter: float | None = None
-    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -199,90 +159,6 @@ def read_mode(image: Any, *, nuclei: bool, read: str = "auto") -> str:
     if frame_pixels * _BYTES_PER_PIXEL > IN_MEMORY_FRAME_BYTES:
         return "bands"
     return "frames" if isinstance(image, np.ndarray) or nuclei else "bands"
-
-
-def _connected_parts(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage as ndi
-
-    return ndi.label(mask, structure=np.ones((3, 3), bool))[0].astype(np.int32, copy=False)
-
-
-class _FrameWriter:
-    """Splits a frame into nuclei, writes its outputs and keeps the running counts."""
-
-    def __init__(
-        self,
-        image: Any,
-        outputs: SegmentOutputs,
-        instances: Any,
-        threshold: float,
-        stack_axis: str,
-        measure: bool,
-        n_frames: int,
-        counts: bool,
-    ) -> None:
-        self.image = image
-        self.outputs = outputs
-        self.instances = instances
-        self.threshold = threshold
-        self.per_frame_ids = stack_axis == "frames"
-        self.measure_frames = measure and stack_axis == "frames"
-        self.n_frames = n_frames
-        self.offset = 0
-        self.nuclei = 0
-        self.foreground = 0
-        self.tables: list[dict[str, np.ndarray]] = []
-        #: Whether frames are split into nuclei at all (counted, labelled, measured).
-        self.counts = counts
-        #: The pixel size (y, x) in micrometres, for the measurements; None: unknown.
-        self.pixel_size: tuple[float, float] | None = None
-        #: Per frame, the nucleus diameter (given or estimated), and the frames resized.
-        self.diameters: list[float] = []
-        self.rescaled = 0
-
-    def split(self, probabilities: np.ndarray, maps: dict[str, np.ndarray]) -> np.ndarray:
-        """Nuclei of one frame: the watershed (with the maps it uses) or connected parts."""
-        if self.instances is None:
-            return _connected_parts(probabilities >= self.threshold)
-        return instances_from_maps(probabilities, maps, self.instances)
-
-    def finish(
-        self,
-        number: int,
-        index: tuple[int, ...],
-        labels: np.ndarray | None,
-        diameter: float | None = None,
-        scale: float = 1.0,
-    ) -> FrameSegmented:
-        """Write a frame's labels (ids offset in a stack) and measure it; ``diameter`` and
-        ``scale`` are the frame's nucleus diameter and the factor it was resized by."""
-        if labels is None:  # not counted
-            self.nuclei = self.foreground = None
-            return FrameSegmented(number, self.n_frames, None, index)
-        count = int(labels.max()) if labels.size else 0
-        if self.offset + count > np.iinfo(np.int32).max:
-            raise ValueError("More nuclei than int32 labels can hold; segment fewer frames.")
-        if self.offset and self.per_frame_ids:
-            labels[labels > 0] += self.offset
-        if self.outputs.labels is not None:
-            self.outputs.labels[index] = labels
-        foreground = int(np.count_nonzero(labels))
-        table = None
-        if self.measure_frames:
-            frame = read_array(self.image[index] if index else self.image)
-            table = with_frame_columns(
-                measure_nuclei(labels, frame, pixel_size=self.pixel_size), index
-            )
-            self.tables.append(table)
-        self.offset += count
-        self.nuclei += count
-        self.foreground += foreground
-        if diameter is not None:
-            self.diameters.append(float(diameter))
-        self.rescaled += scale != 1.0
-        return FrameSegmented(
-            number, self.n_frames, None, index, count, foreground, table, diameter, scale
-        )
 
 
 def _probabilities_and_maps(
@@ -417,7 +293,7 @@ def iter_segment(
     if mode == "bands" and instances is not None and instances.uses_object_map:
         # Bands keep the nucleus probability only: split by its shape.
         split_by = replace(instances, seeds="distance")
-    writer = _FrameWriter(
+    writer = FrameWriter(
         image,
         outputs,
         split_by,
@@ -468,7 +344,7 @@ def _segment_frames(
     model: Any,
     image: Any,
     outputs: SegmentOutputs,
-    writer: _FrameWriter,
+    writer: FrameWriter,
     should_stop: Callable[[], bool] | None,
     inference: dict[str, Any],
 ) -> Generator[TileDone | FrameSegmented, None, None]:
@@ -519,7 +395,7 @@ def _segment_bands(
     image: Any,
     shape: tuple[int, ...],
     outputs: SegmentOutputs,
-    writer: _FrameWriter,
+    writer: FrameWriter,
     should_stop: Callable[[], bool] | None,
     inference: dict[str, Any],
 ) -> Generator[TileDone | FrameSegmented, None, None]:
@@ -568,7 +444,7 @@ def _segment_bands(
             if not writer.counts:
                 labels = None
             elif writer.instances is None and mask is not None:
-                labels = _connected_parts(np.asarray(mask[index]) > 0)
+                labels = connected_parts(np.asarray(mask[index]) > 0)
             else:
                 labels = writer.split(np.asarray(probabilities[index]), {})
             yield writer.finish(event.frame, index, labels)
@@ -582,87 +458,3 @@ def _segment_bands(
             _clear_frame(outputs, indices[current])  # cancelled, failed or closed mid-frame
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
-
-
-def iter_segment_to_zarr(
-    model: Any,
-    image: Any,
-    path: str | os.PathLike[str],
-    *,
-    kind: str = "mask",
-    threshold: float | None = None,
-    axes: list[str] | None = None,
-    chunks: tuple[int, ...] | None = None,
-    overwrite: bool = False,
-    **options: Any,
-) -> Generator[TileDone | FrameDone, None, Any]:
-    """Segment a lazy image into an OME-Zarr on disk and return the result as a dask array.
-
-    The image is never loaded whole: frames are read in bands and results are written as
-    they come, into a hidden temporary folder renamed to ``path`` at the end (an
-    interrupted run leaves nothing under ``path``).
-
-    Parameters
-    ----------
-    model : NucleiModel
-        A trained model.
-    image : array-like
-        ``(H, W)`` or ``(..., H, W)`` dask, zarr or numpy array (2 to 5 dimensions).
-    path : path-like
-        OME-Zarr folder to write, e.g. ``"nuclei.ome.zarr"``.
-    kind : {"mask", "probabilities"}
-        Write the uint8 mask (1 = nucleus) or the float32 probabilities.
-    threshold : float, optional
-        Mask threshold (default: the model's).
-    axes : list of str, optional
-        OME axis names (default from the number of dimensions).
-    chunks : tuple of int, optional
-        Output chunks (default: one frame of up to 1024 x 1024 per chunk).
-    overwrite : bool
-        Replace an existing ``path``; otherwise an existing path is an error.
-    **options
-        ``tile_size``, ``overlap``, ``batch_size``, ``device``, ``should_stop`` of
-        :func:`iter_predict_lazy`.
-
-    Yields
-    ------
-    TileDone or FrameDone
-
-    Returns
-    -------
-    dask.array.Array
-        The written result, read lazily from ``path``.
-    """
-    if kind not in ("mask", "probabilities"):
-        raise ValueError(f"kind must be 'mask' or 'probabilities', got {kind!r}.")
-    target = Path(path)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
-    partial = partial_path(target)
-    threshold = float(model.threshold if threshold is None else threshold)
-    dtype = np.uint8 if kind == "mask" else np.float32
-    array = create_ome_zarr(
-        partial,
-        image.shape,
-        dtype,
-        axes=axes,
-        chunks=chunks,
-        attributes={"kind": kind, "threshold": threshold, "model": model.name},
-        overwrite=True,
-    )
-    outputs = SegmentOutputs(**{"mask" if kind == "mask" else "probabilities": array})
-    try:
-        yield from iter_segment(
-            model,
-            image,
-            outputs,
-            threshold=threshold,
-            read="bands",
-            count_nuclei=False,
-            **options,
-        )
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    finish_atomic(partial, target)
-    return read_ome_zarr_lazy(target)
