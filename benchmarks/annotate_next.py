@@ -5,7 +5,7 @@ Simulates a user of the *Annotate next* widget on the lab's 128x128 data
 
 1. per seed, 5 random training images are "annotated" and a model is trained on them;
 2. three rounds: 5 more images are added, either the first 5 of the ranking
-   (:func:`napari_unet_nuclei.prediction.uncertainty.iter_rank_frames` on the rest of the pool with
+   (:func:`napari_unet_nuclei.prediction.ranking.iter_rank_frames` on the rest of the pool with
    the current model: test-time-augmented uncertainty with diversity, the widget's
    defaults) or 5 random ones, and a model is trained on the larger set;
 3. after each round, per-image mean F1 (Dice) on the 9 test images at threshold 0.5.
@@ -37,7 +37,7 @@ from _machine import machine_info
 from napari_unet_nuclei.evaluate.metrics import segmentation_scores
 from napari_unet_nuclei.io.datasets import load_dataset, parse_split, select_by_names
 from napari_unet_nuclei.prediction.inference import predict
-from napari_unet_nuclei.prediction.uncertainty import DEFAULT_DIVERSITY, iter_rank_frames
+from napari_unet_nuclei.prediction.ranking import DEFAULT_DIVERSITY, iter_rank_frames
 from napari_unet_nuclei.train.training import TrainingConfig, train_model
 
 DATA = Path(

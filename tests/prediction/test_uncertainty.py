@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_unet_nuclei.prediction.inference import InferenceCancelled
-from napari_unet_nuclei.prediction.uncertainty import (
+from napari_unet_nuclei.prediction.ranking import (
     FrameRanking,
     FrameScored,
     RankingProgress,
@@ -15,8 +15,8 @@ from napari_unet_nuclei.prediction.uncertainty import (
     iter_rank_tiles,
     rank_frames,
     rank_tiles,
-    uncertainty_maps,
 )
+from napari_unet_nuclei.prediction.uncertainty import uncertainty_maps
 
 
 def degrade(image: np.ndarray, seed: int = 0) -> np.ndarray:

@@ -351,7 +351,7 @@ def ranking_job(
         None when ``stop`` was set before the end.
     """
     from napari_unet_nuclei.prediction.inference import InferenceCancelled
-    from napari_unet_nuclei.prediction.uncertainty import iter_rank_frames, iter_rank_tiles
+    from napari_unet_nuclei.prediction.ranking import iter_rank_frames, iter_rank_tiles
 
     overlap = None  # inference.default_overlap(tile_size), as on the command line
     if mode == "frames":

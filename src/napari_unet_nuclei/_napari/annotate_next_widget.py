@@ -285,7 +285,7 @@ class AnnotateNextWidget(ScrollingDock, BackgroundJobMixin, Container):
         return self._closed or self.stop_requested  # Cancel keeps the previous ranking
 
     def _on_event(self, event: Any) -> None:
-        from napari_unet_nuclei.prediction.uncertainty import RankingProgress
+        from napari_unet_nuclei.prediction.ranking import RankingProgress
 
         if isinstance(event, RankingProgress):
             self._show_progress(event.fraction)

@@ -1,1 +1,1 @@
-"""Prediction: tiled and streamed inference, nuclei as objects, sizes, volumes, measurements, uncertainty."""
+"""Prediction: tiled and streamed inference, nuclei as objects, sizes, volumes, measurements, uncertainty, annotation ranking."""
