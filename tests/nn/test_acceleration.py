@@ -17,13 +17,8 @@ from napari_unet_nuclei.nn.acceleration import (
     resolve_precision,
 )
 from napari_unet_nuclei.nn.model import create_model
-from napari_unet_nuclei.prediction.inference import (
-    TileGrid,
-    balanced_tile_size,
-    iter_predict,
-    predict_logits,
-    tile_positions,
-)
+from napari_unet_nuclei.prediction.inference import iter_predict, predict_logits
+from napari_unet_nuclei.prediction.tiling import TileGrid, balanced_tile_size, tile_positions
 from napari_unet_nuclei.train.training import TrainingConfig, train
 
 CPU = torch.device("cpu")

@@ -14,8 +14,8 @@ from napari_unet_nuclei.prediction.inference import (
     predict,
     predict_logits,
     threshold_mask,
-    tile_positions,
 )
+from napari_unet_nuclei.prediction.tiling import tile_positions
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_one_overlap_rule_for_every_tile_size(model, kromp_root) -> None:
     """Docks, command line and API share ``default_overlap``: an eighth of the tile."""
     import tifffile
 
-    from napari_unet_nuclei.prediction.inference import default_overlap
+    from napari_unet_nuclei.prediction.tiling import default_overlap
 
     assert [default_overlap(t) for t in (32, 64, 128, 512, 2048)] == [8, 8, 16, 64, 64]
     image = tifffile.imread(kromp_root / "images" / "normal_16.tif")[:200, :300]

@@ -214,7 +214,7 @@ def segmentation_job(
     )
 
     n_tasks = len(tasks)
-    overlap = None  # inference.default_overlap(tile_size), as on the command line
+    overlap = None  # tiling.default_overlap(tile_size), as on the command line
     try:
         for number, task in enumerate(tasks):
             out = np.empty(check_image(task.image), np.float32)
@@ -353,7 +353,7 @@ def ranking_job(
     from napari_unet_nuclei.prediction.inference import InferenceCancelled
     from napari_unet_nuclei.prediction.ranking import iter_rank_frames, iter_rank_tiles
 
-    overlap = None  # inference.default_overlap(tile_size), as on the command line
+    overlap = None  # tiling.default_overlap(tile_size), as on the command line
     if mode == "frames":
         events = iter_rank_frames(
             model,

@@ -227,7 +227,7 @@ def segment_objects_job(
             count_nuclei=False,
             diameter=diameter,
             tile_size=tile_size,
-            overlap=None,  # inference.default_overlap(tile_size), as on the command line
+            overlap=None,  # tiling.default_overlap(tile_size), as on the command line
             device=device,
             should_stop=stop.is_set,
         )

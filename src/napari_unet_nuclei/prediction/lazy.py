@@ -191,11 +191,8 @@ def _stream_frame(
     should_stop: Callable[[], bool] | None,
 ) -> Generator[TileDone, None, None]:
     """Tiled logits of one frame, rows written through ``writer`` as they are finished."""
-    from napari_unet_nuclei.prediction.inference import (
-        InferenceCancelled,
-        TileGrid,
-        whole_frame_logits,
-    )
+    from napari_unet_nuclei.prediction.inference import InferenceCancelled
+    from napari_unet_nuclei.prediction.tiling import TileGrid, whole_frame_logits
 
     height, width = frame.shape
     if height <= tile_size and width <= tile_size:

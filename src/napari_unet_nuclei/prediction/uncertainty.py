@@ -39,11 +39,8 @@ import numpy as np
 
 from napari_unet_nuclei.events import TileDone, run_to_end
 from napari_unet_nuclei.nn.normalization import normalize_frame
-from napari_unet_nuclei.prediction.inference import (
-    DIHEDRAL_TRANSFORMS,
-    iter_predict,
-    tile_positions,
-)
+from napari_unet_nuclei.prediction.inference import iter_predict
+from napari_unet_nuclei.prediction.tiling import DIHEDRAL_TRANSFORMS, tile_positions
 
 __all__ = [
     "UNCERTAIN_RANGE",

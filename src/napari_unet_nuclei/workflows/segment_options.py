@@ -49,7 +49,7 @@ class SegmentOptions:
         learned; ``"auto"`` estimates it (and resizes only nuclei over twice that size),
         None never resizes (see :func:`~napari_unet_nuclei.workflows.segment.iter_segment`).
     tile_size, overlap, batch_size : int
-        Tiled inference settings (overlap None: ``inference.default_overlap(tile_size)``,
+        Tiled inference settings (overlap None: ``tiling.default_overlap(tile_size)``,
         the rule the docks use too).
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``...
