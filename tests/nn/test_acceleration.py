@@ -102,11 +102,16 @@ def test_onnxruntime_session_follows_new_weights(kromp_crop) -> None:
 
 
 @needs_onnxruntime
-def test_an_exported_graph_is_kept_and_read_back_without_exporting(
+def test_an_exported_graph_is_kept_and_read_back_without_importing_onnx(
     kromp_crop, tmp_path, monkeypatch
 ) -> None:
     """The exporter imports ``onnx`` (about a second holding Python's lock, a frozen
-    window): a model exported once on this machine starts from the cache folder."""
+    window): a model exported once on this machine starts from the cache folder, in a new
+    process that never imports ``onnx``."""
+    import subprocess
+    import sys
+
+    from napari_unet_nuclei.io.model_io import save_model
     from napari_unet_nuclei.nn import acceleration
 
     monkeypatch.setenv(acceleration.CACHE_ENV, str(tmp_path))
@@ -115,17 +120,23 @@ def test_an_exported_graph_is_kept_and_read_back_without_exporting(
     first = predict_logits(model, kromp_crop, backend="onnxruntime")
     graphs = list((tmp_path / "onnx").glob("*.onnx"))
     assert len(graphs) == 1 and graphs[0].stat().st_size > 10_000
-
-    def no_export(_network):
-        raise AssertionError("exported again although the graph is in the cache")
-
-    monkeypatch.setattr(acceleration, "_export_onnx", no_export)
-    acceleration._ONNX_SESSIONS.clear()
-    again = predict_logits(model, kromp_crop, backend="onnxruntime")
-    np.testing.assert_array_equal(again, first)
+    save_model(model, tmp_path / "model.pt")
+    np.save(tmp_path / "crop.npy", kromp_crop)
+    script = (
+        "import sys, numpy as np\n"
+        "from napari_unet_nuclei.io.model_io import load_model\n"
+        "from napari_unet_nuclei.prediction.inference import predict_logits\n"
+        f"model = load_model({str(tmp_path / 'model.pt')!r})\n"
+        f"crop = np.load({str(tmp_path / 'crop.npy')!r})\n"
+        f"np.save({str(tmp_path / 'again.npy')!r}, "
+        "predict_logits(model, crop, backend='onnxruntime'))\n"
+        "print('onnx imported:', 'onnx' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "onnx imported: False" in run.stdout
+    np.testing.assert_array_equal(np.load(tmp_path / "again.npy"), first)
     # Other weights are another graph: exported, not confused with the kept one.
-    monkeypatch.undo()
-    monkeypatch.setenv(acceleration.CACHE_ENV, str(tmp_path))
     torch.manual_seed(5)
     other = create_model(features=4, depth=2)
     expected = predict_logits(other, kromp_crop, backend="torch", precision="fp32")
