@@ -49,7 +49,6 @@ from napari_unet_nuclei.prediction.measurements import (
     concatenate_tables,
     measure_nuclei,
 )
-from napari_unet_nuclei.prediction.nucleus_size import resize_to
 from napari_unet_nuclei.workflows.frame_writer import FrameSegmented, FrameWriter, connected_parts
 
 __all__ = [
@@ -375,6 +374,9 @@ def _segment_frames(
                 labels = writer.split(
                     *_probabilities_and_maps(event.scaled_logits, model, all_channels)
                 )
+                # scipy.ndimage loads here, not when a dock imports this module (0.3 s).
+                from napari_unet_nuclei.prediction.nucleus_size import resize_to
+
                 labels = resize_to(labels, probabilities.shape, labels=True)
             index = event.index
             if outputs.probabilities is not None:
