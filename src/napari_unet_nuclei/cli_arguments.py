@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from napari_unet_nuclei.prediction.tiling import DEFAULT_TILE_SIZE
+
 __all__ = ["DEFAULT_MODEL", "diameter_argument", "parse_args"]
 
 DEFAULT_MODEL = "fluo-nuclei"  # the built-in model (napari_unet_nuclei.io.builtin_models)
@@ -205,7 +207,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="segment again images whose outputs exist (default: skip them)",
     )
-    segment.add_argument("--tile-size", type=int, default=512, help="tile side (default 512)")
+    segment.add_argument(
+        "--tile-size",
+        type=int,
+        default=DEFAULT_TILE_SIZE,
+        help=f"tile side (default {DEFAULT_TILE_SIZE})",
+    )
     segment.add_argument("--device", default="auto")
     segment.add_argument(
         "--precision",

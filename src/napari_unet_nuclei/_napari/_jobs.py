@@ -28,6 +28,7 @@ from napari_unet_nuclei.evaluate.metrics import (
     segmentation_scores,
 )
 from napari_unet_nuclei.events import FrameDone, TileDone, TrainingFinished
+from napari_unet_nuclei.prediction.tiling import DEFAULT_TILE_SIZE
 
 __all__ = [
     "EvaluationResult",
@@ -192,7 +193,7 @@ def segmentation_job(
     model: Any,
     tasks: Sequence[SegmentTask],
     *,
-    tile_size: int = 512,
+    tile_size: int = DEFAULT_TILE_SIZE,
     device: str | None = None,
     maps: Sequence[str] = (),
     stop: threading.Event,
@@ -276,7 +277,7 @@ def evaluation_job(
     image: Any = None,
     probabilities: np.ndarray | None = None,
     threshold: float = 0.5,
-    tile_size: int = 512,
+    tile_size: int = DEFAULT_TILE_SIZE,
     maps: Sequence[str] = (),
     stop: threading.Event,
 ) -> Generator[SegmentProgress, None, EvaluationResult | None]:
@@ -340,7 +341,7 @@ def ranking_job(
     tile: int = 256,
     diversity: float = 0.5,
     labelled: Sequence[int] = (),
-    tile_size: int = 512,
+    tile_size: int = DEFAULT_TILE_SIZE,
     stop: threading.Event,
 ) -> Generator[Any, None, Any]:
     """Rank frames (``mode="frames"``) or tiles (``"tiles"``) with the uncertainty engine.

@@ -34,6 +34,7 @@ from napari_unet_nuclei.events import TileDone
 from napari_unet_nuclei.io.array_reading import frame_indices
 from napari_unet_nuclei.nn.object_targets import instance_labels
 from napari_unet_nuclei.prediction.instances import InstanceConfig, iter_instances
+from napari_unet_nuclei.prediction.tiling import DEFAULT_TILE_SIZE
 from napari_unet_nuclei.workflows.evaluate import object_frame_scores, pool_object_scores
 from napari_unet_nuclei.workflows.frame_writer import FrameSegmented
 from napari_unet_nuclei.workflows.segment import SegmentOutputs, iter_segment
@@ -160,7 +161,7 @@ def segment_objects_job(
     model: Any,
     tasks: Sequence[SegmentTask],
     *,
-    tile_size: int = 512,
+    tile_size: int = DEFAULT_TILE_SIZE,
     device: str | None = None,
     instances: Any = None,
     lazy_outputs: dict[int, LazyOutputs] | None = None,

@@ -49,6 +49,7 @@ from napari_unet_nuclei._napari.segment_outputs import OutputLayers, ask_csv_pat
 from napari_unet_nuclei._napari.segment_run import SegmentRun, ThresholdFollowers
 from napari_unet_nuclei.io.pixel_size import spatial_pixel_size
 from napari_unet_nuclei.prediction.measurements import write_measurements_csv
+from napari_unet_nuclei.prediction.tiling import DEFAULT_TILE_SIZE
 
 __all__ = ["ALL_FRAMES", "ALL_LAYERS", "CURRENT_FRAME", "SegmentWidget", "full_resolution"]
 
@@ -101,7 +102,9 @@ class SegmentWidget(ScrollingDock, BackgroundJobMixin, Container):
         self.scope = ComboBox(
             choices=[CURRENT_FRAME, ALL_FRAMES, ALL_LAYERS], value=ALL_FRAMES, label="scope"
         )
-        self.tile_size = SpinBox(value=512, min=64, max=8192, step=64, label="tile size")
+        self.tile_size = SpinBox(
+            value=DEFAULT_TILE_SIZE, min=64, max=8192, step=64, label="tile size"
+        )
         self.instances = CheckBox(
             text="Instances (separate touching nuclei)",
             value=False,

@@ -29,6 +29,7 @@ from napari_unet_nuclei.nn.normalization import (
     warn_frame_problems,
 )
 from napari_unet_nuclei.nn.probabilities import sigmoid
+from napari_unet_nuclei.prediction.tiling import DEFAULT_TILE_SIZE, TileGrid, whole_frame_logits
 
 __all__ = [
     "frame_intensity_range",
@@ -192,7 +193,6 @@ def _stream_frame(
 ) -> Generator[TileDone, None, None]:
     """Tiled logits of one frame, rows written through ``writer`` as they are finished."""
     from napari_unet_nuclei.prediction.inference import InferenceCancelled
-    from napari_unet_nuclei.prediction.tiling import TileGrid, whole_frame_logits
 
     height, width = frame.shape
     if height <= tile_size and width <= tile_size:
@@ -249,7 +249,7 @@ def iter_predict_lazy(
     mask_out: Any = None,
     threshold: float | None = None,
     logits: bool = False,
-    tile_size: int = 512,
+    tile_size: int = DEFAULT_TILE_SIZE,
     overlap: int | None = None,
     batch_size: int = 1,
     device: Any = None,

@@ -12,6 +12,7 @@ import numpy as np
 
 from napari_unet_nuclei.events import run_to_end
 from napari_unet_nuclei.io.array_reading import frame_indices
+from napari_unet_nuclei.prediction.tiling import DEFAULT_TILE_SIZE
 from napari_unet_nuclei.prediction.uncertainty import (
     augmentation_transforms,
     frame_embedding,
@@ -241,7 +242,7 @@ def iter_rank_frames(
     augmentations: int = 4,
     diversity: float = DEFAULT_DIVERSITY,
     labelled: Sequence[int] = (),
-    tile_size: int = 512,
+    tile_size: int = DEFAULT_TILE_SIZE,
     overlap: int | None = None,
     batch_size: int = 4,
     device: Any = None,
@@ -319,7 +320,7 @@ def iter_rank_tiles(
     *,
     tile: int = 256,
     augmentations: int = 4,
-    tile_size: int = 512,
+    tile_size: int = DEFAULT_TILE_SIZE,
     overlap: int | None = None,
     batch_size: int = 4,
     device: Any = None,

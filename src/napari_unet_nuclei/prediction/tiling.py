@@ -1,17 +1,18 @@
 """Tiles of a frame and what is done with them: where they lie, how their logits blend,
 and test-time augmentation (the 8 flips and rotations), for
-:mod:`napari_unet_nuclei.prediction.inference` and the streamed paths."""
+:mod:`napari_unet_nuclei.prediction.inference` and the streamed paths. Imports numpy only,
+so the docks and the command line's arguments take their defaults from here."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from napari_unet_nuclei.nn.acceleration import Runner
-from napari_unet_nuclei.nn.network import pad_reflect
+if TYPE_CHECKING:
+    from napari_unet_nuclei.nn.acceleration import Runner
 
 __all__ = [
     "DEFAULT_OVERLAP",
@@ -142,6 +143,11 @@ def dihedral_runner(run: Runner) -> Runner:
 def whole_frame_logits(run: Runner, frame: np.ndarray, multiple: int) -> np.ndarray:
     """Logits of a normalised frame in one network call, padded exactly as the network
     pads a whole image (reflect, repeated for tiny frames) and cropped back."""
+    # torch only when a frame is run whole: this module's constants stay light to import.
+    import torch
+
+    from napari_unet_nuclei.nn.network import pad_reflect
+
     height, width = frame.shape
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
     if pad_h or pad_w:

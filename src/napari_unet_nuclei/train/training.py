@@ -132,7 +132,7 @@ def train(
     model = _start_model(config, init_model)
     multiple = model.config.size_multiple
     map_names = model.object_maps
-    separating = bool(map_names) and config.objective == "separating"
+    separating = config.separates(map_names)
     if map_names:
         warn_when_painted_with_one_value(labels, names)
 
@@ -166,7 +166,7 @@ def train(
         )
         replay = PatchSampler(replayed.images, replayed.targets(), patch, None, rng)
     batches = ReplayMix(sampler, replay, config.replay_share)
-    by_time = bool(config.time_budget) and not config.steps
+    by_time = config.stops_by_time
     steps_per_epoch = config.steps_per_epoch or max(
         MIN_STEPS_PER_EPOCH_TIMED if (by_time or config.steps) else 4,
         int(math.ceil(sampler.n_pixels / (config.batch_size * patch * patch))),

@@ -137,6 +137,16 @@ class TrainingConfig:
 
     DEFAULT_EPOCHS = 40
 
+    @property
+    def stops_by_time(self) -> bool:
+        """Whether training stops at its time budget (a step count takes precedence)."""
+        return bool(self.time_budget) and not self.steps
+
+    def separates(self, object_maps: tuple[str, ...]) -> bool:
+        """Whether a network with these ``object_maps`` trains with the separating
+        objective's gap weights and balanced boundary map."""
+        return bool(object_maps) and self.objective == "separating"
+
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as plain data (stored in the model summary)."""
         data = asdict(self)

@@ -120,12 +120,12 @@ class RunPlan:
     @property
     def by_time(self) -> bool:
         """Whether the run stops at its time budget (no step count)."""
-        return bool(self.config.time_budget) and not self.config.steps
+        return self.config.stops_by_time
 
     @property
     def separating(self) -> bool:
         """Whether the separating objective's gap weights and balanced boundary apply."""
-        return bool(self.model.object_maps) and self.config.objective == "separating"
+        return self.config.separates(self.model.object_maps)
 
     @property
     def by_objects(self) -> bool:

@@ -153,7 +153,7 @@ def finish_choice(
         # Nothing to choose on: the map the separating objective sharpens.
         if (
             _inherited_rule_missing(model)
-            and config.objective == "separating"
+            and config.separates(model.object_maps)
             and "boundary" in model.object_maps
             and config.choose_instance_rule
         ):

@@ -7,6 +7,7 @@ from typing import Any
 
 from napari_unet_nuclei.io.image_inputs import BatchError
 from napari_unet_nuclei.prediction.instances import InstanceConfig
+from napari_unet_nuclei.prediction.tiling import DEFAULT_TILE_SIZE
 
 __all__ = ["SegmentOptions"]
 
@@ -72,7 +73,7 @@ class SegmentOptions:
     channel: int | None = None
     measure: bool = False
     diameter: float | str | None = "auto"
-    tile_size: int = 512
+    tile_size: int = DEFAULT_TILE_SIZE
     overlap: int | None = None
     batch_size: int = 1
     device: str = "auto"
