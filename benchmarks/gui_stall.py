@@ -15,8 +15,9 @@ napari's first layer (its units registry, layer and canvas set-up), paid by any 
 then the window while a job runs: 12 training steps of an F=16 network on the lab's stack,
 and segmenting a 79-frame stack with the built-in model and with a new (untrained) one
 (gaps spanning napari's own layer insertions left out, as napari pays them whoever adds a
-layer). A new model's first segmentation on a CPU that runs ONNX Runtime exports its graph,
-and torch's exporter imports ``onnx``, which holds Python's lock for about a second.
+layer). A new model's first segmentation on a CPU that runs ONNX Runtime exports its graph;
+torch's exporter imports ``onnx``, which holds Python's lock for about a second, so the
+dock's worker exports in a helper process (``nn.onnx_export``).
 """
 
 from __future__ import annotations
@@ -117,8 +118,11 @@ import napari
 
 kind, name = sys.argv[1], sys.argv[2]
 if kind == "layers":
-    from napari_unet_nuclei._napari.samples import synthetic_nuclei
-    made = synthetic_nuclei()
+    # The sample's arrays, without the sample's warm-up of napari's first layers.
+    from napari_unet_nuclei.data.sample_data import make_synthetic_nuclei
+    image, labels = make_synthetic_nuclei((512, 512), seed=0)
+    made = [(image, {"name": "synthetic nuclei"}, "image"),
+            (labels, {"name": "synthetic nuclei labels"}, "labels")]
 viewer = napari.Viewer(show=True)
 app = QApplication.instance()
 for _ in range(20):

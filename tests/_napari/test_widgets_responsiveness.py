@@ -107,3 +107,31 @@ def test_window_responds_during_stack_segmentation(qtbot, lab_viewer) -> None:
     assert len(seen) >= MIN_VALUES_SEEN, (
         f"the GUI saw progress only at {sorted(set(watch.values))}"
     )
+
+
+def test_window_responds_while_a_sample_is_made(make_napari_viewer, tmp_path, monkeypatch) -> None:
+    """napari calls a sample on the GUI thread: the timer still ticks while the sample's
+    arrays are made (before its layers exist), and a sample's error still reaches napari."""
+    from napari_unet_nuclei._napari import samples
+
+    viewer = make_napari_viewer()
+    layers_at_tick: list[int] = []
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(lambda: layers_at_tick.append(len(viewer.layers)))
+    timer.start()
+    viewer.open_sample(PLUGIN, "synthetic_nuclei")
+    timer.stop()
+    assert [layer.name for layer in viewer.layers] == [
+        "synthetic nuclei",
+        "synthetic nuclei labels",
+    ]
+    assert viewer.layers["synthetic nuclei labels"].data.max() > 10
+    assert layers_at_tick and set(layers_at_tick) == {0}, "the GUI thread was blocked"
+
+    monkeypatch.setenv(samples.KROMP_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setenv(samples.DATA_ENV, str(tmp_path / "no data"))
+    monkeypatch.setattr(samples, "kromp_candidates", lambda: [("test", tmp_path / "nowhere")])
+    with pytest.raises(FileNotFoundError, match="Kromp 2020 dataset was not found"):
+        viewer.open_sample(PLUGIN, "kromp2020")
+    assert len(viewer.layers) == 2

@@ -6,6 +6,11 @@ GUI thread it freezes napari for seconds; done by the first training worker it m
 window stutter just after the user pressed Start. A widget therefore starts, once per
 process, a background thread that imports the engine and runs one tiny training step and
 one tiny prediction on random pixels, while nothing else is running.
+
+napari's first image and labels layers also pay one-time costs on the GUI thread (about
+a second here: pint's unit registry, the pandas import for the features table, the label
+colours' skimage import, vispy's dash patterns). :func:`warm_up_layer_display` pays them in
+the calling thread; the samples call it in their background thread, before they return.
 """
 
 from __future__ import annotations
@@ -14,7 +19,13 @@ import threading
 
 from napari_unet_nuclei._napari._threads import gui_friendly_threads
 
-__all__ = ["engine_ready", "wait_for_warm_up", "warm_up_engine", "warm_up_engine_soon"]
+__all__ = [
+    "engine_ready",
+    "wait_for_warm_up",
+    "warm_up_engine",
+    "warm_up_engine_soon",
+    "warm_up_layer_display",
+]
 
 #: How long after a dock opens the warm-up starts (the dock is drawn first).
 WARM_UP_DELAY_MS = 300
@@ -22,6 +33,7 @@ WARM_UP_DELAY_MS = 300
 _ready = threading.Event()
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
+_layer_display_warm = threading.Event()
 
 
 def _exercise_engine() -> None:
@@ -93,3 +105,26 @@ def wait_for_warm_up(timeout: float = 120.0) -> None:
     """
     warm_up_engine()
     _ready.wait(timeout)
+
+
+def warm_up_layer_display() -> None:
+    """Pay napari's one-time costs of a first image and labels layer in this thread.
+
+    Builds a tiny image and labels layer model (never shown) and vispy's line dash patterns
+    (cached by vispy, used by the labels layer's polygon overlay), so that napari adding the
+    real layers on the GUI thread afterwards costs only the layers themselves. Best effort:
+    if napari or vispy change, the layers are added as before, only slower.
+    """
+    if _layer_display_warm.is_set():
+        return
+    try:
+        import numpy as np
+        from napari.layers import Image, Labels
+        from vispy.visuals.line.dash_atlas import DashAtlas
+
+        Image(np.zeros((8, 8), np.uint16))
+        Labels(np.zeros((8, 8), np.int32))
+        DashAtlas()
+    except Exception:  # a warm-up only: the real layers still work without it
+        return
+    _layer_display_warm.set()

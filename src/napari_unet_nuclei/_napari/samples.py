@@ -2,6 +2,12 @@
 
 Each sample opens an image and its ground-truth labels, so the Train and Evaluate widgets
 can be tried at once.
+
+napari calls a sample on the GUI thread and adds its layers at once. Each sample therefore
+makes its arrays in a background thread, together with the warm-up of napari's first layers
+(:func:`~._warmup.warm_up_layer_display`), while the window keeps answering
+(:func:`~._live_call.call_with_live_window`). The synthetic generator (and scipy.ndimage,
+0.4 s to import) is imported in that thread too, not when napari loads this module.
 """
 
 from __future__ import annotations
@@ -12,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet_nuclei.data import sample_data
+from napari_unet_nuclei._napari._live_call import call_with_live_window
+from napari_unet_nuclei._napari._warmup import warm_up_layer_display
 from napari_unet_nuclei.data.public_data import data_root
-from napari_unet_nuclei.data.sample_data import kromp_folders, load_kromp, make_synthetic_nuclei
 
 __all__ = [
     "DATA_ENV",
@@ -37,7 +43,15 @@ LayerData = tuple[Any, dict[str, Any], str]
 
 def synthetic_nuclei() -> list[LayerData]:
     """A 512 x 512 synthetic fluorescence image of nuclei and its instance labels."""
+    return call_with_live_window(_make_synthetic_sample, "napari-unet-nuclei-sample")
+
+
+def _make_synthetic_sample() -> list[LayerData]:
+    # Imported here, off the GUI thread (see the module's docstring).
+    from napari_unet_nuclei.data.sample_data import make_synthetic_nuclei
+
     image, labels = make_synthetic_nuclei((512, 512), seed=0)
+    warm_up_layer_display()
     return [
         (image, {"name": "synthetic nuclei"}, "image"),
         (labels, {"name": "synthetic nuclei labels"}, "labels"),
@@ -55,6 +69,8 @@ def kromp_candidates() -> list[tuple[str, Path]]:
        the download.
     The folder the viewer was started from plays no part.
     """
+    from napari_unet_nuclei.data import sample_data
+
     found: list[tuple[str, Path]] = []
     if os.environ.get(KROMP_ENV):
         found.append((KROMP_ENV, Path(os.environ[KROMP_ENV]).expanduser()))
@@ -82,6 +98,8 @@ def find_kromp_root() -> Path:
     FileNotFoundError
         With a sentence naming the folders looked in and how to get the data.
     """
+    from napari_unet_nuclei.data.sample_data import kromp_folders
+
     candidates = kromp_candidates()
     for _, root in candidates:
         if root.is_dir() and kromp_folders(root) is not None:
@@ -97,6 +115,12 @@ def find_kromp_root() -> Path:
 
 def kromp_nuclei() -> list[LayerData]:
     """A stack of Kromp 2020 images of the same size with their instance labels."""
+    return call_with_live_window(_read_kromp_sample, "napari-unet-nuclei-sample")
+
+
+def _read_kromp_sample() -> list[LayerData]:
+    from napari_unet_nuclei.data.sample_data import kromp_folders, load_kromp
+
     root = find_kromp_root()
     image_folder, _ = kromp_folders(root)
     names = sorted(path.stem for path in image_folder.glob("*.tif"))
@@ -110,6 +134,7 @@ def kromp_nuclei() -> list[LayerData]:
     if not items:
         raise FileNotFoundError(f"No .tif images in {image_folder}.")
     meta = {"frame_names": [item.name for item in items], "source": str(root)}
+    warm_up_layer_display()
     return [
         (np.stack([i.image for i in items]), {"name": "Kromp 2020", "metadata": meta}, "image"),
         (

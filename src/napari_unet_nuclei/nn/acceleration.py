@@ -12,9 +12,10 @@ time, with a fallback to plain float32:
 * Apple MPS: float32.
 
 A network's ONNX graph is exported once per set of weights and kept in a cache folder
-(:func:`onnx_cache_folder`): the exporter imports the ``onnx`` package, whose first import
-holds Python's lock for about a second (it would freeze napari's window), so a model
-already exported on this machine, the built-in one included, starts without it.
+(:func:`onnx_cache_folder`): a model already exported on this machine, the built-in one
+included, starts without the exporter. The export itself is
+:func:`~napari_unet_nuclei.nn.onnx_export.export_graph` (in a helper process off the main
+thread: the exporter's ``onnx`` import holds Python's lock for about a second).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import contextlib
 import functools
 import hashlib
 import importlib.util
-import io
 import json
 import os
 import threading
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_unet_nuclei.nn.portable_unet import PortableUNet
+from napari_unet_nuclei.nn.onnx_export import OPSET, export_graph
 
 __all__ = [
     "BACKENDS",
@@ -254,7 +254,6 @@ def _onnx_runner(network: torch.nn.Module, all_channels: bool = False) -> Runner
 CACHE_ENV = "NAPARI_UNET_NUCLEI_CACHE"
 #: Exported graphs kept in the cache; the least recently used beyond this are deleted.
 ONNX_CACHE_SIZE = 32
-_OPSET = 17
 
 
 def onnx_cache_folder() -> Path | None:
@@ -281,7 +280,7 @@ def _graph_key(network: torch.nn.Module) -> str:
                 config.in_channels,
                 config.out_channels,
                 torch.__version__,
-                _OPSET,
+                OPSET,
             ]
         ).encode()
     )
@@ -302,7 +301,7 @@ def _onnx_graph(network: torch.nn.Module) -> bytes:
             return graph
         except OSError:
             pass
-    graph = _export_onnx(network)
+    graph = export_graph(network)
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,28 +316,6 @@ def _onnx_graph(network: torch.nn.Module) -> bytes:
     return graph
 
 
-def _export_onnx(network: torch.nn.Module) -> bytes:
-
-    config = network.config
-    portable = PortableUNet(config.features, config.depth, config.in_channels, config.out_channels)
-    portable.load_state_dict({k: v.detach().cpu() for k, v in network.state_dict().items()})
-    portable.eval()
-    size = portable.multiple * 4
-    buffer = io.BytesIO()
-    with torch.no_grad(), _quiet_export():
-        torch.onnx.export(
-            portable,
-            (torch.zeros(1, 1, size, size),),
-            buffer,
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "batch", 2: "y", 3: "x"}},
-            dynamo=False,
-            opset_version=_OPSET,
-        )
-    return buffer.getvalue()
-
-
 def _onnx_session(network: torch.nn.Module, ort: Any) -> Any:
     graph = _onnx_graph(network)
     options = ort.SessionOptions()
@@ -347,12 +324,3 @@ def _onnx_session(network: torch.nn.Module, ort: Any) -> Any:
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-
-
-@contextlib.contextmanager
-def _quiet_export() -> Any:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
