@@ -6,6 +6,7 @@ Every case of issue 6 "Bad input" that is not already proven elsewhere (see
 
 from __future__ import annotations
 
+import threading
 import tracemalloc
 import warnings
 from pathlib import Path
@@ -252,6 +253,34 @@ def test_constant_image_warns(model) -> None:
         assert probabilities.shape == (40, 50) and np.isfinite(probabilities).all()
         blank = predict(model, np.zeros((40, 50), np.float32))  # what the network saw
         np.testing.assert_array_equal(probabilities, blank)
+
+
+def test_a_job_gets_the_notices_of_its_own_thread_whatever_the_warning_state(model) -> None:
+    """Inside ``notices_to`` the same sentence comes as a Notice, not as a Python warning,
+    even with every warning filtered out; another thread (no sink) still gets a warning."""
+    import warnings
+
+    from napari_unet_nuclei.notices import notices_to
+
+    constant = np.full((40, 50), 7, np.uint16)
+    notices, elsewhere = [], []
+
+    def other_thread() -> None:
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            predict(model, constant)
+        elsewhere.extend(str(w.message) for w in record)
+
+    with notices_to(notices.append), warnings.catch_warnings():
+        warnings.simplefilter("error")  # a Python warning here would raise
+        predict(model, constant)
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    assert [(n.category, n.message.split(":")[0]) for n in notices] == [
+        (ImageWarning, "An image frame is constant (every pixel is 7)")
+    ]
+    assert any("An image frame is constant" in m for m in elsewhere)
 
 
 def test_cli_nan_and_constant_images_are_segmented_with_a_warning(

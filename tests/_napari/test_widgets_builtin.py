@@ -37,9 +37,10 @@ def warnings_shown(monkeypatch) -> list[str]:
         original(message)
 
     monkeypatch.setattr(_notify, "report_warning", record)
-    from napari_unet_nuclei._napari import train_widget
+    from napari_unet_nuclei._napari import _background_job, train_widget
 
     monkeypatch.setattr(train_widget, "report_warning", record)
+    monkeypatch.setattr(_background_job, "report_warning", record)  # the engine's notices
     return shown
 
 

@@ -171,8 +171,10 @@ def test_jobs_turn_errors_into_one_sentence(small_model) -> None:
     events = [
         e for e in round_job(frames, TrainingConfig(), stop=stop) if not hasattr(e, "n_layer")
     ]
-    assert len(events) == 1 and isinstance(events[0], JobFailed)
-    assert "shape" in events[0].message
+    # The engine's notice about the empty labels, then the failure as one sentence.
+    assert [type(e).__name__ for e in events] == ["Notice", "JobFailed"]
+    assert "learn that everything is background" in events[0].message
+    assert isinstance(events[1], JobFailed) and "shape" in events[1].message
     image = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
     results = [
         e
@@ -180,6 +182,34 @@ def test_jobs_turn_errors_into_one_sentence(small_model) -> None:
         if isinstance(e, SegmentResult)
     ]
     assert results[0].probabilities.shape == (3, 32, 32)
+
+
+def test_jobs_yield_the_engines_notices_in_order_without_python_warnings() -> None:
+    """A notice reaches the dock as an event before the event that followed it, also from
+    a failing job, and never as a Python warning (whose process-wide state other threads
+    swap)."""
+    import warnings
+
+    from napari_unet_nuclei._napari._jobs import JobFailed, guarded_job
+    from napari_unet_nuclei.nn.normalization import ImageWarning
+    from napari_unet_nuclei.notices import Notice, warn_user
+
+    @guarded_job
+    def job(stop: threading.Event):
+        warn_user("first", ImageWarning)
+        yield "step"
+        warn_user("second", ImageWarning)
+        raise ValueError("broken input")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        events = list(job(stop=threading.Event()))
+    assert events == [
+        Notice("first", ImageWarning),
+        "step",
+        Notice("second", ImageWarning),
+        JobFailed("broken input"),
+    ]
 
 
 def test_evaluation_job_matches_the_engine() -> None:

@@ -6,10 +6,11 @@ it runs in a napari ``thread_worker`` so the GUI never blocks. The runner owns t
 stop event, Cancel, failures, progress and what happens when the dock closes:
 
 - its events come back on the GUI thread: a :class:`~._jobs.JobFailed` becomes one
-  sentence in the status line and an error notification (never a traceback), any other
-  event goes to the dock's ``_on_event``;
-- its return value goes to ``_on_returned``, an exception to ``_on_errored``, Python
-  warnings to notifications; ``_on_finished`` re-enables the controls;
+  sentence in the status line and an error notification (never a traceback), a
+  :class:`~napari_unet_nuclei.notices.Notice` a warning notification (and the dock's
+  ``_on_notice``), any other event goes to the dock's ``_on_event``;
+- its return value goes to ``_on_returned``, an exception to ``_on_errored``, other
+  Python warnings (numpy's, torch's) to notifications; ``_on_finished`` re-enables the controls;
 - :meth:`cancel` sets the stop event, stops the worker (:meth:`_stop_worker`) and says so;
 - closing the dock cancels its job.
 """
@@ -23,9 +24,15 @@ from typing import Any, ClassVar
 from napari.qt.threading import thread_worker
 
 from napari_unet_nuclei._napari._jobs import JobFailed
-from napari_unet_nuclei._napari._notify import error_sentence, relay_warnings, report_error
+from napari_unet_nuclei._napari._notify import (
+    error_sentence,
+    relay_warnings,
+    report_error,
+    report_warning,
+)
 from napari_unet_nuclei._napari._warmup import warm_up_engine_soon
 from napari_unet_nuclei._napari.model_registry import registry_for, unwrap_viewer
+from napari_unet_nuclei.notices import Notice
 
 __all__ = ["PROGRESS_STEPS", "BackgroundJobMixin"]
 
@@ -133,8 +140,14 @@ class BackgroundJobMixin:
             return
         if isinstance(event, JobFailed):
             self._on_errored(event.message)
+        elif isinstance(event, Notice):
+            report_warning(event.message)
+            self._on_notice(event)
         else:
             self._on_event(event)
+
+    def _on_notice(self, notice: Notice) -> None:
+        """A notice of the engine about the input, already shown as a notification."""
 
     def _on_event(self, event: Any) -> None:
         """Progress event of the job (GUI thread)."""

@@ -27,7 +27,12 @@ from napari_unet_nuclei.evaluate.metrics import (
     precision_recall_curve,
     segmentation_scores,
 )
-from napari_unet_nuclei.events import FrameDone, TileDone, TrainingFinished
+from napari_unet_nuclei.events import (
+    FrameDone,
+    TileDone,
+    TrainingFinished,
+)
+from napari_unet_nuclei.notices import Notice, notices_to
 from napari_unet_nuclei.prediction.tiling import DEFAULT_TILE_SIZE
 
 __all__ = [
@@ -54,20 +59,43 @@ class JobFailed:
 def guarded_job(
     job: Callable[..., Generator[Any, None, Any]],
 ) -> Callable[..., Generator[Any, None, Any]]:
-    """Turn any exception of a job generator into a final yielded :class:`JobFailed`."""
+    """Turn any exception of a job generator into a final yielded :class:`JobFailed`, and
+    the engine's notices (:func:`~napari_unet_nuclei.notices.warn_user`) into yielded
+    :class:`~napari_unet_nuclei.notices.Notice` events, each before the event that followed
+    it (they reach the dock even when other threads swap Python's warning state)."""
 
     @functools.wraps(job)
     def run(*args: Any, **kwargs: Any) -> Generator[Any, None, Any]:
+        notices: list[Notice] = []
         try:
             wait_for_warm_up()
-            with gui_friendly_threads():
-                return (yield from job(*args, **kwargs))
+            with gui_friendly_threads(), notices_to(notices.append):
+                events = job(*args, **kwargs)
+                try:
+                    while True:
+                        try:
+                            event = next(events)
+                        except StopIteration as done:
+                            yield from _taken(notices)
+                            return done.value
+                        yield from _taken(notices)
+                        yield event
+                finally:
+                    events.close()
         except Exception as error:
+            yield from _taken(notices)
             text = str(error).strip()
             yield JobFailed(text.splitlines()[0] if text else type(error).__name__)
             return None
 
     return run
+
+
+def _taken(notices: list[Notice]) -> list[Notice]:
+    """The notices gathered so far, in order; the list is emptied."""
+    taken = notices[:]
+    del notices[: len(taken)]
+    return taken
 
 
 # ------------------------------------------------------------------------------ training

@@ -44,7 +44,13 @@ from napari_unet_nuclei._napari.round_job import (
 )
 from napari_unet_nuclei._napari.training_layers import layers_to_training_data
 from napari_unet_nuclei._napari.training_settings import TrainingSettings
-from napari_unet_nuclei.events import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep
+from napari_unet_nuclei.events import (
+    EpochEnd,
+    TrainingFinished,
+    TrainingStarted,
+    TrainingStep,
+)
+from napari_unet_nuclei.notices import Notice
 from napari_unet_nuclei.train.label_coverage import (
     PartialLabelsWarning,
     frames_to_check,
@@ -290,13 +296,12 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
             init_model=init_model,
             started_from=init_name,
         )
-        worker.warned.connect(self._on_job_warned)
         return worker
 
-    def _on_job_warned(self, args: tuple) -> None:
+    def _on_notice(self, notice: Notice) -> None:
         """Keep the engine's partial-labels sentence in view (it is also a notification)."""
-        if not self._closed and issubclass(args[1], PartialLabelsWarning):
-            self.frames_info.value = str(args[0])
+        if not self._closed and issubclass(notice.category, PartialLabelsWarning):
+            self.frames_info.value = notice.message
 
     def _stop_worker(self, worker: Any) -> None:
         """Cancel stops after the current step, keeping the best weights so far.

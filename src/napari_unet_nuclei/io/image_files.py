@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from napari_unet_nuclei.io._file_checks import (
 from napari_unet_nuclei.io.channels import grey_from_colour
 from napari_unet_nuclei.io.labelled import DataError
 from napari_unet_nuclei.nn.normalization import ImageWarning
+from napari_unet_nuclei.notices import warn_user
 
 __all__ = ["IMAGE_SUFFIXES", "TIFF_SUFFIXES", "read_image_file", "read_mask_file", "to_grey"]
 
@@ -63,7 +63,7 @@ def to_grey(image: np.ndarray, name: str = "image") -> np.ndarray:
 
     grey, note = grey_from_colour(image, name)
     if note:
-        warnings.warn(note, ImageWarning, stacklevel=2)
+        warn_user(note, ImageWarning, stacklevel=2)
     return grey
 
 

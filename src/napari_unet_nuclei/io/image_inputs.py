@@ -23,6 +23,7 @@ from napari_unet_nuclei.io.image_files import (
 from napari_unet_nuclei.io.labelled import DataError
 from napari_unet_nuclei.io.zarr_io import is_zarr_path
 from napari_unet_nuclei.nn.normalization import ImageWarning
+from napari_unet_nuclei.notices import warn_user
 
 __all__ = ["BatchError", "BatchInput", "discover_inputs", "open_image"]
 
@@ -317,7 +318,6 @@ def _drop_channel(
     in a warning); a short unnamed first axis of a 3-D stack is refused unless the user said
     whether it holds channels (``channel``) or frames/slices (``stack_axis``).
     """
-    import warnings
 
     shape = tuple(array.shape)
     if len(shape) < 2:
@@ -343,7 +343,7 @@ def _drop_channel(
                 return array[tuple(key)]
 
             channel = nuclear_channel([plane(i) for i in range(count)])
-            warnings.warn(
+            warn_user(
                 f"{path.name} has {count} channels: segmenting channel {channel}, the one with "
                 "the most nucleus-like contrast (--channel N chooses another).",
                 ImageWarning,

@@ -6,11 +6,12 @@ training did, whatever the image dtype (uint8, uint16, int, float, bool).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from napari_unet_nuclei.notices import warn_user
 
 __all__ = [
     "ImageWarning",
@@ -67,7 +68,7 @@ def warn_frame_problems(n_non_finite: int, size: int, constant: float | None = N
         None when the frame is not constant.
     """
     if n_non_finite:
-        warnings.warn(
+        warn_user(
             f"{n_non_finite} of {size} pixels of an image frame are NaN or infinite; they were "
             "ignored for the intensity range and treated as dark background (0).",
             ImageWarning,
@@ -75,7 +76,7 @@ def warn_frame_problems(n_non_finite: int, size: int, constant: float | None = N
         )
     if constant is not None:
         value = "no finite pixel" if constant != constant else f"every pixel is {constant:g}"
-        warnings.warn(
+        warn_user(
             f"An image frame is constant ({value}): there is nothing to segment in it, so the "
             "network sees a blank frame.",
             ImageWarning,

@@ -9,13 +9,13 @@ of an image (Otsu on the normalised frame) and counts those that no label touche
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from napari_unet_nuclei.nn.normalization import normalize_frame
+from napari_unet_nuclei.notices import Notice, notices_to
 
 __all__ = [
     "LabelCoverage",
@@ -70,13 +70,18 @@ class LabelCoverage:
         )
 
 
+def _drop(_notice: Notice) -> None:
+    """A notice sink that keeps nothing."""
+
+
 def _frame_blobs(image: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
     from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
 
     painted = labels > 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # constant frames are announced elsewhere
+    # Constant or NaN frames are announced elsewhere. A notice sink, not
+    # warnings.catch_warnings: this runs in a worker beside others (see notices.notices_to).
+    with notices_to(_drop):
         values = normalize_frame(image)
     if values.max() <= values.min():
         return 0, 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -35,6 +34,7 @@ from napari_unet_nuclei.nn.acceleration import resolve_precision
 from napari_unet_nuclei.nn.devices import resolve_device
 from napari_unet_nuclei.nn.model import NucleiModel, create_model
 from napari_unet_nuclei.nn.normalization import ImageWarning
+from napari_unet_nuclei.notices import warn_user
 from napari_unet_nuclei.prediction.nucleus_size import trained_diameter
 from napari_unet_nuclei.train.losses import LOSSES, OBJECTIVES
 from napari_unet_nuclei.train.nucleus_choice import candidate_rules
@@ -122,7 +122,7 @@ def train(
         raise ValueError("No training images: give at least one image with its labels.")
     names = list(names) if names is not None else [f"image_{i:03d}" for i in range(len(images))]
     for label_message in check_training_labels(labels, names):  # DataError for bad values
-        warnings.warn(label_message, ImageWarning, stacklevel=2)
+        warn_user(label_message, ImageWarning, stacklevel=2)
     _check_config(config)
     rng = np.random.default_rng(config.seed)
     device = resolve_device(config.device)

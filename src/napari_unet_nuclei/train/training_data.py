@@ -3,7 +3,6 @@ validation split; the warnings about labels and image sizes a user should see fi
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +15,7 @@ from napari_unet_nuclei.nn.object_targets import (
     object_maps,
     painted_with_one_value,
 )
+from napari_unet_nuclei.notices import warn_user
 from napari_unet_nuclei.prediction.nucleus_size import estimate_diameter, rescale_factor, resize_to
 from napari_unet_nuclei.train.label_coverage import (
     PartialLabelsWarning,
@@ -303,7 +303,7 @@ def warn_when_images_are_tiny(images: Sequence[np.ndarray]) -> None:
     largest = max(images, key=lambda image: min(image.shape[-2:]))
     if min(largest.shape[-2:]) < MIN_TRAINING_SIDE:
         height, width = largest.shape[-2:]
-        warnings.warn(
+        warn_user(
             f"The largest training image is {height} x {width} pixels: too small to learn "
             "what a nucleus looks like (nuclei are often 10-40 pixels across). Train on "
             f"images of at least {MIN_TRAINING_SIDE} x {MIN_TRAINING_SIDE} pixels, better "
@@ -319,7 +319,7 @@ def warn_when_labels_are_partial(
     """Warn (:class:`PartialLabelsWarning`) when many bright blobs carry no label."""
     note = partial_labels_note(label_coverage(images, labels))
     if note:
-        warnings.warn(note, PartialLabelsWarning, stacklevel=3)
+        warn_user(note, PartialLabelsWarning, stacklevel=3)
 
 
 def warn_when_painted_with_one_value(labels: Sequence[np.ndarray], names: Sequence[str]) -> None:
@@ -328,7 +328,7 @@ def warn_when_painted_with_one_value(labels: Sequence[np.ndarray], names: Sequen
     if one_value:
         shown = ", ".join(repr(n) for n in one_value[:3])
         more = f" and {len(one_value) - 3} more" if len(one_value) > 3 else ""
-        warnings.warn(
+        warn_user(
             f"The labels of {shown}{more} paint every nucleus with one value: they were "
             "split into connected parts, so touching nuclei painted with one value teach "
             "the model to merge them. Give each nucleus its own label id to teach it to "

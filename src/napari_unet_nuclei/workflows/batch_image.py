@@ -22,6 +22,7 @@ from napari_unet_nuclei.io.image_inputs import BatchError, BatchInput, open_imag
 from napari_unet_nuclei.io.pixel_size import file_pixel_size, spatial_pixel_size
 from napari_unet_nuclei.io.zarr_io import create_ome_zarr, finish_atomic, partial_path
 from napari_unet_nuclei.nn.normalization import ImageWarning
+from napari_unet_nuclei.notices import warn_user
 from napari_unet_nuclei.prediction.volumes import looks_like_z_slices
 from napari_unet_nuclei.workflows.batch_outputs import (
     labels_dtype,
@@ -213,14 +214,13 @@ def _hint_at_z(
 ) -> None:
     """Warn when a stack whose first axis the file does not name was segmented frame by
     frame but its frames look like z-slices of one volume (``--stack-axis z``)."""
-    import warnings
 
     named = axes is not None and axes[0] in ("t", "z")
     if stack_axis != "frames" or len(shape) != 3 or named:
         return
     found = outputs.labels if outputs.labels is not None else outputs.mask
     if found is not None and looks_like_z_slices(found):
-        warnings.warn(
+        warn_user(
             f"{source.name}: its {shape[0]} frames look like z-slices of one volume (the "
             "nuclei overlap from frame to frame), and each frame got its own nuclei; "
             "--stack-axis z finds the 3-D nuclei.",
