@@ -9,6 +9,9 @@ wall-clock limit is asserted: the longest freeze is measured by
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -135,3 +138,37 @@ def test_window_responds_while_a_sample_is_made(make_napari_viewer, tmp_path, mo
     with pytest.raises(FileNotFoundError, match="Kromp 2020 dataset was not found"):
         viewer.open_sample(PLUGIN, "kromp2020")
     assert len(viewer.layers) == 2
+
+
+
+@pytest.mark.skipif(shutil.which("xdotool") is None, reason="needs xdotool (apt)")
+def test_a_click_waits_until_the_sample_is_made(qtbot) -> None:
+    """While a sample is made the window repaints and its timers run, but a real click (an
+    X event from xdotool) waits in Qt's queue until the call returns: a second click on the
+    sample's menu entry cannot start a second sample inside the first."""
+    from qtpy.QtWidgets import QPushButton
+
+    from napari_unet_nuclei._napari._live_call import call_with_live_window
+
+    button = QPushButton("sample")
+    qtbot.addWidget(button)
+    button.setGeometry(50, 50, 200, 100)
+    button.show()
+    qtbot.waitExposed(button)
+    clicks: list[bool] = []
+    button.clicked.connect(clicks.append)
+    centre = button.mapToGlobal(button.rect().center())
+    timer_ran = threading.Event()
+    QTimer.singleShot(0, timer_ran.set)
+
+    def work() -> int:
+        assert timer_ran.wait(10), "the GUI thread processed no events during the call"
+        subprocess.run(
+            ["xdotool", "mousemove", str(centre.x()), str(centre.y()), "click", "1"], check=True
+        )
+        for _ in range(40):  # turns of the event loop in which the click could be handled
+            threading.Event().wait(0.005)
+        return len(clicks)
+
+    assert call_with_live_window(work) == 0
+    qtbot.waitUntil(lambda: len(clicks) == 1, timeout=5000)

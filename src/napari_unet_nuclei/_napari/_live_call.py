@@ -3,8 +3,11 @@
 napari calls a sample-data function on the GUI thread and adds the layers it returns as
 soon as it returns: there is no worker to hand the reading to. :func:`call_with_live_window`
 runs the reading (and the warm-up of napari's first layers) in a thread and lets Qt process
-events meanwhile, as a modal dialog does, so the window repaints and answers while a sample
-is made; the caller still gets the return value (or the exception) as from a plain call.
+events meanwhile, as a modal dialog does, so the window repaints and its timers run while
+a sample is made; the caller still gets the return value (or the exception) as from a plain
+call. Clicks and key presses wait in Qt's queue until the call returns, as they would behind a
+blocking call: a second click on the sample's menu entry cannot start a second sample inside
+the first.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from qtpy.QtCore import QCoreApplication, QThread
+from qtpy.QtCore import QCoreApplication, QEventLoop, QThread
 
 __all__ = ["call_with_live_window"]
 
@@ -59,7 +62,7 @@ def call_with_live_window(work: Callable[[], T], name: str = "napari-unet-nuclei
 
     threading.Thread(target=run, name=name, daemon=True).start()
     while not done.wait(EVENT_INTERVAL_S):
-        app.processEvents()
+        app.processEvents(QEventLoop.ProcessEventsFlag.ExcludeUserInputEvents)
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["value"]  # type: ignore[return-value]
