@@ -140,7 +140,6 @@ def test_window_responds_while_a_sample_is_made(make_napari_viewer, tmp_path, mo
     assert len(viewer.layers) == 2
 
 
-
 @pytest.mark.skipif(shutil.which("xdotool") is None, reason="needs xdotool (apt)")
 def test_a_click_waits_until_the_sample_is_made(qtbot) -> None:
     """While a sample is made the window repaints and its timers run, but a real click (an
