@@ -17,7 +17,8 @@ and segmenting a 79-frame stack with the built-in model and with a new (untraine
 (gaps spanning napari's own layer insertions left out, as napari pays them whoever adds a
 layer). A new model's first segmentation on a CPU that runs ONNX Runtime exports its graph;
 torch's exporter imports ``onnx``, which holds Python's lock for about a second, so the
-dock's worker exports in a helper process (``nn.onnx_export``).
+dock's worker exports in a helper process (``nn.onnx_export``). Last, the window while the
+Train dock's *Save model...* writes the built-in model as a bioimage.io package.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ ACTIONS = {
     "while segmenting 79 frames (built-in model)": ("job", "segment"),
     # A model never exported on this machine: torch's ONNX exporter imports onnx first.
     "while segmenting 79 frames (a new model)": ("job", "segment-new"),
+    # Train's Save model... as a bioimage.io package (TorchScript, ONNX, test tensors, zip).
+    "while saving the built-in model as bioimage.io": ("job", "save-zip"),
 }
 
 _JOB_CHILD = r"""
@@ -66,9 +69,17 @@ viewer = napari.Viewer(show=True)
 app = QApplication.instance()
 viewer.add_image(images, name="lab")
 viewer.add_labels(labels, name="lab labels")
-dock = viewer.window.add_plugin_dock_widget("napari-unet-nuclei",
-                                            "Train" if name == "train" else "Segment")[1]
-if name == "train":
+dock = viewer.window.add_plugin_dock_widget(
+    "napari-unet-nuclei", "Train" if name in ("train", "save-zip") else "Segment")[1]
+running = lambda: dock.running
+if name == "save-zip":
+    import tempfile
+    files = dock.model_files
+    files.current_name = "fluo-nuclei"
+    target = os.path.join(tempfile.mkdtemp(), "model.zip")
+    start_job = lambda: files.save_to(target)
+    running = lambda: files.saving
+elif name == "train":
     dock.image_layer.value, dock.labels_layer.value = viewer.layers["lab"], viewer.layers["lab labels"]
     settings = dock.settings
     settings.features.value, settings.depth.value = 16, 3
@@ -100,7 +111,7 @@ timer.start()
 start_job()
 started = time.perf_counter()
 app.processEvents()
-while dock.running and time.perf_counter() - started < 120:
+while running() and time.perf_counter() - started < 120:
     app.processEvents()
     time.sleep(0.002)
 timer.stop()

@@ -404,15 +404,28 @@ def test_errors_are_notified_not_raised(qtbot, lab_viewer, notifications) -> Non
     assert train.registry.names() == []
 
 
+def saved(qtbot, files, path: Path) -> Path | None:
+    """Save with the Train dock's *Save model...* row and wait for the background save."""
+    worker = files.save_to(path)
+    if worker is None:
+        return None
+    assert files.saving and files.save_button.text == "Cancel saving"
+    assert not files.load_button.enabled
+    qtbot.waitUntil(lambda: not files.saving, timeout=60_000)
+    assert files.save_button.text == "Save model..." and files.load_button.enabled
+    return files.last_saved
+
+
 def test_save_and_load_model(qtbot, lab_viewer, tiny_model, tmp_path: Path, notifications):
     import torch
 
     train = add_widgets(lab_viewer)["Train"]
-    assert train.model_files.save_to(tmp_path / "none.pt") is None
+    assert saved(qtbot, train.model_files, tmp_path / "none.pt") is None
     assert "no model yet" in notifications[-1]
     train.model_files.current_name = train.registry.add(tiny_model, "tiny")
-    written = train.model_files.save_to(tmp_path / "tiny.pt")
-    assert written is not None and written.is_file()
+    written = saved(qtbot, train.model_files, tmp_path / "tiny.pt")
+    assert written == tmp_path / "tiny.pt" and written.is_file()
+    assert train.status.value == f"Saved tiny to {written}."
     name = train.model_files.load_from(written)
     assert name == "tiny (2)" and train.start_from.model_name == name
     loaded = train.registry.get(name)
@@ -421,6 +434,11 @@ def test_save_and_load_model(qtbot, lab_viewer, tiny_model, tmp_path: Path, noti
     (tmp_path / "bad.pt").write_bytes(b"not a model")
     assert train.model_files.load_from(tmp_path / "bad.pt") is None
     assert "Loading the model bad.pt failed" in notifications[-1]
+    # A folder where the file should go: one sentence, nothing written.
+    (tmp_path / "taken.pt").mkdir()
+    assert saved(qtbot, train.model_files, tmp_path / "taken.pt") is None
+    assert notifications[-1].startswith("Saving the model failed:")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bad.pt", "taken.pt", "tiny.pt"]
 
 
 def test_save_as_other_formats(qtbot, lab_viewer, tiny_model, tmp_path: Path) -> None:
@@ -433,17 +451,40 @@ def test_save_as_other_formats(qtbot, lab_viewer, tiny_model, tmp_path: Path) ->
 
     train = add_widgets(lab_viewer)["Train"]
     train.model_files.current_name = train.registry.add(tiny_model, "tiny")
-    package = train.model_files.save_to(tmp_path / "tiny.zip")
+    package = saved(qtbot, train.model_files, tmp_path / "tiny.zip")
     assert package is not None and "rdf.yaml" in zipfile.ZipFile(package).namelist()
     imported = import_bioimageio(package)
     for a, b in zip(tiny_model.network.parameters(), imported.network.parameters()):
         assert torch.equal(a, b)
-    onnx_file = train.model_files.save_to(tmp_path / "tiny.onnx")
+    onnx_file = saved(qtbot, train.model_files, tmp_path / "tiny.onnx")
     assert onnx_file is not None and onnx_file.read_bytes()[:2] != b""
-    scripted = train.model_files.save_to(tmp_path / "tiny.torchscript")
+    scripted = saved(qtbot, train.model_files, tmp_path / "tiny.torchscript")
     assert scripted is not None
     module = torch.jit.load(str(scripted))
     assert module(torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+
+
+def test_cancelled_save_leaves_the_file_as_it_was(
+    qtbot, lab_viewer, tiny_model, tmp_path: Path, notifications
+) -> None:
+    """Cancel saving (the Save button while a save runs): the earlier file at the chosen
+    path is kept byte for byte and no temporary file is left."""
+    train = add_widgets(lab_viewer)["Train"]
+    files = train.model_files
+    files.current_name = train.registry.add(tiny_model, "tiny")
+    target = tmp_path / "tiny.zip"
+    target.write_bytes(b"the user's earlier package")
+    assert files.save_to(target) is not None
+    files.save_button.changed.emit(True)  # the button reads "Cancel saving" now
+    qtbot.waitUntil(lambda: not files.saving, timeout=60_000)
+    assert target.read_bytes() == b"the user's earlier package"
+    assert [path.name for path in tmp_path.iterdir()] == ["tiny.zip"]
+    assert files.last_saved is None
+    assert train.status.value == "Saving cancelled: the file was left as it was."
+    assert notifications == []  # a cancel is not an error
+    # Saving again completes and replaces the file.
+    assert saved(qtbot, files, target) == target
+    assert target.read_bytes()[:2] == b"PK"
 
 
 def test_removing_a_layer_stops_training(qtbot, lab_viewer) -> None:

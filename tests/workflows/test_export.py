@@ -295,3 +295,38 @@ def test_invalid_description_is_an_export_error(model, tmp_path) -> None:
     with pytest.raises(ExportError, match="Invalid bioimage"):
         export_bioimageio(model, target, license="no-such-licence", weights=())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_helper_process_export_is_the_export_of_this_process(model, tmp_path) -> None:
+    """The helper (the command line's export, fed a model file) writes the same ONNX graph
+    and a bioimage.io package with the same weights and description as this process."""
+    import threading
+
+    from napari_unet_nuclei.workflows.export import export_in_helper_process
+
+    here = export_model(model, tmp_path / "here.onnx", "onnx")
+    helper = export_in_helper_process(model, tmp_path / "helper.onnx", "onnx")
+    assert helper == tmp_path / "helper.onnx" and helper.read_bytes() == here.read_bytes()
+
+    package = export_in_helper_process(
+        model, tmp_path / "helper.zip", "bioimageio", stop=threading.Event()
+    )
+    assert validate_bioimageio(package).validation_summary.status in ("passed", "valid-format")
+    imported = import_bioimageio(package)
+    for a, b in zip(model.network.parameters(), imported.network.parameters()):
+        assert torch.equal(a, b)
+    assert imported.threshold == model.threshold
+
+
+def test_stopped_helper_export_writes_nothing(model, tmp_path) -> None:
+    import threading
+
+    from napari_unet_nuclei.workflows.export import ExportCancelled, export_in_helper_process
+
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(ExportCancelled, match="was stopped"):
+        export_in_helper_process(model, tmp_path / "stopped.zip", "bioimageio", stop=stop)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="Unknown export format"):
+        export_in_helper_process(model, tmp_path / "x", "tensorflow")

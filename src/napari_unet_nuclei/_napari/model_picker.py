@@ -15,9 +15,10 @@ __all__ = [
     "LOAD_FILE",
     "NEW_NETWORK",
     "NO_MODEL",
+    "SAVE_FILTERS",
     "ModelPicker",
     "ask_model_path",
-    "save_session_model",
+    "export_format_for",
 ]
 
 
@@ -50,22 +51,6 @@ def export_format_for(path: str | Path) -> str | None:
         if name.endswith(ending):
             return format_name
     return None
-
-
-def save_session_model(registry: Any, name: str, path: str | Path) -> Path:
-    """Write the session model ``name`` to ``path``; return the path written.
-
-    The file ending picks the format: ``.pt`` (this plugin's model file), ``.zip``
-    (bioimage.io model package), ``.onnx`` or ``.torchscript``.
-    """
-    from napari_unet_nuclei.io.model_io import save_model
-    from napari_unet_nuclei.workflows.export import export_model
-
-    model = registry.get(name)
-    format_name = export_format_for(path)
-    if format_name is None:
-        return save_model(model, path)
-    return export_model(model, path, format_name)
 
 
 def ask_model_path(parent: Any = None, save: bool = False, suggested: str = "") -> str:

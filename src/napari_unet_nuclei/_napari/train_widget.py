@@ -178,7 +178,7 @@ class TrainWidget(ScrollingDock, BackgroundJobMixin, Container):
     def _enable_controls(self, running: bool) -> None:
         self.start_button.enabled = not running
         self.cancel_button.enabled = running
-        self.model_files.load_button.enabled = not running
+        self.model_files.set_training(running)
 
     def reset_choices(self, *args: Any) -> None:
         """Refresh the layer choices and the line saying which frames will be used."""

@@ -19,11 +19,20 @@
 
 torch, onnx and bioimageio.spec are imported inside the functions that need them
 (``pip install "napari-unet-nuclei[export]"``).
+
+:func:`export_in_helper_process` runs an export in a separate Python process (the command
+line's ``export``): ``onnx`` imports ``ml_dtypes``, whose extension holds Python's lock for
+about a second while it loads, a freeze of every other thread (napari's window) when the
+export runs in a worker thread; the helper can also be stopped at once.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +43,13 @@ if TYPE_CHECKING:
 from napari_unet_nuclei.workflows.bioimageio_export import export_bioimageio
 from napari_unet_nuclei.workflows.network_export import export_onnx, export_torchscript
 
-__all__ = ["EXPORT_FORMATS", "export_model"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "IMPORTS_ONNX",
+    "ExportCancelled",
+    "export_in_helper_process",
+    "export_model",
+]
 
 #: Export formats: name -> (usual file suffix, one-line description for pickers and --help).
 EXPORT_FORMATS: dict[str, tuple[str, str]] = {
@@ -42,6 +57,14 @@ EXPORT_FORMATS: dict[str, tuple[str, str]] = {
     "onnx": (".onnx", "ONNX network (normalised image in, logits out)"),
     "torchscript": (".pt", "TorchScript network (normalised image in, logits out)"),
 }
+#: The formats whose export imports ``onnx`` (see :func:`export_in_helper_process`).
+IMPORTS_ONNX = frozenset({"bioimageio", "onnx"})
+#: How often a helper export checks its stop event (seconds).
+_POLL_S = 0.1
+
+
+class ExportCancelled(Exception):
+    """The export was stopped before it completed; nothing was written."""
 
 
 def export_model(model: NucleiModel, path: str | os.PathLike, format: str, **options: Any) -> Path:
@@ -73,3 +96,78 @@ def export_model(model: NucleiModel, path: str | os.PathLike, format: str, **opt
             f"Unknown export format {format!r}; choose one of {', '.join(exporters)}."
         )
     return exporters[format](model, path, **options)
+
+
+def export_in_helper_process(
+    model: NucleiModel,
+    path: str | os.PathLike,
+    format: str,
+    *,
+    stop: threading.Event | None = None,
+) -> Path:
+    """:func:`export_model` in a helper Python process (``napari-unet-nuclei export``).
+
+    The model goes to the helper as a model file (:func:`~napari_unet_nuclei.io.model_io.save_model`,
+    read back without unpickling), so the export is the one this process would write.
+
+    Parameters
+    ----------
+    model : NucleiModel
+        A trained model.
+    path : str or path-like
+        Target file, written atomically by the helper.
+    format : str
+        ``"bioimageio"``, ``"onnx"`` or ``"torchscript"``.
+    stop : threading.Event, optional
+        Set it to stop the helper at once.
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+
+    Raises
+    ------
+    ExportCancelled
+        ``stop`` was set before the helper finished; ``path`` is left as it was.
+    RuntimeError
+        The helper failed; the message is the sentence it gave.
+    """
+    from napari_unet_nuclei.io.model_io import save_model
+
+    if format not in EXPORT_FORMATS:
+        raise ValueError(
+            f"Unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}."
+        )
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+    }
+    with tempfile.TemporaryDirectory(prefix="napari-unet-nuclei-export-") as folder:
+        model_file = save_model(model, Path(folder) / "model.pt")
+        command = [
+            sys.executable,
+            "-m",
+            "napari_unet_nuclei.cli",
+            "export",
+            "--model",
+            str(model_file),
+        ]
+        command += ["--format", format, "--out", str(path)]
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+        )
+        while True:
+            try:
+                _, errors = process.communicate(timeout=_POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                if stop is not None and stop.is_set():
+                    process.kill()
+                    process.communicate()
+                    raise ExportCancelled(f"the export to {Path(path).name} was stopped") from None
+    if process.returncode != 0:
+        last = (errors.strip().splitlines() or ["no output"])[-1].strip()
+        raise RuntimeError(last.split(" error: ", 1)[-1])
+    return Path(path)
