@@ -223,13 +223,14 @@ def test_bad_input_exits_2_with_one_sentence(
 
 
 @pytest.mark.slow
-def test_demo_without_viewer(tmp_path) -> None:
+def test_demo_without_viewer(tmp_path, capsys) -> None:
     import csv
 
     import tifffile
 
     metrics = main(["demo", "--out", str(tmp_path), "--steps", "40", "--no-viewer"])
     assert metrics == 0
+    printed = capsys.readouterr().out
     for name in ("model.pt", "metrics.json", "overlay.png", "precision_recall.png"):
         assert (tmp_path / name).stat().st_size > 1000
     result = json.loads((tmp_path / "metrics.json").read_text())
@@ -252,7 +253,14 @@ def test_demo_without_viewer(tmp_path) -> None:
     assert len(masks) == 4
     for name, labels in masks.items():
         assert sum(row["image"] == name for row in rows) == labels.max() > 0
-    assert load_model(tmp_path / "model.pt").summary["fine_tuned_from"] == "fluo-nuclei"
+    summary = load_model(tmp_path / "model.pt").summary
+    assert summary["fine_tuned_from"] == "fluo-nuclei"
+    # The printout says which weights were kept, so equal before/after rows are explained.
+    if result["kept_start_weights"]:
+        assert "its weights were kept, so both rows are the same model" in printed
+        assert after["mean"]["object_f1"] == before["mean"]["object_f1"]
+    else:
+        assert f"Kept epoch {summary['best_epoch']}:" in printed
 
 
 def test_console_script_is_installed() -> None:

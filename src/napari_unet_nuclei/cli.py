@@ -296,7 +296,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(
         Path(args.out),
-        steps=args.steps,
+        **({"steps": args.steps} if args.steps is not None else {}),
         seed=args.seed,
         open_viewer=not args.no_viewer,
     )

@@ -265,7 +265,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "before/after, then napari",
     )
     demo.add_argument("--out", default="napari-unet-nuclei-demo", help="output folder")
-    demo.add_argument("--steps", type=int, default=120, help="fine-tuning steps (default 120)")
+    demo.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="fine-tuning steps (default: the demo's fixed budget, workflows.demo.DEMO_STEPS)",
+    )
     demo.add_argument("--no-viewer", action="store_true", help="do not open napari at the end")
     demo.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
