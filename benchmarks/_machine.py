@@ -1,12 +1,15 @@
-"""The machine a benchmark ran on, recorded the same way in every results file."""
+"""The machine a benchmark ran on, recorded the same way in every results file, and the
+results file itself written the same way."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info"]
+__all__ = ["machine_info", "write_results"]
 
 
 def machine_info(**extra: Any) -> dict[str, Any]:
@@ -21,3 +24,12 @@ def machine_info(**extra: Any) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         **extra,
     }
+
+
+def write_results(path: str | os.PathLike, report: dict[str, Any]) -> Path:
+    """Write ``report`` as indented JSON to ``path`` (folders created), say so, return it."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(report, indent=2))
+    print(f"wrote {target}")
+    return target

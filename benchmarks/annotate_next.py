@@ -26,14 +26,13 @@ Prints a table and writes JSON ``{"ranked": [F1 after round 1, 2, 3], "random": 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _machine import machine_info
+from _machine import machine_info, write_results
 from napari_unet_nuclei.evaluate.metrics import segmentation_scores
 from napari_unet_nuclei.io.datasets import load_dataset, parse_split, select_by_names
 from napari_unet_nuclei.prediction.inference import predict
@@ -171,9 +170,7 @@ def main() -> None:
             f"{ranked - random_:+10.4f}"
         )
     print(f"{report['seconds']:.0f} s in all")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.json}")
+    write_results(args.json, report)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _machine import write_results
+
 DATA = Path(
     os.environ.get(
         "NAPARI_UNET_NUCLEI_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -318,9 +320,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["machine"]["load_average_at_end"] = os.getloadavg()
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.json}")
+    write_results(args.json, report)
 
 
 if __name__ == "__main__":

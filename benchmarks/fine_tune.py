@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _machine import machine_info
+from _machine import machine_info, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = (
@@ -330,9 +330,7 @@ def write_json(results: list[dict], args, summary: dict | None = None, worst=Non
         "worst_new_minus_shipped": worst,
         "runs": results,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.json}")
+    write_results(args.json, out)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _machine import machine_info
+from _machine import machine_info, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {  # issue 13's targets for the built-in model
@@ -397,9 +397,7 @@ def main() -> None:
         "speed_2048": speed,
         "images": per_image,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.json}")
+    write_results(args.json, report)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _machine import machine_info
+from _machine import machine_info, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT_S = 0.5
@@ -215,9 +215,7 @@ def main() -> None:
         "limit_s": LIMIT_S,
         "actions": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.json}")
+    write_results(args.json, report)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,13 @@ per-image means and pooled over all nuclei; merges and splits from the object er
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _machine import machine_info
+from _machine import machine_info, write_results
 
 DATA = Path(
     os.environ.get(
@@ -156,9 +155,7 @@ def main() -> None:
         "mean": results,
         "images": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.json}")
+    write_results(args.json, report)
 
 
 if __name__ == "__main__":

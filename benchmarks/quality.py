@@ -21,7 +21,6 @@ Prints a table and writes JSON::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _machine import machine_info
+from _machine import machine_info, write_results
 from napari_unet_nuclei.evaluate.metrics import otsu_mask, segmentation_scores
 from napari_unet_nuclei.io.datasets import load_dataset, parse_split, select_by_names
 from napari_unet_nuclei.nn.network import UNetConfig, build_unet
@@ -205,9 +204,7 @@ def main() -> None:
             f"paper_42_37, full resolution, {args.full_budget:.0f} s training, 37 test images",
             report["paper_42_37"],
         )
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.json}")
+    write_results(args.json, report)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import subprocess
 import sys
@@ -43,7 +42,7 @@ import psutil
 import tifffile
 import torch
 
-from _machine import machine_info
+from _machine import machine_info, write_results
 from napari_unet_nuclei.evaluate.metrics import segmentation_scores
 from napari_unet_nuclei.events import EpochEnd, TrainingStep
 from napari_unet_nuclei.io.datasets import load_dataset, parse_split, select_by_names
@@ -378,9 +377,7 @@ def main() -> None:
     if args.seeds:
         report["lab_70_9"] = time_to_f1(args.seeds, args.target_f1)
         print_lab(report["lab_70_9"], args.target_f1)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.json}")
+    write_results(args.json, report)
 
 
 def print_width(features: int, rows: dict[str, Any]) -> None:

@@ -19,7 +19,6 @@ its 2-D slices (the per-slice nuclei, the reference the 3-D step starts from):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import tifffile
 from scipy import ndimage as ndi
 
 import napari_unet_nuclei as nun
-from _machine import machine_info
+from _machine import machine_info, write_results
 from napari_unet_nuclei.evaluate.object_metrics import object_scores
 from napari_unet_nuclei.prediction.volumes import VOLUME_NECK_RATIO, nuclei_in_volume
 
@@ -119,9 +118,7 @@ def main() -> None:
         "synthetic": {"nuclei": args.nuclei, "overlap": args.overlap},
         "stacks": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.json}")
+    write_results(args.json, report)
 
 
 if __name__ == "__main__":
