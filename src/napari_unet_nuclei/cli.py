@@ -292,11 +292,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from napari_unet_nuclei.workflows.demo import run_demo
+    from napari_unet_nuclei.workflows.demo import DEMO_STEPS, run_demo
 
     run_demo(
         Path(args.out),
-        **({"steps": args.steps} if args.steps is not None else {}),
+        steps=DEMO_STEPS if args.steps is None else args.steps,
         seed=args.seed,
         open_viewer=not args.no_viewer,
     )

@@ -75,13 +75,13 @@ def write_model_file(model: Any, path: str | Path, stop: threading.Event | None 
             try:
                 export_in_helper_process(model, temporary, format_name, stop=stop)
             except ExportCancelled as error:
-                raise SaveCancelled(f"saving {target.name} was cancelled") from error
+                raise SaveCancelled(f"Saving {target.name} was cancelled") from error
             except OSError:  # no Python executable to start (a frozen application)
                 export_model(model, temporary, format_name)
         else:
             export_model(model, temporary, format_name)
         if stop is not None and stop.is_set():
-            raise SaveCancelled(f"saving {target.name} was cancelled")
+            raise SaveCancelled(f"Saving {target.name} was cancelled")
     return target
 
 
@@ -206,7 +206,7 @@ class ModelFiles(Container):
 
     def _on_save_failed(self, error: BaseException) -> None:
         if isinstance(error, SaveCancelled):
-            report_info(f"Saving cancelled: {error}; the file was left as it was.")
+            report_info(f"{error}: the file was left as it was.")
             if not self._closed:
                 self.status.value = "Saving cancelled: the file was left as it was."
             return

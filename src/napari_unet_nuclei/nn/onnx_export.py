@@ -30,7 +30,13 @@ import torch
 
 from napari_unet_nuclei.nn.portable_unet import PortableUNet
 
-__all__ = ["OPSET", "export_graph", "export_in_helper_process", "export_in_this_process"]
+__all__ = [
+    "OPSET",
+    "export_graph",
+    "export_in_helper_process",
+    "export_in_this_process",
+    "helper_environment",
+]
 
 #: The ONNX opset of exported graphs.
 OPSET = 17
@@ -86,6 +92,15 @@ def export_in_this_process(network: torch.nn.Module) -> bytes:
     return _export_portable(_architecture(network), _cpu_state(network))
 
 
+def helper_environment() -> dict[str, str]:
+    """This process's environment, with this package first on ``PYTHONPATH``: a helper
+    ``python -m napari_unet_nuclei...`` imports the same package as its parent, installed
+    or not."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, path]))}
+
+
 def export_in_helper_process(network: torch.nn.Module) -> bytes:
     """:func:`export_in_this_process`, run in a helper Python process.
 
@@ -95,9 +110,7 @@ def export_in_helper_process(network: torch.nn.Module) -> bytes:
         When the helper fails or does not finish within ``HELPER_TIMEOUT_S``; the message
         holds the last line the helper wrote.
     """
-    package_root = str(Path(__file__).resolve().parents[2])
-    path = os.environ.get("PYTHONPATH")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, path]))}
+    env = helper_environment()
     with tempfile.TemporaryDirectory(prefix="napari-unet-nuclei-export-") as folder:
         weights, graph = Path(folder) / "weights.pt", Path(folder) / "graph.onnx"
         torch.save(_cpu_state(network), weights)

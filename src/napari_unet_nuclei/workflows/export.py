@@ -86,16 +86,21 @@ def export_model(model: NucleiModel, path: str | os.PathLike, format: str, **opt
     pathlib.Path
         The written path.
     """
+    _check_format(format)
     exporters: dict[str, Callable[..., Path]] = {
         "bioimageio": export_bioimageio,
         "onnx": export_onnx,
         "torchscript": export_torchscript,
     }
-    if format not in exporters:
-        raise ValueError(
-            f"Unknown export format {format!r}; choose one of {', '.join(exporters)}."
-        )
     return exporters[format](model, path, **options)
+
+
+def _check_format(format: str) -> None:
+    """Refuse a format that is not one of :data:`EXPORT_FORMATS`, naming those that are."""
+    if format not in EXPORT_FORMATS:
+        raise ValueError(
+            f"Unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}."
+        )
 
 
 def export_in_helper_process(
@@ -134,16 +139,9 @@ def export_in_helper_process(
         The helper failed; the message is the sentence it gave.
     """
     from napari_unet_nuclei.io.model_io import save_model
+    from napari_unet_nuclei.nn.onnx_export import helper_environment
 
-    if format not in EXPORT_FORMATS:
-        raise ValueError(
-            f"Unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}."
-        )
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
-    }
+    _check_format(format)
     with tempfile.TemporaryDirectory(prefix="napari-unet-nuclei-export-") as folder:
         model_file = save_model(model, Path(folder) / "model.pt")
         command = [
@@ -156,7 +154,11 @@ def export_in_helper_process(
         ]
         command += ["--format", format, "--out", str(path)]
         process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=helper_environment(),
         )
         while True:
             try:
